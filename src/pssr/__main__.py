@@ -1,0 +1,5 @@
+import sys
+
+from pssr.cli import main
+
+sys.exit(main())
