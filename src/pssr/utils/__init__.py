@@ -1,6 +1,12 @@
 """Small shared helpers: atomic I/O, checkpoints, devices, seeds, run metadata."""
 
-from pssr.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from pssr.utils.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pssr.utils.meta import run_metadata
 from pssr.utils.runtime import autocast_context, default_device, seed_everything
 
