@@ -1,0 +1,69 @@
+"""Batched data augmentation as plain tensor ops (no torchvision, no per-image Python loop).
+
+Every augmentation is ``fn(x, gen, padding) -> x'`` with ``x`` float (N, C, H, W) in [0, 1] on any
+device; its random draws come from the CPU ``torch.Generator`` ``gen`` (so a run is reproducible and
+resumable whatever the device), and the output has the input's shape, dtype and device.
+
+- ``crop``: random translation by up to ``padding`` pixels, i.e. zero-pad by ``padding`` on each side
+  and cut a random H x W window (the standard CIFAR augmentation of He et al. 2016).
+- ``flip``: horizontal flip with probability 1/2.
+- ``crop-flip``: both. ``none``: identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pssr.registry import Registry
+
+AUGMENTATIONS: Registry[Tensor] = Registry("augmentation")
+
+
+def random_crop(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    """Random ``padding``-pixel translations with zero fill, one offset pair per image."""
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if padding == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = F.pad(x, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)  # (N, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)  # (N, 1, 1, W)
+    bidx = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    cidx = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return xp[bidx, cidx, rows, cols]  # (N, C, H, W)
+
+
+def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+@AUGMENTATIONS.register("none")
+def _none(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    return x
+
+
+@AUGMENTATIONS.register("crop")
+def _crop(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    return random_crop(x, gen, padding)
+
+
+@AUGMENTATIONS.register("flip")
+def _flip(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    return random_flip(x, gen)
+
+
+@AUGMENTATIONS.register("crop-flip")
+def _crop_flip(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    return random_flip(random_crop(x, gen, padding), gen)
+
+
+def augment(name: str, x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    """Apply the registered augmentation ``name`` to a batch."""
+    return AUGMENTATIONS.get(name)(x, gen, padding)

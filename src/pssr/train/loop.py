@@ -1,0 +1,472 @@
+"""The training loop shared by every trainer in :mod:`pssr.train`: epochs, checkpoints, resume.
+
+The design follows airbench: the whole training split sits in memory (on the training device) as
+one tensor, each epoch draws a permutation from a seeded ``torch.Generator``, and augmentation is a
+batched tensor op (:mod:`pssr.train.augment`). The learning rate is a pure function of the global
+step (:func:`lr_at`), so the "scheduler state" is one integer.
+
+After every epoch the loop writes an atomic checkpoint holding the model, optimizer, step, the
+states of every random generator it uses (as uint8 tensors), the resolved config (a plain dict), the
+per-epoch history and :func:`pssr.utils.run_metadata`. Everything in it loads with
+``torch.load(weights_only=True)``. Restarting the same call with ``resume=True`` continues after the
+last finished epoch and, on the same device and thread count, gives bit-identical weights to a run
+that was never interrupted (``tests/test_train.py`` checks this).
+
+Trainers plug in through ``batch_loss(model, x, y, gen) -> (loss, logits)``: plain cross-entropy
+for :mod:`pssr.train.classifier`, PGD-AT / TRADES for :mod:`pssr.train.adversarial`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pssr.config import asdict
+from pssr.data import Dataset, Split
+from pssr.registry import Registry
+from pssr.train.augment import AUGMENTATIONS
+from pssr.utils import autocast_context, default_device, load_checkpoint, run_metadata, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pssr-train/1"
+
+BatchLoss = Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``[data]`` table: which dataset to load and how (see :func:`pssr.data.load`)."""
+
+    name: str = "digits"
+    data_dir: str | None = None  # folder or archive; None = the dataset's default places
+    val_fraction: float | None = None  # share of train held out for validation; None = dataset default
+    seed: int = 0  # seed of the train/val split (not of training)
+
+    def __post_init__(self) -> None:
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    """Load the dataset a :class:`DataConfig` names."""
+    from pssr import data as pdata
+
+    kw: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.data_dir is not None:
+        kw["data_dir"] = cfg.data_dir
+    if cfg.val_fraction is not None:
+        kw["val_fraction"] = cfg.val_fraction
+    return pdata.load(cfg.name, **kw)
+
+
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adam")
+# Fields that may differ between a checkpoint and the call resuming it (they do not change the result).
+RUNTIME_FIELDS = frozenset({"device", "eval_batch_size"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings common to every trainer (a TOML table such as ``[classifier]``)."""
+
+    model: str = "small-cnn"  # name in pssr.models (ignored when an nn.Module is passed)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
+    epochs: int = 10
+    batch_size: int = 128  # images per optimizer step
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum / Adam beta1
+    weight_decay: float = 5e-4  # L2 on every parameter (decoupled for Adam: AdamW)
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "step" | "constant", stepped per iteration
+    warmup: float = 0.2  # share of all steps spent warming up (onecycle, cosine)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0 = off
+    augment: str = "none"  # "none" | "crop-flip" | "crop" | "flip" (batched, see pssr.train.augment)
+    crop_padding: int = 4  # pixels of zero padding for random crops
+    seed: int = 0  # seeds init, shuffling, augmentation, dropout
+    bf16: bool = False  # bf16 autocast for the training forward/backward (evaluation stays fp32)
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on CPU with AMX/AVX512 and GPUs)
+    eval_batch_size: int = 1000  # images per evaluation batch
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup", 0.0 <= self.warmup < 1.0, "in [0, 1)"),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
+            ("crop_padding", self.crop_padding >= 0, ">= 0"),
+            ("seed", self.seed >= 0, ">= 0"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {tuple(AUGMENTATIONS.list())}, got {self.augment!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules: lr multiplier as a pure function of (step, total steps, warmup share)
+SCHEDULE_FNS: Registry[float] = Registry("schedule")
+
+
+@SCHEDULE_FNS.register("onecycle")
+def _onecycle(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up from 1/25 of the peak, then cosine annealing to 0 (Smith & Topin 2019)."""
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return 0.04 + 0.96 * step / w
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+@SCHEDULE_FNS.register("cosine")
+def _cosine(step: int, total: int, warmup: float) -> float:
+    """Cosine annealing to 0 after an optional linear warm-up from 0."""
+    w = int(round(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+@SCHEDULE_FNS.register("step")
+def _step(step: int, total: int, warmup: float) -> float:
+    """x0.1 at 50% and again at 75% of training (the classic CIFAR ResNet schedule)."""
+    return 1.0 if step < 0.5 * total else 0.1 if step < 0.75 * total else 0.01
+
+
+@SCHEDULE_FNS.register("constant")
+def _constant(step: int, total: int, warmup: float) -> float:
+    return 1.0
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate for global ``step`` (0-based) of ``total_steps``."""
+    return cfg.lr * SCHEDULE_FNS.get(cfg.schedule)(step, total_steps, cfg.warmup)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def iter_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for i in range(0, len(split), batch_size):
+        yield split.x[i : i + batch_size], split.y[i : i + batch_size]
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (in [0, 1]) of ``model`` on ``split`` in fp32 eval mode; the mode is restored."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    dev = model_device(model)
+    correct = 0
+    try:
+        for x, y in iter_batches(split, batch_size):
+            correct += int((model(x.to(dev)).argmax(1) == y.to(dev)).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+def model_spec(model: nn.Module, name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`rebuild_model` needs: the registry name and its keyword arguments."""
+    return {"name": name, "kwargs": dict(kwargs), "class": type(model).__name__}
+
+
+def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
+    """The model a pssr training checkpoint describes, with its weights, in eval mode, on CPU."""
+    from pssr.models import create_model
+
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict) or "state_dict" not in ckpt:
+        raise ValueError("not a pssr training checkpoint (no 'model' spec / 'state_dict')")
+    if not spec.get("name"):
+        raise ValueError(
+            f"the checkpoint holds a custom {spec.get('class')} that is not in the model registry; build the "
+            "module yourself and load ckpt['state_dict'] into it"
+        )
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tensor]]:
+    state: dict[str, Any] = {f"gen_{k}": g.get_state() for k, g in gens.items()}
+    state["torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
+    for k, g in gens.items():
+        g.set_state(state[f"gen_{k}"])
+    torch.set_rng_state(state["torch_cpu"])
+    if torch.cuda.is_available() and "torch_cuda" in state:
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+def plain_metadata() -> dict[str, Any]:
+    """:func:`run_metadata` reduced to JSON types (``torch.__version__`` is a str subclass that
+    ``torch.load(weights_only=True)`` refuses)."""
+    return json.loads(json.dumps(run_metadata(), default=str))
+
+
+def _config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Settings that differ between a checkpoint's config and ``cfg``; a key the checkpoint lacks
+    (written by an older pssr) counts as equal when ``cfg`` holds that field's default."""
+    now = asdict(cfg)
+    defaults = asdict(type(cfg)())
+    keys = (set(saved) | set(now)) - RUNTIME_FIELDS
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != now.get(k))
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    checkpoint: dict[str, Any]
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return bool(progress) and sys.stderr.isatty()
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    batch_loss: BatchLoss,
+    *,
+    model_name: str | None,
+    model_kwargs: dict[str, Any],
+    kind: str,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+    final_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data.train`` for ``cfg.epochs`` epochs with ``batch_loss``.
+
+    ``kind`` names the trainer ("classifier", "pgd-at", ...) in the checkpoint. After the last epoch
+    the test accuracy (fp32) and ``final_metrics(model)`` are added to ``checkpoint["metrics"]``.
+    The model is returned in eval mode, in contiguous memory format, on the training device.
+    """
+    device = default_device(cfg.device)
+    cfg_dict = asdict(cfg)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+
+    torch.manual_seed(cfg.seed)  # dropout and anything else drawing on the global generator
+    gens = {"shuffle": torch.Generator().manual_seed(cfg.seed), "aug": torch.Generator().manual_seed(cfg.seed + 1)}
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    metrics: dict[str, Any] = {}
+
+    if ckpt_path is not None and ckpt_path.is_file() and resume:
+        ck = load_checkpoint(ckpt_path, map_location=device)
+        diff = _config_diff(ck.get("config", {}), cfg)
+        if ck.get("kind") != kind or diff:
+            raise ValueError(
+                f"checkpoint {ckpt_path} was written by a different run (kind {ck.get('kind')!r} vs {kind!r}, "
+                f"differing settings: {', '.join(diff) or 'none'}); pass resume=False (--no-resume) to start "
+                "over or choose another output path"
+            )
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        _set_rng_state(ck["rng"], gens)
+        start_epoch, step = int(ck["epoch"]), int(ck["scheduler"]["step"])
+        history = list(ck.get("history", []))
+        metrics = dict(ck.get("metrics", {}))
+        log.info("resuming %s from %s after epoch %d/%d", kind, ckpt_path, start_epoch, cfg.epochs)
+
+    train = data.train
+    n = len(train)
+    if n == 0:
+        raise ValueError(f"dataset {data.name!r} has an empty train split")
+    # Whole split on the device once; drop the last partial batch (BatchNorm dislikes tiny batches).
+    x_all, y_all = train.x.to(device), train.y.to(device)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs
+    total_steps = steps_per_epoch * cfg.epochs
+    augment = AUGMENTATIONS.get(cfg.augment)
+    has_val = len(data.val) > 0
+
+    def save(epoch: int) -> dict[str, Any]:
+        ck = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": kind,
+            "model": model_spec(model, model_name, model_kwargs),
+            "state_dict": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": {"name": cfg.schedule, "step": step, "total_steps": total_steps},
+            "rng": _rng_state(gens),
+            "epoch": epoch,
+            "config": cfg_dict,
+            "data": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
+                     "classes": list(data.classes), "n_train": n},
+            "history": history,
+            "metrics": metrics,
+            "metadata": plain_metadata(),
+        }
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, ck)
+        return ck
+
+    ck: dict[str, Any] | None = None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gens["shuffle"]).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+        for i in bar:
+            idx = perm[i * bs : (i + 1) * bs]
+            x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
+            y = y_all[idx]
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(cfg, step, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast_context(device, cfg.bf16):
+                loss, logits = batch_loss(model, x, y, gens["aug"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.detach().float() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if bar is not None and (i % 20 == 0 or i == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        train_time = time.perf_counter() - t0
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum) / seen,
+            "train_acc": float(correct) / seen,
+            "lr_last": lr,
+            "train_seconds": train_time,
+            "images_per_second": seen / train_time,
+        }
+        if has_val:
+            rec["val_acc"] = evaluate_accuracy(model, data.val, cfg.eval_batch_size)
+        rec["epoch_seconds"] = time.perf_counter() - t0
+        history.append(rec)
+        log.info("%s epoch %d/%d: %s", kind, epoch + 1, cfg.epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
+        if epoch + 1 == cfg.epochs:
+            metrics = _final(model, data, cfg, final_metrics)
+        ck = save(epoch + 1)
+        for cb in callbacks:
+            cb(rec)
+
+    if ck is None:  # nothing left to train: the checkpoint was already complete
+        if not metrics or "test_acc" not in metrics:
+            metrics = _final(model, data, cfg, final_metrics)
+        ck = save(max(start_epoch, cfg.epochs))
+    opt.zero_grad(set_to_none=True)  # the last step's gradients would leak into the caller's code
+    model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return FitResult(model, history, ck)
+
+
+def _final(model: nn.Module, data: Dataset, cfg: TrainConfig,
+           final_metrics: Callable[[nn.Module], dict[str, float]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"test_acc": evaluate_accuracy(model, data.test, cfg.eval_batch_size), "n_test": len(data.test)}
+    if final_metrics is not None:
+        out.update(final_metrics(model))
+    log.info("final metrics: %s", out)
+    return out
+
+
+def _tqdm(it: range, desc: str, progress: bool) -> Any:
+    if not _progress_enabled(progress):
+        return _NoBar(it)
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class _NoBar:
+    def __init__(self, it: range) -> None:
+        self._it = it
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._it)
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+
+def summarize(ck: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-ready summary of a finished training checkpoint (accuracy, time, speed, config, versions)."""
+    hist = ck.get("history", [])
+    train_s = sum(h["train_seconds"] for h in hist)
+    wall_s = sum(h.get("epoch_seconds", h["train_seconds"]) for h in hist)
+    images = sum(h["train_seconds"] * h["images_per_second"] for h in hist)
+    return {
+        "kind": ck.get("kind"),
+        "model": ck.get("model", {}).get("name"),
+        "dataset": ck.get("data", {}).get("name"),
+        "metrics": ck.get("metrics", {}),
+        "epochs": ck.get("epoch"),
+        "seed": ck.get("config", {}).get("seed"),
+        "train_seconds": train_s,
+        "wall_seconds_training": wall_s,
+        "images_per_second": images / train_s if train_s > 0 else None,
+        "history": hist,
+        "config": ck.get("config"),
+        "metadata": ck.get("metadata"),
+    }
+
+
+def config_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
