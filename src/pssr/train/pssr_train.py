@@ -1,0 +1,472 @@
+"""PSSR training: learned scorer + regenerator against a frozen classifier, with adversarial R-drop.
+
+PSSR (Fu, Zhou, Ma, Zhang, arXiv 2402.00304; our reading in shared/docs/paper-notes.md):
+
+* Threat model of the training data: adversarial examples made against the **frozen, normally
+  trained** classifier with Linf PGD at the dataset's budget (``PSSRConfig.eps``: digits / MNIST
+  0.3, Fashion-MNIST 0.1, CIFAR 8/255), optionally mixed with FGSM (``fgsm_fraction``). They are
+  made once per run and cached (``adv_mode="cache"``, the CPU-friendly default; the classifier is
+  frozen, so they only differ by the random start) or remade every batch (``"online"``).
+* Per batch (x clean, x_adv, y): the learned scorer is fitted to the target share of the attack;
+  masks come from the current scorer (detached: top-k is not differentiable); ``G`` restores the
+  removed pixels of ``x_adv`` and is trained with pixel consistency, semantic consistency (KL and
+  optional feature MSE to the classifier on ``x``) and cross-entropy; the self-augmentation
+  regularizer with **adversarial R-drop** also passes ``x`` through surgery + regeneration and adds
+  the symmetric KL between ``f(R(x))`` and ``f(R(x_adv))`` plus CE and pixel consistency on ``R(x)``.
+* Reproducible and resumable: all randomness derives from ``seed`` and the epoch/batch index, the
+  state is written atomically after each epoch, and a rerun with the same ``out_dir`` continues at
+  the next epoch with bit-identical results on CPU.
+
+The training-time attack is a small private PGD (:func:`pgd`) with an explicit ``torch.Generator``,
+so training does not depend on the attack library; evaluation (:func:`quick_eval`) uses
+``pssr.attacks`` when it provides "pgd".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pssr.config import asdict
+from pssr.defense.pssr import PSSR, PSSRConfig, eval_mode
+from pssr.defense.scoring import FrozenEval, attack_share_target
+from pssr.defense.surgery import MASK_MODES
+from pssr.train import losses
+from pssr.utils import autocast_context, default_device, load_checkpoint, save_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "pssr-train-state.pt"
+CACHE_FILE = "pssr-adv-cache.pt"
+FINAL_FILE = "pssr.pt"
+
+
+# ----------------------------------------------------------------------------- adversarial examples
+def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
+        generator: torch.Generator | None = None, random_start: bool = True) -> Tensor:
+    """Linf PGD (Madry et al. 2018) on CE, x (N, C, H, W) in [0, 1]; ``steps=1, alpha=eps`` without
+    random start is FGSM. The model is used in eval mode with frozen parameters (both restored)."""
+    x = x.detach()
+    if random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+        x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    with FrozenEval(model), torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+            x_adv = x_adv.detach() + alpha * g.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfig, seed: int,
+                     batch_size: int = 256, progress: bool = False, desc: str = "adversarial") -> tuple[Tensor, Tensor]:
+    """PGD (or FGSM for a seeded ``fgsm_fraction`` of examples) against ``classifier`` and the
+    scorer's target share maps. Returns x_adv (N, C, H, W) and target (N, 1, H, W)."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    use_fgsm = torch.rand(len(x), generator=g) < cfg.fgsm_fraction  # (N,)
+    dev = next(classifier.parameters()).device
+    advs, targets = [], []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        xa = pgd(classifier, xb, yb, cfg.eps, cfg.alpha, cfg.pgd_steps, generator=g)
+        fg = use_fgsm[i:i + batch_size].to(dev)
+        if fg.any():
+            xf = pgd(classifier, xb, yb, cfg.eps, cfg.eps, 1, random_start=False)
+            xa = torch.where(fg[:, None, None, None], xf, xa)
+        advs.append(xa.cpu())
+        targets.append(attack_share_target(cfg.scorer_target, xb, xa, classifier, yb).cpu())
+    return torch.cat(advs), torch.cat(targets)
+
+
+def _classifier_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- data
+def _splits(data: Any, cfg: PSSRConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_val, y_val): a seeded train subset; val from ``data.val`` or held out of train."""
+    train = data.train
+    x, y = train.x, train.y
+    g = torch.Generator().manual_seed(cfg.seed)
+    val = getattr(data, "val", None)
+    if val is not None and len(val) > 0:
+        vi = torch.randperm(len(val), generator=g)[: cfg.val_size]
+        xv, yv = val.x[vi], val.y[vi]
+        perm = torch.randperm(len(x), generator=g)
+    else:
+        perm = torch.randperm(len(x), generator=g)
+        hold = min(cfg.val_size, len(x) // 5)
+        xv, yv = x[perm[:hold]], y[perm[:hold]]
+        perm = perm[hold:]
+    if cfg.train_subset:
+        perm = perm[: cfg.train_subset]
+    perm = perm.sort().values
+    return x[perm], y[perm], xv, yv
+
+
+# ----------------------------------------------------------------------------- one step
+def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
+          tap: losses.FeatureTap | None) -> tuple[Tensor, dict[str, float]]:
+    clf = defense.classifier
+    parts: dict[str, Tensor] = {}
+    with torch.no_grad():
+        logits_clean = clf(x)
+        feat_clean = tap.pop() if tap is not None else None
+
+    def mask_of(scores: Tensor) -> Tensor:
+        arg = cfg.ratio if cfg.mask_mode == "topk" else cfg.threshold
+        return MASK_MODES[cfg.mask_mode](scores.detach(), arg)
+
+    learned = getattr(defense.scorer, "needs_training", False) and cfg.use_surgery
+    zeros = torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)
+    if not cfg.use_surgery:
+        m_adv = m_clean = zeros
+    elif learned:
+        s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
+        parts["scorer"] = cfg.w_scorer * losses.scorer_ce(s_adv, target)
+        m_adv = mask_of(s_adv)
+        with torch.no_grad():
+            m_clean = mask_of(defense.scorer(x, clf))
+    else:
+        with torch.no_grad():
+            m_adv, m_clean = mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf))
+
+    if defense.generator is not None:
+        with autocast_context(x.device, cfg.bf16):
+            r_adv = defense.restore(x_adv, m_adv)
+            logits_adv = clf(r_adv)
+            feat_adv = tap.pop() if tap is not None else None
+        parts["pix_mask"] = cfg.w_pixel_mask * losses.pixel_l1(r_adv, x, m_adv)
+        parts["pix_full"] = cfg.w_pixel_full * losses.pixel_l1(r_adv, x)
+        parts["kl"] = cfg.w_semantic_kl * losses.kl_to_target(logits_clean, logits_adv)
+        parts["ce"] = cfg.w_ce * F.cross_entropy(logits_adv.float(), y)
+        if tap is not None:
+            parts["feat"] = cfg.w_semantic_feat * losses.feature_mse(feat_clean, feat_adv)
+        if cfg.w_rdrop > 0:
+            with autocast_context(x.device, cfg.bf16):
+                r_clean = defense.restore(x, m_clean)
+                logits_rc = clf(r_clean)
+                if tap is not None:
+                    tap.pop()
+            parts["rdrop"] = cfg.w_rdrop * (losses.symmetric_kl(logits_rc, logits_adv) + F.cross_entropy(logits_rc.float(), y))
+            parts["pix_clean"] = cfg.w_pixel_mask * losses.pixel_l1(r_clean, x, m_clean) + cfg.w_pixel_full * losses.pixel_l1(r_clean, x)
+    if not parts:
+        return torch.zeros((), device=x.device), {}
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+    dev = next(model.parameters()).device
+    correct = 0
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            correct += int((model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size]).sum())
+    return correct / max(len(x), 1)
+
+
+# ----------------------------------------------------------------------------- the trainer
+def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = None, *, out_dir: str | Path | None = None,
+               resume: bool = True, progress: bool = True, classifier_spec: dict[str, Any] | None = None,
+               on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, **overrides: Any) -> PSSR:
+    """Train PSSR's scorer and regenerator in front of the frozen ``classifier``.
+
+    Args:
+        classifier: ``nn.Module`` on images in [0, 1] returning logits; never updated.
+        data: a ``pssr.data.Dataset`` (uses ``.train`` and ``.val``; ``.val`` may be empty).
+        config: :class:`PSSRConfig`; keyword ``overrides`` replace its fields (``epochs=2``).
+        out_dir: where the per-epoch state, the adversarial cache and the final ``pssr.pt`` go;
+            with ``resume=True`` an existing state there is continued (same config required,
+            except ``epochs``, which may grow).
+        classifier_spec: ``{"name", "kwargs"}`` for ``create_model`` so the result can be saved.
+        on_epoch_end: called as ``f(epoch, record)`` after each epoch's state is on disk.
+
+    Returns:
+        the trained :class:`PSSR` (eval mode), with ``metrics["history"]``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = dataclasses.replace(config or PSSRConfig(), **overrides)
+    device = default_device(cfg.device)
+    c, h, w = (int(s) for s in data.train.x.shape[1:])
+    x_tr, y_tr, x_val, y_val = _splits(data, cfg)
+    classifier = classifier.to(device)
+    out = Path(out_dir) if out_dir is not None else None
+
+    seed_everything(cfg.seed)
+    defense = PSSR(classifier, cfg, image_shape=(c, h, w), classifier_spec=classifier_spec).to(device)
+    learned_scorer = cfg.use_surgery and getattr(defense.scorer, "needs_training", False)
+    trainable = [*(defense.scorer.parameters() if learned_scorer else []),
+                 *(defense.generator.parameters() if defense.generator is not None else [])]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) if trainable else None
+
+    key = {"classifier": _classifier_digest(classifier), "n_train": len(x_tr), "n_val": len(x_val),
+           **{k: getattr(cfg, k) for k in ("eps", "pgd_steps", "pgd_alpha", "fgsm_fraction", "seed", "train_subset",
+                                             "val_size", "scorer_target")}}
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if out is not None and resume and (out / STATE_FILE).is_file():
+        st = load_checkpoint(out / STATE_FILE)
+        saved = dict(st["config"])
+        now = asdict(cfg)
+        diff = sorted(k for k in now if k != "epochs" and saved.get(k) != now[k])
+        if diff or st.get("key") != key:
+            raise ValueError(f"{out / STATE_FILE} was written with a different config ({', '.join(diff) or 'data/classifier'}); "
+                             "use another out_dir or resume=False")
+        defense.scorer.load_state_dict(st["scorer"])
+        if defense.generator is not None:
+            defense.generator.load_state_dict(st["generator"])
+        if opt is not None and st.get("optimizer") is not None:
+            opt.load_state_dict(st["optimizer"])
+        history, start_epoch = list(st["history"]), int(st["epoch"]) + 1
+        log.info("resuming PSSR training from %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+
+    t0 = time.time()
+    with FrozenEval(classifier):
+        # adversarial training / validation examples against the frozen classifier
+        cache = None
+        if out is not None and (out / CACHE_FILE).is_file():
+            cache = load_checkpoint(out / CACHE_FILE)
+            if cache.get("key") != key:
+                cache = None
+        if cache is None:
+            cache = {"key": key}
+            cache["val_adv"], _ = make_adversarial(classifier, x_val, y_val, cfg, seed=cfg.seed + 1, progress=progress,
+                                                   desc="val adversarial")
+            if cfg.adv_mode == "cache":
+                cache["adv"], cache["target"] = make_adversarial(classifier, x_tr, y_tr, cfg, seed=cfg.seed + 2,
+                                                                 progress=progress, desc="train adversarial")
+            if out is not None:
+                save_checkpoint(out / CACHE_FILE, cache)
+        log.info("adversarial examples ready (%.0f s); undefended val robust acc %.3f", time.time() - t0,
+                 _accuracy(classifier, cache["val_adv"], y_val))
+
+        tap = losses.FeatureTap(classifier, cfg.feature_layer) if cfg.w_semantic_feat > 0 and cfg.feature_layer else None
+        for epoch in range(start_epoch, cfg.epochs):
+            te = time.time()
+            if opt is not None:  # cosine schedule from the epoch index (so resume needs no scheduler state)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(x_tr), generator=gen)
+            sums: dict[str, float] = {}
+            nb = 0
+            bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"pssr epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+            for bi, i in enumerate(bar):
+                idx = order[i:i + cfg.batch_size]
+                xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+                if cfg.adv_mode == "cache":
+                    xa, tgt = cache["adv"][idx].to(device), cache["target"][idx].to(device)
+                else:
+                    xa, tgt = make_adversarial(classifier, xb, yb, cfg, seed=cfg.seed * 7919 + epoch * 100_003 + bi,
+                                               batch_size=len(xb))
+                    xa, tgt = xa.to(device), tgt.to(device)
+                if opt is None:
+                    break
+                if tap is not None:
+                    tap.__enter__()
+                try:
+                    loss, parts = _loss(defense, cfg, xb, yb, xa, tgt, tap)
+                finally:
+                    if tap is not None:
+                        tap.__exit__()
+                        tap.outputs.clear()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                nb += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if progress:
+                    bar.set_postfix(loss=f"{float(loss):.3f}")
+            rec: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - te, 1),
+                                   **{f"loss_{k}": v / max(nb, 1) for k, v in sums.items()}}
+            rec["val_clean_acc"] = _accuracy(defense, x_val, y_val)
+            rec["val_graybox_acc"] = _accuracy(defense, cache["val_adv"], y_val)
+            history.append(rec)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                     ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if out is not None:
+                save_checkpoint(out / STATE_FILE, {
+                    "epoch": epoch, "config": asdict(cfg), "key": key, "history": history,
+                    "scorer": defense.scorer.state_dict(),
+                    "generator": defense.generator.state_dict() if defense.generator is not None else None,
+                    "optimizer": opt.state_dict() if opt is not None else None,
+                })
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, rec)
+
+    defense.metrics = {"history": history, "val_undefended_graybox_acc": _accuracy(classifier, cache["val_adv"], y_val),
+                       "val_classifier_clean_acc": _accuracy(classifier, x_val, y_val),
+                       "n_train": len(x_tr), "n_val": len(x_val), "train_seconds_this_run": round(time.time() - t0, 1)}
+    defense.eval()
+    if out is not None and defense.classifier_spec is not None:
+        defense.save(out / FINAL_FILE)
+    return defense
+
+
+# ----------------------------------------------------------------------------- quick measurement
+def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Callable[..., Tensor]]:
+    """PGD from ``pssr.attacks`` when it is there, else :func:`pgd`; returns (implementation, fn).
+
+    ``fn(model, x, y, grad_model=None)``: gradients from ``grad_model`` (a BPDA view), success on ``model``.
+    """
+    try:
+        importlib.import_module("pssr.attacks.pgd")
+        from pssr.attacks.base import ATTACKS
+
+        def lib(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
+            return ATTACKS.create("pgd", model=m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model)(x, y)
+
+        return "pssr.attacks.pgd (1 restart, random start, early stop per example)", lib
+    except ImportError:
+        g = torch.Generator().manual_seed(seed)
+
+        def own(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
+            return pgd(grad_model if grad_model is not None else m, x, y, eps, alpha, steps, generator=g)
+
+        return "pssr.train.pssr_train.pgd (1 restart, random start, last iterate)", own
+
+
+def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40, alpha: float | None = None,
+               adaptive_n: int = 300, seed: int = 0, batch_size: int = 250, progress: bool = False) -> dict[str, Any]:
+    """Clean, gray-box and adaptive accuracies of ``defense`` (and of its bare classifier) on (x, y).
+
+    * gray-box (the paper's protocol): Linf PGD on the classifier alone, then purified;
+    * adaptive (white-box on PSSR), on the first ``adaptive_n`` examples: PGD through
+      ``bpda("identity")`` and through ``bpda("mask-constant")`` (exact gradients of fill + G with
+      the mask fixed); ``adaptive_worst`` is the per-example worst case of the two.
+    A first evaluation, not the harness: one PGD run each, no restarts, no AutoAttack.
+    """
+    from tqdm.auto import tqdm
+
+    alpha = alpha if alpha is not None else 2.5 * eps / steps
+    impl, attack = _attack_fn(eps, alpha, steps, seed)
+    dev = next(defense.parameters()).device
+    clf = defense.classifier
+    res: dict[str, Any] = {"n": len(x), "eps": eps, "steps": steps, "alpha": alpha, "attack_impl": impl, "seed": seed}
+    correct = {k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")}
+    for i in tqdm(range(0, len(x), batch_size), desc="gray-box", disable=not progress, leave=False):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        xa = attack(clf, xb, yb)
+        with torch.no_grad():
+            correct["clf_clean"].append(clf(xb).argmax(1) == yb)
+            correct["pssr_clean"].append(defense(xb).argmax(1) == yb)
+            correct["clf_pgd"].append(clf(xa).argmax(1) == yb)
+            correct["pssr_graybox_pgd"].append(defense(xa).argmax(1) == yb)
+    for k, v in correct.items():
+        res[f"{k}_acc"] = float(torch.cat(v).float().mean())
+    na = min(adaptive_n, len(x))
+    res["adaptive_n"] = na
+    worst = torch.ones(na, dtype=torch.bool)
+    for mode in ("identity", "mask-constant") if na > 0 else ():
+        view = defense.bpda(mode)
+        ok = []
+        for i in tqdm(range(0, na, batch_size), desc=f"adaptive {mode}", disable=not progress, leave=False):
+            xb, yb = x[i:min(i + batch_size, na)].to(dev), y[i:min(i + batch_size, na)].to(dev)
+            xa = attack(defense, xb, yb, grad_model=view)
+            with torch.no_grad():
+                ok.append((defense(xa).argmax(1) == yb).cpu())
+        ok_t = torch.cat(ok)
+        worst &= ok_t
+        res[f"pssr_adaptive_pgd_{mode}_acc"] = float(ok_t.float().mean())
+    if na > 0:
+        res["pssr_adaptive_worst_acc"] = float(worst.float().mean())
+        res["pssr_clean_acc_on_adaptive_subset"] = float(torch.cat(correct["pssr_clean"])[:na].float().mean())
+    return res
+
+
+# ----------------------------------------------------------------------------- config-file runs
+@dataclasses.dataclass(frozen=True)
+class PSSRRunConfig:
+    """The ``[run]`` table of a ``configs/pssr-*.toml`` file (``[data]`` and ``[pssr]`` are the others)."""
+
+    classifier: str = ""  # classifier checkpoint written by `pssr train-classifier` (required)
+    out: str = ""  # output folder; "" = runs/<dataset>/pssr
+    results: str = ""  # JSON summary path; "" = <out>/pssr-train.json only
+    eval_n: int = 1000  # test images of the quick gray-box evaluation (0 = the whole test split)
+    eval_steps: int = 40  # PGD steps of the evaluation attacks
+    eval_eps: float = -1.0  # Linf budget of the evaluation; < 0 = pssr.eps
+    adaptive_n: int = 300  # test images attacked adaptively (through bpda views)
+    eval_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("eval_n", "eval_steps", "adaptive_n", "eval_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def load_classifier_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(classifier in eval mode, ``{"name", "kwargs"}``) from a ``pssr train-classifier`` checkpoint."""
+    from pssr.train.loop import rebuild_model
+
+    ck = load_checkpoint(path)
+    spec = ck.get("model")
+    if not isinstance(spec, dict) or not spec.get("name"):
+        raise ValueError(f"{path} is not a classifier checkpoint of a registered model (no model name inside)")
+    model = rebuild_model(ck)
+    model.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+    return model.to(default_device(device)), model.pssr_spec
+
+
+def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, *, results: str | Path | None = None,
+                    resume: bool = True, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Train PSSR from a parsed config (tables ``[data]``, ``[pssr]``, ``[run]``), evaluate it quickly
+    (:func:`quick_eval` on the test split) and write ``<out>/pssr.pt`` and the JSON summary."""
+    from pssr.config import build
+    from pssr.train.loop import DataConfig, load_data
+    from pssr.utils import atomic_write_json, run_metadata
+
+    data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
+    cfg = build(PSSRConfig, mapping.get("pssr"), prefix="pssr.")
+    run = build(PSSRRunConfig, mapping.get("run"), prefix="run.")
+    if not run.classifier:
+        raise ValueError("run.classifier (the classifier checkpoint path) is required; train one with "
+                         "`pssr train-classifier --config configs/<dataset>.toml`")
+    out = Path(out_dir or run.out or Path("runs") / data_cfg.name / "pssr")
+    data = load_data(data_cfg)
+    classifier, spec = load_classifier_checkpoint(run.classifier, device=cfg.device)
+    t0 = time.time()
+    defense = train_pssr(classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec)
+    train_s = time.time() - t0
+    test = data.test.subset(run.eval_n or None, seed=run.eval_seed) if run.eval_n else data.test
+    eps = run.eval_eps if run.eval_eps >= 0 else cfg.eps
+    t1 = time.time()
+    ev = quick_eval(defense, test.x, test.y, eps=eps, steps=run.eval_steps, adaptive_n=run.adaptive_n,
+                    seed=run.eval_seed, progress=progress)
+    ev["seconds"] = round(time.time() - t1, 1)
+    defense.metrics["test"] = ev
+    defense.save(out / FINAL_FILE)
+    summary = {
+        "kind": "pssr", "dataset": data_cfg.name, "command": command, "checkpoint": str(out / FINAL_FILE),
+        "classifier_checkpoint": run.classifier, "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg),
+                                                            "run": asdict(run)},
+        "train_seconds_this_invocation": round(train_s, 1), "test": ev,
+        "validation": {k: v for k, v in defense.metrics.items() if k != "test"}, "metadata": run_metadata(),
+    }
+    atomic_write_json(out / "pssr-train.json", summary)
+    if results or run.results:
+        atomic_write_json(Path(results or run.results), summary)
+    return summary
