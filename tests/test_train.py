@@ -32,6 +32,14 @@ def digits() -> pssr.data.Dataset:
     return pssr.data.load("digits")
 
 
+@pytest.fixture(scope="module")
+def small_digits(digits) -> pssr.data.Dataset:
+    """400 training images: enough to exercise the adversarial trainers quickly."""
+    import dataclasses
+
+    return dataclasses.replace(digits, train=digits.train.subset(400, seed=0))
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Bit-exact comparisons need a fixed thread count; one thread also plays well with a busy CI box.
@@ -230,13 +238,13 @@ def test_pgd_linf_stays_in_the_ball_and_raises_the_loss(digits):
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
-def test_adversarial_training_runs_and_resumes(digits, tmp_path, method):
+def test_adversarial_training_runs_and_resumes(small_digits, tmp_path, method):
     kw = dict(method=method, eps=0.1, alpha=0.05, steps=2, epochs=2, eval_steps=3, eval_n=100, seed=0, **FAST)
-    a = adversarial_train_run("tiny-cnn", digits, checkpoint=tmp_path / "a.pt", **kw)
+    a = adversarial_train_run("tiny-cnn", small_digits, checkpoint=tmp_path / "a.pt", **kw)
     m = a.checkpoint["metrics"]
     assert a.checkpoint["kind"] == method and m["pgd3_n"] == 100
     assert 0.0 <= m["pgd3_robust_acc"] <= m["pgd3_clean_acc"] <= 1.0
-    b = adversarial_train_run("tiny-cnn", digits, checkpoint=tmp_path / "b.pt", **kw)
+    b = adversarial_train_run("tiny-cnn", small_digits, checkpoint=tmp_path / "b.pt", **kw)
     assert _same_weights(a.model, b.model)
     assert isinstance(load_classifier(tmp_path / "a.pt"), torch.nn.Module)
 
