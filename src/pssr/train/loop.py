@@ -41,6 +41,7 @@ from pssr.utils import autocast_context, default_device, load_checkpoint, run_me
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "pssr-train/1"
+LOG_EVERY_S = 120.0  # seconds between heartbeat log lines when there is no progress bar
 
 BatchLoss = Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -367,6 +368,7 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+        last_note = t0
         for i in bar:
             idx = perm[i * bs : (i + 1) * bs]
             x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
@@ -385,8 +387,13 @@ def fit(
             loss_sum += loss.detach().float() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
-            if bar is not None and (i % 20 == 0 or i == steps_per_epoch - 1):
+            if i % 20 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+            if isinstance(bar, _NoBar) and time.perf_counter() - last_note > LOG_EVERY_S:
+                # no progress bar (background run): a heartbeat line every LOG_EVERY_S seconds
+                last_note = time.perf_counter()
+                log.info("%s epoch %d/%d: step %d/%d, %.0f img/s", kind, epoch + 1, cfg.epochs, i + 1,
+                         steps_per_epoch, seen / (last_note - t0))
         train_time = time.perf_counter() - t0
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -446,6 +453,27 @@ class _NoBar:
         pass
 
 
+def host_info() -> dict[str, Any]:
+    """CPU model, thread settings and the load average (other jobs on a shared machine slow a run down)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def summarize(ck: dict[str, Any]) -> dict[str, Any]:
     """A JSON-ready summary of a finished training checkpoint (accuracy, time, speed, config, versions)."""
     hist = ck.get("history", [])
@@ -465,6 +493,7 @@ def summarize(ck: dict[str, Any]) -> dict[str, Any]:
         "history": hist,
         "config": ck.get("config"),
         "metadata": ck.get("metadata"),
+        "host": host_info(),
     }
 
 
