@@ -176,6 +176,11 @@ def test_resume_refuses_a_checkpoint_from_other_settings(digits, tmp_path):
     train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, **FAST)
     with pytest.raises(ValueError, match="differing settings: lr"):
         train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False)
+    with pytest.raises(ValueError, match="trained on 'digits'"):
+        import dataclasses
+
+        other = dataclasses.replace(digits, train=digits.train.subset(500))
+        train_classifier("tiny-cnn", other, epochs=1, checkpoint=path, **FAST)
     # resume=False starts over
     train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False, resume=False)
     assert torch.load(path, weights_only=True)["config"]["lr"] == 0.01

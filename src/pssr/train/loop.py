@@ -318,6 +318,12 @@ def fit(
                 f"differing settings: {', '.join(diff) or 'none'}); pass resume=False (--no-resume) to start "
                 "over or choose another output path"
             )
+        saved_data = ck.get("data", {})
+        if saved_data.get("name") != data.name or saved_data.get("n_train") != len(data.train):
+            raise ValueError(
+                f"checkpoint {ckpt_path} was trained on {saved_data.get('name')!r} ({saved_data.get('n_train')} "
+                f"training images), not on {data.name!r} ({len(data.train)}); pass resume=False to start over"
+            )
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         _set_rng_state(ck["rng"], gens)
