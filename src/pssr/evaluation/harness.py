@@ -1,0 +1,767 @@
+"""The evaluation harness: clean and robust accuracy under two threat models, worst case per example.
+
+``evaluate(models, data, attacks=...)`` runs every attack on every model over the same examples and
+returns a :class:`~pssr.evaluation.report.Report` built from per-example records.
+
+Threat models, always side by side (see ``docs/report-schema.md`` and DESIGN.md):
+
+* ``paper`` -- the gray-box protocol of purification papers: ``x_adv`` is crafted against the
+  *undefended classifier* and then fed to the defense. The source is ``gray_box_source[name]`` when
+  given, else ``model.classifier`` for a purification defense (a model with both ``purify`` and
+  ``classifier``), else the model itself (for an undefended classifier the protocol is white-box).
+* ``adaptive`` -- white-box on the whole defense: the attack gets the full model (attacks named
+  ``*-bpda*`` / ``*-eot`` use its BPDA / EOT views), plus gradient-free (Square) and transfer controls.
+
+Per model the harness (1) runs the sanity checks of :mod:`pssr.evaluation.checks`, (2) predicts on
+the clean examples, (3) runs each attack at each eps on the examples it classifies correctly (an
+example misclassified clean is non-robust everywhere), and (4) computes from the records the
+accuracy per attack, the worst case per example over all attacks of a threat model (an example
+counts robust only if it survives every one) and over both threat models, time per attack, and the
+post-run checks. With ``state_dir`` the work is saved after every batch and resumed on rerun.
+
+Randomness: each batch of each unit is reseeded from ``seed`` and the unit's name (global torch,
+numpy and python RNGs, and every submodule with a ``reseed(seed)`` method, e.g. a randomized
+defense), so results do not depend on the order or on interruptions. The caller's global RNG
+states are restored at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pssr.data import Dataset, Split
+from pssr.evaluation import checks as checks_mod
+from pssr.evaluation.checks import CheckConfig
+from pssr.evaluation.report import Report, summarize, worst_case_table
+from pssr.evaluation.state import StateStore, UnitState
+from pssr.utils import run_metadata
+
+log = logging.getLogger(__name__)
+
+THREAT_MODELS = ("paper", "adaptive")
+NORMS = ("linf", "l2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Attack specifications
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack to run: registry ``name``, ``threat_model``, keyword arguments, table ``label``.
+
+    ``for_randomized``: run only on models whose forward pass is random (EOT attacks);
+    ``needs_surrogate``: the attack gets ``surrogate=`` (the gray-box source) unless given one.
+    """
+
+    name: str
+    threat_model: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+    for_randomized: bool = False
+    needs_surrogate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threat_model not in THREAT_MODELS:
+            raise ValueError(f"attack {self.name!r}: threat_model={self.threat_model!r}; choose from {THREAT_MODELS}")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+        bad = {"eps", "norm", "seed", "model"} & set(self.kwargs)
+        if bad:
+            raise ValueError(f"attack {self.label!r}: {sorted(bad)} are set by evaluate(), not per attack")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "threat_model": self.threat_model, "label": self.label,
+                "kwargs": {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v))
+                           for k, v in self.kwargs.items()},
+                "for_randomized": self.for_randomized, "needs_surrogate": self.needs_surrogate}
+
+
+def _attacks_module() -> Any:
+    import pssr.attacks as attacks
+
+    return attacks
+
+
+def _family(dataset: str | None) -> str | None:
+    """The attacks package's budget family of ``dataset`` (None when unknown)."""
+    if dataset is None:
+        return None
+    fam = getattr(_attacks_module(), "dataset_family", None)
+    if fam is None:
+        return None
+    try:
+        return fam(dataset)
+    except ValueError:
+        return None
+
+
+def _set_entries(set_name: str, dataset: str | None) -> list[Any]:
+    """``ATTACK_SETS[set_name][family]``: the set's entries at ``dataset``'s default hyper-parameters."""
+    sets = getattr(_attacks_module(), "ATTACK_SETS", None) or {}
+    if set_name not in sets:
+        raise ValueError(f"unknown attack set {set_name!r}; available: {', '.join(sorted(sets)) or 'none'}")
+    fam = _family(dataset)
+    if fam is None:
+        raise ValueError(
+            f"the attack set {set_name!r} needs a dataset with known defaults (got dataset={dataset!r}); pass "
+            f"dataset=... (one of {', '.join(sorted(getattr(_attacks_module(), 'DATASET_FAMILIES', {})))}) "
+            "or list attacks by name"
+        )
+    return list(sets[set_name][fam])
+
+
+def _defaults_for(name: str, threat: str | None, dataset: str | None, norm: str
+                  ) -> tuple[Any | None, str | None, bool]:
+    """The set entry describing attack ``name``, its set's name, and whether its hyper-parameters apply.
+
+    Looks the name up as a label, then as a registry name, in the set of ``threat`` first, preferring
+    entries of ``norm``. With an
+    unknown dataset the entry still gives the threat model and flags, but not the hyper-parameters.
+    """
+    sets = getattr(_attacks_module(), "ATTACK_SETS", None) or {}
+    fam = _family(dataset)
+    order = [t for t in ((threat,) if threat else ()) + THREAT_MODELS if t in sets]
+    for field_name in ("label", "attack"):
+        for same_norm in (True, False):
+            for set_name in dict.fromkeys(order):
+                families = [fam] if fam is not None else list(sets[set_name])
+                for f in families:
+                    for e in sets[set_name].get(f, ()):
+                        if getattr(e, field_name, None) == name and (_entry_norm(e) == norm or not same_norm):
+                            return e, set_name, fam is not None
+    return None, None, False
+
+
+def _from_set_entry(entry: Any, threat: str, label: str = "", extra: Mapping[str, Any] | None = None,
+                    with_kwargs: bool = True) -> AttackSpec:
+    kw = {k: v for k, v in dict(entry.kwargs).items() if k not in ("eps", "norm", "seed")} if with_kwargs else {}
+    kw.update(extra or {})
+    return AttackSpec(name=entry.attack, threat_model=threat, kwargs=kw, label=label or entry.label,
+                      for_randomized=bool(getattr(entry, "for_randomized", False)),
+                      needs_surrogate=bool(getattr(entry, "needs_surrogate", False)))
+
+
+def _entry_norm(entry: Any) -> str:
+    return str(dict(entry.kwargs).get("norm", "linf"))
+
+
+def _spec_from(item: str | Mapping[str, Any], dataset: str | None, norm: str) -> AttackSpec:
+    if isinstance(item, str):
+        name, _, threat = item.strip().partition("@")
+        kw: dict[str, Any] = {}
+        label = ""
+    elif isinstance(item, Mapping):
+        d = dict(item)
+        if "name" not in d:
+            raise ValueError(f"attack spec dict needs a 'name' key, got {item!r}")
+        name = str(d.pop("name"))
+        threat = str(d.pop("threat_model", "") or "")
+        label = str(d.pop("label", "") or "")
+        kw = d
+    else:
+        raise ValueError(f"attack spec must be a name or a dict, got {type(item).__name__}: {item!r}")
+    name = name.strip().lower()
+    threat = threat.strip().lower()
+    entry, set_name, exact = _defaults_for(name, threat or None, dataset, norm)
+    threat = threat or set_name or "paper"
+    if entry is not None:
+        return _from_set_entry(entry, threat, label=label or (entry.label if exact else name), extra=kw,
+                               with_kwargs=exact)
+    return AttackSpec(name=name, threat_model=threat, kwargs=kw, label=label,
+                      needs_surrogate=name == "transfer" and "surrogate" not in kw)
+
+
+def parse_attacks(attacks: str | Sequence[str | Mapping[str, Any]], dataset: str | None = None,
+                  norm: str = "linf") -> list[AttackSpec]:
+    """Attack specs from a set name, a comma list, or a list of names / dicts.
+
+    * ``"paper"`` / ``"adaptive"`` expand to ``pssr.attacks.ATTACK_SETS[set][family of dataset]``
+      under that threat model; entries of another norm than ``norm`` are left out (a worst case
+      never mixes threat norms);
+    * a name (a set label such as ``"cw-l2"`` or a registry name such as ``"pgd"``) runs under the
+      threat model of the set it belongs to (``"paper"`` when in none) with that set's
+      hyper-parameters for ``dataset``; ``"pgd@adaptive"`` chooses the threat model;
+    * a dict ``{"name": "pgd", "steps": 100, "threat_model": "adaptive", "label": "pgd-100"}``
+      passes its other keys to the attack (over the set's defaults).
+
+    Labels are made unique per threat model (``pgd``, ``pgd#2``, ...). ``eps``, ``norm`` and
+    ``seed`` are always those given to :func:`evaluate`.
+    """
+    if isinstance(attacks, str):
+        items: list[Any] = [a for a in attacks.split(",") if a.strip()]
+    elif isinstance(attacks, Sequence):
+        items = list(attacks)
+    else:
+        raise ValueError(f"attacks must be a string or a list of names/dicts, got {type(attacks).__name__}")
+    specs: list[AttackSpec] = []
+    for item in items:
+        if isinstance(item, str) and item.strip().lower() in THREAT_MODELS:
+            set_name = item.strip().lower()
+            for e in _set_entries(set_name, dataset):
+                if _entry_norm(e) != norm:
+                    log.info("attack set %r: %s (%s) left out of a %s evaluation", set_name, e.label,
+                             _entry_norm(e), norm)
+                    continue
+                specs.append(_from_set_entry(e, set_name))
+        else:
+            specs.append(_spec_from(item, dataset, norm))
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for s in specs:
+        k = (s.threat_model, s.label)
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] > 1:
+            s = AttackSpec(s.name, s.threat_model, s.kwargs, f"{s.label}#{seen[k]}", s.for_randomized,
+                           s.needs_surrogate)
+        out.append(s)
+    if not out:
+        raise ValueError(f"no attacks to run from attacks={attacks!r} (norm={norm!r})")
+    return out
+
+
+def _create_attack(name: str, model: nn.Module, **kw: Any) -> Any:
+    create = getattr(_attacks_module(), "create_attack", None)
+    if create is None:
+        from pssr.attacks.base import ATTACKS
+
+        return ATTACKS.create(name, model=model, **kw)
+    return create(name, model, **kw)
+
+
+def default_eps(dataset: str | None, norm: str) -> float:
+    """The customary budget of ``dataset``'s family (``pssr.attacks.BUDGETS``)."""
+    fam = _family(dataset)
+    budgets = getattr(_attacks_module(), "BUDGETS", {})
+    if fam is None or fam not in budgets or norm not in budgets[fam]:
+        raise ValueError(
+            f"eps=None needs a dataset with a known default budget; pass eps explicitly (dataset={dataset!r}, "
+            f"norm={norm!r})"
+        )
+    return float(budgets[fam][norm])
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _derived_seed(seed: int, *parts: Any) -> int:
+    h = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+def _reseed(model: nn.Module, seed: int) -> None:
+    """Seed the global RNGs and every submodule that offers ``reseed`` (randomized defenses)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    seen = set()
+    for m in model.modules():
+        fn = getattr(m, "reseed", None)
+        if callable(fn) and id(m) not in seen:
+            seen.add(id(m))
+            fn(seed)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        if isinstance(v, Tensor):
+            h.update(str(tuple(v.shape)).encode())
+            h.update(v.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                     if v.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def _data_fingerprint(x: Tensor, y: Tensor) -> str:
+    h = hashlib.sha256(x.contiguous().numpy().tobytes())
+    h.update(y.contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _lp(d: Tensor, norm: str) -> Tensor:
+    flat = d.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+class _EvalMode:
+    """Context: every submodule in eval mode, then each restored to its own mode."""
+
+    def __init__(self, *models: nn.Module) -> None:
+        self.models = models
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for mod in self.models for m in mod.modules()]
+        for mod in self.models:
+            mod.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, t in self.modes:
+            m.training = t
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).argmax(1)
+
+
+def _describe(model: nn.Module, source_kind: str) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "type": f"{type(model).__module__}.{type(model).__qualname__}",
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "purifier": callable(getattr(model, "purify", None)),
+        "bpda": callable(getattr(model, "bpda", None)),
+        "gray_box_source": source_kind,
+        "fingerprint": _model_fingerprint(model),
+    }
+    cfg = getattr(model, "config", None)
+    if callable(cfg):
+        try:
+            c = cfg()
+        except TypeError:
+            c = None
+        if isinstance(c, Mapping):
+            d["config"] = {k: v for k, v in c.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    return d
+
+
+def _gray_box_source(name: str, model: nn.Module, given: Mapping[str, nn.Module] | None) -> tuple[nn.Module, str]:
+    if given and name in given:
+        return given[name], "user"
+    clf = getattr(model, "classifier", None)
+    if callable(getattr(model, "purify", None)) and isinstance(clf, nn.Module):
+        return clf, "classifier"
+    return model, "self"
+
+
+def _as_eps_list(eps: float | Sequence[float] | None, dataset: str | None, norm: str) -> list[float]:
+    if eps is None:
+        return [default_eps(dataset, norm)]
+    vals = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not vals:
+        raise ValueError("eps must be a number or a non-empty list of numbers")
+    out = []
+    for e in vals:
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
+            raise ValueError(f"eps values must be finite numbers > 0, got {e!r}")
+        out.append(float(e))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The harness
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    models: Mapping[str, nn.Module] | nn.Module,
+    data: Split | Dataset,
+    attacks: str | Sequence[str | Mapping[str, Any]] = "paper",
+    eps: float | Sequence[float] | None = None,
+    norm: str = "linf",
+    n: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    state_dir: str | None = None,
+    progress: bool = True,
+    checks: bool | CheckConfig = True,
+    gray_box_source: Mapping[str, nn.Module] | None = None,
+    *,
+    dataset: str | None = None,
+    subset_seed: int | None = None,
+    n_examples: int = 8,
+) -> Report:
+    """Evaluate ``models`` on ``data`` under ``attacks``; return a :class:`Report`.
+
+    Args:
+        models: ``{name: model}`` (a bare module is named ``"model"``); each maps (N, C, H, W)
+            images in [0, 1] to logits (N, K). Defenses may offer ``purify``, ``classifier``, ``bpda()``.
+        data: a :class:`Split` (e.g. ``ds.test``) or a :class:`Dataset` (its test split is used and
+            its name picks default eps / attack hyper-parameters).
+        attacks: ``"paper"``, ``"adaptive"``, ``"paper,adaptive"``, names (``"pgd"``,
+            ``"square@adaptive"``) or dicts (see :func:`parse_attacks`).
+        eps: budget (in pixel units of [0, 1], in ``norm``), or a list of budgets; None = the
+            dataset's default (needs ``dataset``).
+        norm: ``"linf"`` or ``"l2"``.
+        n: evaluate the first ``n`` examples (or a seeded random ``n`` with ``subset_seed``); None = all.
+        batch_size: examples per batch (and per resumable chunk).
+        seed: the attacks' seed and the root of every per-batch seed.
+        device: run on this device (models are moved there); None = each model's own device.
+        state_dir: folder for resumable state; rerunning with the same arguments continues.
+        progress: show a progress bar.
+        checks: run the sanity checks (True, False, or a :class:`CheckConfig`).
+        gray_box_source: ``{name: classifier}`` the paper-protocol attacks target instead of the default.
+        dataset: dataset name for default budgets / hyper-parameters when ``data`` is a Split.
+        subset_seed: with ``n``, draw a seeded random subset instead of the first ``n``.
+        n_examples: images kept per purification defense for the report's example grid (0 = none).
+    """
+    # ---- validate -------------------------------------------------------------------------------
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty dict {name: nn.Module}")
+    for k, m in models.items():
+        if not isinstance(k, str) or not k.strip() or "|" in k:
+            raise ValueError(f"model names must be non-empty strings without '|', got {k!r}")
+        if not isinstance(m, nn.Module):
+            raise ValueError(f"models[{k!r}] must be an nn.Module returning logits, got {type(m).__name__}")
+    if gray_box_source:
+        unknown = set(gray_box_source) - set(models)
+        if unknown:
+            raise ValueError(f"gray_box_source names {sorted(unknown)} are not in models ({sorted(models)})")
+    if isinstance(data, Dataset):
+        dataset = dataset or data.name
+        split = data.test
+    elif isinstance(data, Split):
+        split = data
+    else:
+        raise ValueError(f"data must be a pssr.data.Split or Dataset, got {type(data).__name__}")
+    norm = norm.lower() if isinstance(norm, str) else norm
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; choose from {NORMS}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
+    if checks is not False and check_cfg is None:
+        raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
+    eps_list = _as_eps_list(eps, dataset, norm)
+    specs = parse_attacks(attacks, dataset, norm)
+    dev = None
+    if device is not None:
+        from pssr.utils import default_device
+
+        dev = default_device(device)
+        for m in models.values():
+            m.to(dev)
+        for m in (gray_box_source or {}).values():
+            m.to(dev)
+
+    # ---- the examples ---------------------------------------------------------------------------
+    n_total = len(split)
+    n_eval = n_total if n is None else min(n, n_total)
+    if subset_seed is None:
+        idx = torch.arange(n_eval)
+    else:
+        idx = torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval].sort().values
+    x_all, y_all = split.x[idx], split.y[idx]
+    index = idx.tolist()
+
+    sources = {name: _gray_box_source(name, m, gray_box_source) for name, m in models.items()}
+    descriptions = {name: _describe(m, sources[name][1]) for name, m in models.items()}
+    settings = {
+        "models": {k: d["fingerprint"] for k, d in descriptions.items()},
+        "sources": {k: _model_fingerprint(s) for k, (s, _) in sources.items()},
+        "data": _data_fingerprint(x_all, y_all),
+        "index": hashlib.sha256(str(index).encode()).hexdigest()[:16],
+        "attacks": [s.to_dict() for s in specs],
+        "eps": eps_list,
+        "norm": norm,
+        "seed": seed,
+        "batch_size": batch_size,
+        "checks": check_cfg.to_dict() if check_cfg else None,
+    }
+    store = StateStore(state_dir, settings)
+    config = {
+        "dataset": dataset,
+        "n": n_eval,
+        "n_available": n_total,
+        "subset_seed": subset_seed,
+        "eps": eps_list,
+        "norm": norm,
+        "seed": seed,
+        "batch_size": batch_size,
+        "attacks": [s.to_dict() for s in specs],
+        "threat_models": sorted({s.threat_model for s in specs}, key=THREAT_MODELS.index),
+        "checks": check_cfg.to_dict() if check_cfg else None,
+        "state_dir": str(state_dir) if state_dir is not None else None,
+    }
+
+    # Keep the caller's global RNG streams untouched by the per-batch reseeding.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda_devs = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devs):
+            run = _Run(models, sources, x_all, y_all, index, specs, eps_list, norm, batch_size, seed, dev, store,
+                       progress, check_cfg, n_examples)
+            run.execute()
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+    # ---- assemble the report --------------------------------------------------------------------
+    records = run.records()
+    results = summarize(records, run.unit_meta)
+    model_info: dict[str, Any] = {}
+    for name in models:
+        info = dict(descriptions[name])
+        c, f = run.pre_checks.get(name, ({}, []))
+        post_c, post_f = _post_checks(name, records, run.unit_meta, results, check_cfg)
+        info["checks"] = {**c, **post_c} if check_cfg else None
+        info["flags"] = list(f) + list(post_f)
+        info["skipped_attacks"] = run.skipped.get(name, {})
+        model_info[name] = info
+    return Report(config=config, models=model_info, results=results, records=records, metadata=run_metadata(),
+                  examples=run.examples)
+
+
+def _post_checks(name: str, records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str], dict[str, Any]],
+                 results: list[dict[str, Any]], cfg: CheckConfig | None
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if cfg is None:
+        return {}, []
+    mine = [r for r in records if r["model"] == name and r["attack"] != "clean"]
+    gf = {(t, a): bool(meta.get("black_box")) for (m, t, a), meta in unit_meta.items() if m == name}
+    out: dict[str, Any] = {}
+    flags: list[dict[str, Any]] = []
+    out["black_box"], f = checks_mod.check_black_box(mine, gf, cfg.black_box_margin)
+    flags += f
+    worst = worst_case_table(results, name)
+    out["adaptive_gap"], f = checks_mod.check_adaptive_gap(worst, cfg.adaptive_gap)
+    flags += f
+    out["budget"], f = checks_mod.check_budget(mine, cfg.budget_tol)
+    flags += f
+    return out, flags
+
+
+class _Run:
+    """The work of one ``evaluate`` call, cut into resumable units and chunks."""
+
+    def __init__(self, models: Mapping[str, nn.Module], sources: dict[str, tuple[nn.Module, str]], x: Tensor,
+                 y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
+                 batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
+                 check_cfg: CheckConfig | None, n_examples: int) -> None:
+        self.models, self.sources = models, sources
+        self.x, self.y, self.index = x, y, index
+        self.specs, self.eps_list, self.norm = specs, eps_list, norm
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.store, self.progress, self.check_cfg, self.n_examples = store, progress, check_cfg, n_examples
+        self.n = x.shape[0]
+        self.n_chunks = max(1, math.ceil(self.n / batch_size))
+        self.units: list[UnitState] = []
+        self.unit_meta: dict[tuple[str, str, str], dict[str, Any]] = {}  # (model, threat, attack) -> meta
+        self.pre_checks: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self.examples: dict[str, dict[str, np.ndarray]] = {}
+        self.skipped: dict[str, dict[str, str]] = {}  # model -> {"threat/label": reason}
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for u in self.units for r in u.records]
+
+    def _bar(self, total: int) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, disable=not self.progress, desc="evaluate", unit="batch", leave=False)
+
+    def execute(self) -> None:
+        per_model = self.n_chunks * (1 + len(self.specs) * len(self.eps_list))
+        with self._bar(per_model * len(self.models)) as bar:
+            for name, model in self.models.items():
+                dev = self.device or _model_device(model)
+                with _EvalMode(model, self.sources[name][0]):
+                    if self.check_cfg is not None:
+                        self._checks(name, model, dev)
+                    clean_pred = self._clean(name, model, dev, bar)
+                    for eps in self.eps_list:
+                        for spec in self.specs:
+                            self._attack(name, model, spec, eps, clean_pred, dev, bar)
+                    if self.n_examples > 0 and callable(getattr(model, "purify", None)) and self.specs:
+                        self._examples(name, model, clean_pred, dev)
+
+    # -- units ------------------------------------------------------------------------------------
+
+    def _checks(self, name: str, model: nn.Module, dev: torch.device) -> None:
+        assert self.check_cfg is not None
+        unit = self.store.load(f"checks|{name}")
+        if not unit.complete:
+            k = min(self.check_cfg.n, self.n)
+            x, y = self.x[:k].to(dev), self.y[:k].to(dev)
+            t0 = time.perf_counter()
+            _reseed(model, _derived_seed(self.seed, unit.key))
+            res, flags = checks_mod.run_pre_checks(model, x, y, self.norm, self.seed, self.check_cfg)
+            unit.meta = {"results": res, "flags": flags}
+            unit.seconds, unit.n_chunks, unit.chunks_done = time.perf_counter() - t0, 1, 1
+            self.store.save(unit)
+            for f in flags:
+                log.warning("check [%s] %s: %s", name, f["name"], f["message"])
+        self.pre_checks[name] = (unit.meta["results"], unit.meta["flags"])
+
+    def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor:
+        unit = self.store.load(f"clean|{name}")
+        unit.n_chunks = self.n_chunks
+        bar.update(unit.chunks_done)
+        for c in range(unit.chunks_done, self.n_chunks):
+            sl = slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
+            t0 = time.perf_counter()
+            _reseed(model, _derived_seed(self.seed, unit.key, c))
+            pred = _predict(model, self.x[sl].to(dev)).cpu()
+            unit.seconds += time.perf_counter() - t0
+            ys = self.y[sl]
+            for j in range(pred.shape[0]):
+                i = sl.start + j
+                p, lab = int(pred[j]), int(ys[j])
+                unit.records.append({"model": name, "threat_model": "none", "attack": "clean", "eps": 0.0,
+                                     "index": self.index[i], "label": lab, "clean_pred": p, "adv_pred": p,
+                                     "correct": p == lab, "attacked": False, "pert_norm": 0.0})
+            unit.chunks_done = c + 1
+            self.store.save(unit)
+            bar.update(1)
+        self.units.append(unit)
+        self.unit_meta[(name, "none", "clean")] = {"seconds": unit.seconds, "gradient_free": False}
+        return torch.tensor([r["clean_pred"] for r in unit.records], dtype=torch.int64)
+
+    def _attack(self, name: str, model: nn.Module, spec: AttackSpec, eps: float, clean_pred: Tensor,
+                dev: torch.device, bar: Any) -> None:
+        key = f"attack|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
+        reason = self._skip_reason(name, model, spec)
+        if reason:
+            self.skipped.setdefault(name, {})[f"{spec.threat_model}/{spec.label}"] = reason
+            bar.update(self.n_chunks)
+            return
+        unit = self.store.load(key)
+        unit.n_chunks = self.n_chunks
+        bar.update(unit.chunks_done)
+        source, source_kind = self.sources[name]
+        target = model if spec.threat_model == "adaptive" else source
+        atk = None
+        if not unit.complete or not unit.meta:
+            atk = self._build(name, model, spec, eps)
+            cfg = atk.config() if callable(getattr(atk, "config", None)) else {"name": spec.name}
+            # Black-box controls: gradient-free attacks and transfer from a surrogate. When they beat
+            # the white-box attacks, the white-box gradients are misleading (checks).
+            black_box = bool(getattr(atk, "gradient_free", False)) or getattr(atk, "surrogate", None) is not None
+            unit.meta = {"config": _jsonable(cfg), "gradient_free": bool(getattr(atk, "gradient_free", False)),
+                         "black_box": black_box,
+                         "target": "model" if target is model else f"gray-box source ({source_kind})"}
+        correct_clean = clean_pred == self.y
+        for c in range(unit.chunks_done, self.n_chunks):
+            sl = slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
+            xs, ys = self.x[sl], self.y[sl]
+            mask = correct_clean[sl]
+            adv_pred = clean_pred[sl].clone()
+            pert = torch.zeros(xs.shape[0])
+            t0 = time.perf_counter()
+            if mask.any():
+                _reseed(model, _derived_seed(self.seed, key, c))
+                if target is not model:
+                    _reseed(target, _derived_seed(self.seed, key, c))
+                xm, ym = xs[mask].to(dev), ys[mask].to(dev)
+                try:
+                    x_adv = atk(xm, ym)  # type: ignore[misc]
+                except Exception as e:
+                    raise RuntimeError(f"attack {spec.label!r} ({spec.threat_model}) failed on model {name!r}, "
+                                       f"eps={eps:g}, batch {c}: {type(e).__name__}: {e}") from e
+                if x_adv.shape != xm.shape:
+                    raise RuntimeError(f"attack {spec.label!r} returned shape {tuple(x_adv.shape)}, expected "
+                                       f"{tuple(xm.shape)}")
+                adv_pred[mask] = _predict(model, x_adv).cpu()
+                pert[mask] = _lp((x_adv - xm).float(), self.norm).cpu()
+            unit.seconds += time.perf_counter() - t0
+            for j in range(xs.shape[0]):
+                i = sl.start + j
+                lab, a = int(ys[j]), bool(mask[j])
+                unit.records.append({"model": name, "threat_model": spec.threat_model, "attack": spec.label,
+                                     "eps": eps, "index": self.index[i], "label": lab,
+                                     "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[j]),
+                                     "correct": a and int(adv_pred[j]) == lab, "attacked": a,
+                                     "pert_norm": float(pert[j])})
+            unit.chunks_done = c + 1
+            self.store.save(unit)
+            bar.update(1)
+        self.units.append(unit)
+        meta = self.unit_meta.setdefault((name, spec.threat_model, spec.label), {})
+        meta.update({"gradient_free": unit.meta["gradient_free"], "black_box": unit.meta.get("black_box", False),
+                     "config": unit.meta["config"],
+                     "target": unit.meta["target"], "name": spec.name})
+        meta.setdefault("seconds", {})[repr(eps)] = unit.seconds
+
+    def _randomized(self, name: str, model: nn.Module) -> bool:
+        if bool(getattr(model, "randomized", False)):
+            return True
+        res = self.pre_checks.get(name, ({}, []))[0]
+        return bool(res.get("randomness", {}).get("random", False))
+
+    def _skip_reason(self, name: str, model: nn.Module, spec: AttackSpec) -> str | None:
+        if spec.for_randomized and not self._randomized(name, model):
+            return "for randomized defenses only; this model's forward pass is deterministic"
+        if spec.needs_surrogate and "surrogate" not in spec.kwargs and self.sources[name][0] is model:
+            return "transfer needs a surrogate other than the model itself (give gray_box_source)"
+        return None
+
+    def _build(self, name: str, model: nn.Module, spec: AttackSpec, eps: float) -> Any:
+        source = self.sources[name][0]
+        target = model if spec.threat_model == "adaptive" else source
+        kw = dict(spec.kwargs)
+        if spec.needs_surrogate and "surrogate" not in kw:
+            kw["surrogate"] = source
+        return _create_attack(spec.name, target, eps=eps, norm=self.norm, seed=self.seed, **kw)
+
+    def _examples(self, name: str, model: nn.Module, clean_pred: Tensor, dev: torch.device) -> None:
+        """Clean / adversarial / purified images of the first few correctly classified examples."""
+        # The first adaptive attack that ran on this model, else the first attack that ran.
+        runnable = [s for s in self.specs if not self._skip_reason(name, model, s)]
+        if not runnable:
+            return
+        spec = next((s for s in runnable if s.threat_model == "adaptive"), runnable[0])
+        eps = self.eps_list[0]
+        key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
+        arrays = self.store.load_arrays(key)
+        if arrays is None:
+            ok = (clean_pred == self.y).nonzero().flatten()[: self.n_examples]
+            if ok.numel() == 0:
+                return
+            x, y = self.x[ok].to(dev), self.y[ok].to(dev)
+            _reseed(model, _derived_seed(self.seed, key))
+            atk = self._build(name, model, spec, eps)
+            x_adv = atk(x, y)
+            with torch.no_grad():
+                p_clean, p_adv = model.purify(x), model.purify(x_adv)
+                pred_adv = _predict(model, x_adv)
+            arrays = {k: v.detach().float().cpu().numpy() for k, v in
+                      {"x": x, "x_adv": x_adv, "purified": p_clean, "purified_adv": p_adv}.items()}
+            arrays.update({"label": y.cpu().numpy(), "pred_adv": pred_adv.cpu().numpy(),
+                           "index": np.asarray([self.index[i] for i in ok.tolist()]),
+                           "attack": np.asarray(spec.label), "threat_model": np.asarray(spec.threat_model),
+                           "eps": np.asarray(eps)})
+            self.store.save_arrays(key, arrays)
+        self.examples[name] = arrays
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Tensor) and obj.numel() == 1:
+        return obj.item()
+    return repr(obj)
+
+
+__all__ = ["THREAT_MODELS", "AttackSpec", "default_eps", "evaluate", "parse_attacks"]

@@ -1,0 +1,163 @@
+"""Resumable evaluation state: one JSON file per unit of work, written atomically after every batch.
+
+A *unit* is one (model, threat model, attack, eps) -- or a model's checks, or its clean pass. The
+harness cuts each unit into batches (*chunks*); after every chunk the unit's file is rewritten
+atomically (temporary file + ``os.replace``), then the index ``state.json``. An interrupted run
+(Ctrl-C, crash, killed job) therefore loses at most the chunk in flight, and a rerun with the same
+settings continues from the last saved chunk. Because each chunk's randomness is derived from the
+run seed and the chunk's name (never from how far the run got), a resumed run writes exactly the
+records an uninterrupted run would.
+
+Layout of ``state_dir``::
+
+    state.json              EvalState: version, fingerprint of the settings, units done / partial
+    units/<digest>.json     UnitState: records of the chunks done, seconds, metadata
+    examples/<model>.npz    example images for the report's grid (optional)
+
+A state written with different settings (other models, data, attacks, eps, seed, ...) is refused
+with an error rather than silently mixed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pssr.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+@dataclass
+class UnitState:
+    """Progress of one unit: the records of its finished chunks, in order."""
+
+    key: str
+    chunks_done: int = 0
+    n_chunks: int | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # wall-clock seconds summed over finished chunks
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the attack's config, gradient_free
+
+    @property
+    def complete(self) -> bool:
+        return self.n_chunks is not None and self.chunks_done >= self.n_chunks
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UnitState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class EvalState:
+    """The index of a state folder."""
+
+    fingerprint: str
+    settings: dict[str, Any]
+    version: int = STATE_VERSION
+    units: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {"file", "complete"}
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A stable digest of the JSON-able ``settings``."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+class StateStore:
+    """Reads and writes an evaluation state folder; ``None`` folder = keep everything in memory."""
+
+    def __init__(self, state_dir: str | Path | None, settings: dict[str, Any]) -> None:
+        self.dir = Path(state_dir) if state_dir is not None else None
+        self.settings = settings
+        self._fp = fingerprint(settings)
+        self._units: dict[str, UnitState] = {}
+        self.state = EvalState(fingerprint=self._fp, settings=settings)
+        if self.dir is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self.dir is not None
+        index = self.dir / "state.json"
+        if not index.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(index, dataclasses.asdict(self.state))
+            return
+        try:
+            raw = json.loads(index.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"evaluation state {index} is unreadable ({e}); delete {self.dir} to start over") from e
+        if raw.get("version") != STATE_VERSION or raw.get("fingerprint") != self._fp:
+            raise ValueError(
+                f"evaluation state in {self.dir} was written with different settings "
+                f"(models, data, attacks, eps, seed, ...); use another state_dir, or delete {self.dir} to start over"
+            )
+        self.state = EvalState(**{k: raw[k] for k in ("fingerprint", "settings", "version", "units")})
+        n_done = sum(1 for u in self.state.units.values() if u.get("complete"))
+        log.info("resuming evaluation from %s: %d unit(s) complete, %d partial", self.dir, n_done,
+                 len(self.state.units) - n_done)
+
+    @property
+    def persistent(self) -> bool:
+        return self.dir is not None
+
+    def load(self, key: str) -> UnitState:
+        """The saved progress of unit ``key`` (a fresh one when none is saved)."""
+        if key in self._units:
+            return self._units[key]
+        unit = UnitState(key=key)
+        entry = self.state.units.get(key)
+        if self.dir is not None and entry is not None:
+            path = self.dir / "units" / entry["file"]
+            try:
+                unit = UnitState.from_dict(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"evaluation state file {path} is unreadable ({e}); delete {self.dir} to start over") from e
+            if unit.key != key:
+                raise ValueError(f"evaluation state file {path} holds unit {unit.key!r}, expected {key!r}")
+        self._units[key] = unit
+        return unit
+
+    def save(self, unit: UnitState) -> None:
+        """Persist ``unit`` atomically (unit file first, then the index that points at it)."""
+        self._units[unit.key] = unit
+        if self.dir is None:
+            return
+        fname = _digest(unit.key) + ".json"
+        atomic_write_json(self.dir / "units" / fname, dataclasses.asdict(unit), indent=0)
+        self.state.units[unit.key] = {"file": fname, "complete": unit.complete}
+        atomic_write_json(self.dir / "state.json", dataclasses.asdict(self.state))
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        if self.dir is None:
+            return
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.dir / "examples" / f"{_digest(name)}.npz", buf.getvalue())
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        if self.dir is None:
+            return None
+        path = self.dir / "examples" / f"{_digest(name)}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+
+__all__ = ["EvalState", "StateStore", "UnitState", "fingerprint"]

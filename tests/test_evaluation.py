@@ -1,0 +1,443 @@
+"""The evaluation harness: invariants of the numbers, checks that catch masking, resume, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import pssr.data
+from pssr.attacks.base import ATTACKS, Attack
+from pssr.evaluation import CheckConfig, Report, evaluate, parse_attacks, render_markdown, rerender
+from pssr.evaluation import state as state_mod
+
+# ------------------------------------------------------------------------------------------------
+# Tiny attacks, defined here so that these tests depend only on the Attack base interface.
+# ------------------------------------------------------------------------------------------------
+
+
+def _view(model: nn.Module, bpda: bool) -> nn.Module:
+    fn = getattr(model, "bpda", None)
+    return fn() if bpda and callable(fn) else model
+
+
+class _TPGD(Attack):
+    """Linf/L2 PGD with a seeded random start, CE loss; ``bpda`` takes gradients through model.bpda()."""
+
+    name = "t-pgd"
+    bpda = False
+
+    def __init__(self, model, eps, norm="linf", seed=0, steps=10, random_start=True):
+        super().__init__(model, eps, norm, seed)
+        self.steps, self.random_start = steps, random_start
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        g = self.generator(x.device)
+        grad_model = _view(self.model, self.bpda)
+        x_adv = x.clone()
+        if self.random_start:
+            x_adv = (x + (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * self.eps).clamp(0, 1)
+        alpha = 2.5 * self.eps / self.steps
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(grad_model(x_adv), y)
+            grad, = torch.autograd.grad(loss, x_adv)
+            if self.norm == "linf":
+                step = grad.sign()
+            else:
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            x_adv = _project(x_adv.detach() + alpha * step, x, self.eps, self.norm)
+        return x_adv
+
+    def config(self):
+        return {**super().config(), "steps": self.steps}
+
+
+class _TPGDBPDA(_TPGD):
+    name = "t-pgd-bpda"
+    bpda = True
+
+
+class _TFGSM(Attack):
+    name = "t-fgsm"
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        x = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(self.model(x), y), x)
+        return x.detach() + self.eps * grad.sign()
+
+
+class _TRandomSearch(Attack):
+    """Gradient-free: random Linf vertices, keep a proposal when the margin drops (a crude Square)."""
+
+    name = "t-search"
+    gradient_free = True
+
+    def __init__(self, model, eps, norm="linf", seed=0, iters=60):
+        super().__init__(model, eps, norm, seed)
+        self.iters = iters
+
+    @torch.no_grad()
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        g = self.generator(x.device)
+
+        def margin(xa: Tensor) -> Tensor:
+            z = self.model(xa)
+            zy = z.gather(1, y[:, None]).squeeze(1)
+            return zy - z.scatter(1, y[:, None], float("-inf")).amax(1)
+
+        sign = torch.randint(0, 2, x.shape, generator=g, device=x.device).float() * 2 - 1
+        best = (x + self.eps * sign).clamp(0, 1)
+        best_m = margin(best)
+        for _ in range(self.iters):
+            flip = torch.rand(x.shape, generator=g, device=x.device) < 0.1
+            sign = torch.where(flip, -sign, sign)
+            cand = (x + self.eps * sign).clamp(0, 1)
+            m = margin(cand)
+            better = m < best_m
+            best = torch.where(better.view(-1, 1, 1, 1), cand, best)
+            best_m = torch.where(better, m, best_m)
+            sign = torch.where(better.view(-1, 1, 1, 1), sign, torch.where(flip, -sign, sign))
+        return best
+
+
+def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    d = x_adv - x
+    if norm == "linf":
+        d = d.clamp(-eps, eps)
+    else:
+        d = d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1)
+    return (x + d).clamp(0, 1)
+
+
+for _cls in (_TPGD, _TPGDBPDA, _TFGSM, _TRandomSearch):
+    if _cls.name not in ATTACKS:
+        ATTACKS.register(_cls.name)(_cls)
+
+CHECKS = CheckConfig(n=48, large_eps_attacks=("t-pgd", "t-pgd-bpda"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread avoids thread start-up and contention costs (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny models on the embedded digits data
+# ------------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Quantize(nn.Module):
+    """A gradient-masking 'defense': 2-level quantization, zero input gradient; BPDA view available."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def purify(self, x: Tensor) -> Tensor:
+        return (x.detach() > 0.5).float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.purify(x) + 0 * x)
+
+    def bpda(self) -> nn.Module:
+        parent = self
+
+        class View(nn.Module):
+            def forward(self, x: Tensor) -> Tensor:
+                return parent.classifier(x + (parent.purify(x) - x).detach())
+
+        return View()
+
+
+class Noisy(nn.Module):
+    """A randomized defense with its own seeded stream (``reseed``), to test resume determinism."""
+
+    def __init__(self, classifier: nn.Module, sigma: float = 0.1) -> None:
+        super().__init__()
+        self.classifier, self.sigma = classifier, sigma
+        self.gen = torch.Generator().manual_seed(0)
+
+    def reseed(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def purify(self, x: Tensor) -> Tensor:
+        noise = torch.randn(x.shape, generator=self.gen) * self.sigma
+        return (x + noise.to(x.device)).clamp(0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.purify(x))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return pssr.data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def clf(digits):
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = digits.train.x, digits.train.y
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    acc = (model(digits.test.x).argmax(1) == digits.test.y).float().mean().item()
+    assert acc > 0.9, acc
+    return model
+
+
+def _res(report: Report, model: str, threat: str, attack: str, eps: float) -> float:
+    return report.accuracy(model, attack, threat, eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------------------
+
+
+def test_parse_attacks_names_dicts_threats_and_labels():
+    specs = parse_attacks(["t-pgd", "t-pgd@adaptive", {"name": "t-pgd", "steps": 3, "threat_model": "adaptive"},
+                           "t-fgsm"])
+    assert [(s.name, s.threat_model, s.label) for s in specs] == [
+        ("t-pgd", "paper", "t-pgd"), ("t-pgd", "adaptive", "t-pgd"), ("t-pgd", "adaptive", "t-pgd#2"),
+        ("t-fgsm", "paper", "t-fgsm")]
+    assert dict(specs[2].kwargs) == {"steps": 3}
+    assert [s.label for s in parse_attacks("t-fgsm, t-pgd@adaptive")] == ["t-fgsm", "t-pgd"]
+    with pytest.raises(ValueError, match="threat_model"):
+        parse_attacks("t-pgd@whitebox")
+    with pytest.raises(ValueError, match="'name'"):
+        parse_attacks([{"steps": 3}])
+
+
+def test_argument_validation(clf, digits):
+    with pytest.raises(ValueError, match="eps"):
+        evaluate({"m": clf}, digits.test, attacks="t-fgsm", eps=-0.1, n=8, progress=False)
+    with pytest.raises(ValueError, match="norm"):
+        evaluate({"m": clf}, digits.test, attacks="t-fgsm", eps=0.1, norm="l1", n=8, progress=False)
+    with pytest.raises(ValueError, match="gray_box_source"):
+        evaluate({"m": clf}, digits.test, attacks="t-fgsm", eps=0.1, n=8, progress=False,
+                 gray_box_source={"other": clf})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        evaluate({}, digits.test, attacks="t-fgsm", eps=0.1)
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate({"m": clf}, digits.test, attacks="no-such-attack", eps=0.1, n=8, progress=False, checks=False)
+
+
+def test_invariants_robust_le_clean_and_worst_le_each_attack(clf, digits):
+    noisy = Noisy(clf, sigma=0.05)
+    rep = evaluate({"none": clf, "noisy": noisy}, digits.test,
+                   attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
+                   eps=[0.05, 0.15], n=96, batch_size=40, progress=False, checks=CHECKS)
+    eps_list = [0.05, 0.15]
+    for m in ("none", "noisy"):
+        clean = rep.accuracy(m, "clean")
+        assert 0.5 < clean <= 1
+        for e in eps_list:
+            worst_all = _res(rep, m, "all", "worst-case", e)
+            for t, attacks in (("paper", ["t-fgsm", "t-pgd"]), ("adaptive", ["t-pgd", "t-search"])):
+                worst = _res(rep, m, t, "worst-case", e)
+                accs = [_res(rep, m, t, a, e) for a in attacks]
+                assert all(a <= clean + 1e-12 for a in accs)
+                assert worst <= min(accs) + 1e-12
+                assert worst_all <= worst + 1e-12
+        # a larger budget never helps the defense under the same deterministic attack on the classifier
+        if m == "none":
+            assert _res(rep, m, "paper", "t-pgd", 0.15) <= _res(rep, m, "paper", "t-pgd", 0.05) + 1e-12
+    # the attacks really bite the undefended classifier
+    assert _res(rep, "none", "paper", "t-pgd", 0.15) < rep.accuracy("none", "clean") - 0.3
+    # record-level invariants
+    clean_ok = {(r["model"], r["index"]): r["correct"] for r in rep.records if r["attack"] == "clean"}
+    for r in rep.records:
+        if r["correct"]:
+            assert clean_ok[(r["model"], r["index"])]
+        assert r["pert_norm"] <= r["eps"] + 1e-5
+        assert r["correct"] == (r["adv_pred"] == r["label"] and (r["attacked"] or r["attack"] == "clean"))
+    # the noisy model's forward is random: flagged
+    assert "random_forward" in {f["name"] for f in rep.flags("noisy")}
+    assert "random_forward" not in {f["name"] for f in rep.flags("none")}
+    # the undefended classifier is its own gray-box source; the noisy defense's is its classifier
+    assert rep.models["none"]["gray_box_source"] == "self"
+    assert rep.models["noisy"]["gray_box_source"] == "classifier"
+
+
+def test_gradient_masking_defense_is_flagged_and_broken(clf, digits):
+    masked = Quantize(clf)
+    rep = evaluate({"none": clf, "masked": masked}, digits.test,
+                   attacks=["t-pgd@adaptive", "t-pgd-bpda@adaptive", "t-search@adaptive"],
+                   eps=0.25, n=96, batch_size=48, progress=False, checks=CHECKS)
+    names = {f["name"] for f in rep.flags("masked")}
+    assert "zero_gradients" in names
+    assert "large_eps_not_broken" in names
+    assert rep.models["masked"]["checks"]["gradients"]["zero_fraction"] == 1.0
+    assert not {"zero_gradients", "large_eps_not_broken"} & {f["name"] for f in rep.flags("none")}
+    plain = _res(rep, "masked", "adaptive", "t-pgd", 0.25)
+    worst = _res(rep, "masked", "adaptive", "worst-case", 0.25)
+    # plain PGD is blind (only its random start can flip a prediction) but BPDA / search are not,
+    # so the reported robust accuracy (worst case) is far below what plain PGD suggests
+    assert worst <= 0.5 * plain
+    assert min(_res(rep, "masked", "adaptive", "t-pgd-bpda", 0.25),
+               _res(rep, "masked", "adaptive", "t-search", 0.25)) < plain - 0.2
+    md = render_markdown(rep.to_dict())
+    assert "masked ⚠" in md and "zero_gradients" in md
+
+
+def test_gradient_free_and_gap_flags(clf, digits):
+    masked = Quantize(clf)
+    rep = evaluate({"masked": masked}, digits.test,
+                   attacks=["t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
+                   gray_box_source={"masked": masked},  # 'paper' attacks also blind: both blind PGDs
+                   eps=0.25, n=64, batch_size=64, progress=False, checks=CHECKS)
+    names = {f["name"] for f in rep.flags("masked")}
+    assert "black_box_beats_white_box" in names
+    # paper protocol through the masked model ~ clean accuracy; adaptive (search) much lower
+    assert "adaptive_much_lower" in names
+    gf = rep.models["masked"]["checks"]["black_box"]
+    assert any(v["only_black_box_broken"] > 0 for v in gf.values())
+
+
+def test_identity_defense_scores_as_no_defense(clf, digits):
+    from pssr.defense.baselines import create_baseline
+
+    ident = create_baseline("identity", clf)
+    rep = evaluate({"none": clf, "identity": ident}, digits.test,
+                   attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"], eps=0.1, n=64,
+                   batch_size=32, progress=False, checks=CHECKS)
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "model"}
+
+    a = [strip(r) for r in rep.records if r["model"] == "none"]
+    b = [strip(r) for r in rep.records if r["model"] == "identity"]
+    assert a == b
+    assert rep.flags("identity") == [] and rep.flags("none") == []
+
+
+def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path, monkeypatch):
+    models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
+    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1, 0.2], n=50, batch_size=16, progress=False,
+              checks=CHECKS, seed=3)
+    full = evaluate(models, digits.test, **kw)
+
+    orig = state_mod.StateStore.save
+    saved_attack_chunks = []
+
+    def failing_save(self, unit):
+        orig(self, unit)
+        if unit.key.startswith("attack|"):
+            saved_attack_chunks.append(unit.key)
+            if len(saved_attack_chunks) == 1:
+                raise KeyboardInterrupt("injected interruption after the first attack chunk")
+
+    monkeypatch.setattr(state_mod.StateStore, "save", failing_save)
+    state_dir = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(models, digits.test, state_dir=str(state_dir), **kw)
+    monkeypatch.setattr(state_mod.StateStore, "save", orig)
+    idx = json.loads((state_dir / "state.json").read_text())
+    partial = [k for k, v in idx["units"].items() if k.startswith("attack|") and not v["complete"]]
+    assert len(partial) == 1  # one attack unit stopped after its first chunk
+
+    resumed = evaluate(models, digits.test, state_dir=str(state_dir), **kw)
+    assert resumed.records == full.records
+    strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
+    assert strip(resumed.results) == strip(full.results)
+    # rerunning a finished state recomputes nothing and gives the same records again
+    again = evaluate(models, digits.test, state_dir=str(state_dir), **kw)
+    assert again.records == full.records
+    # other settings are refused instead of mixed in
+    with pytest.raises(ValueError, match="different settings"):
+        evaluate(models, digits.test, state_dir=str(state_dir), **{**kw, "eps": [0.3]})
+
+
+def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):
+    rep = evaluate({"none": clf, "masked": Quantize(clf)}, digits.test,
+                   attacks=["t-fgsm", "t-pgd-bpda@adaptive"], eps=[0.1, 0.2], n=40, batch_size=40,
+                   progress=False, checks=CHECKS, n_examples=4)
+    out = rep.save(tmp_path / "report")
+    for f in ("report.json", "records.jsonl", "report.md", "accuracy_vs_eps.png", "examples_masked.png",
+              "examples_masked.npz"):
+        assert (out / f).is_file(), f
+    assert "examples_none.png" not in rep.plots  # no purify method
+    d = json.loads((out / "report.json").read_text())
+    assert d == json.loads(json.dumps(rep.to_dict()))
+    for key in ("schema", "schema_version", "config", "metadata", "models", "results", "plots"):
+        assert key in d
+    assert d["metadata"]["torch_version"] == torch.__version__
+    assert d["config"]["eps"] == [0.1, 0.2] and d["config"]["n"] == 40
+    assert set(d["models"]["masked"]["summary"]["worst_case"]) == {"paper", "adaptive", "all"}
+    assert len((out / "records.jsonl").read_text().splitlines()) == d["n_records"] == len(rep.records)
+
+    back = Report.load(out)
+    assert back.to_dict() == rep.to_dict()
+    assert back.records == rep.records
+    assert set(back.examples) == {"masked"}
+
+    md = (out / "report.md").read_text()
+    assert md == render_markdown(d)
+    assert "Paper protocol" in md and "Adaptive" in md and "worst case" in md
+    pgd_acc = rep.accuracy("none", "t-pgd-bpda", "adaptive", 0.2)
+    assert f"{100 * pgd_acc:.1f}" in md
+    (out / "report.md").unlink()
+    (out / "accuracy_vs_eps.png").unlink()
+    rerender(out)
+    assert (out / "report.md").read_text() == md and (out / "accuracy_vs_eps.png").is_file()
+    with pytest.raises(FileNotFoundError):
+        Report.load(tmp_path / "nowhere")
+
+
+def test_no_checks_and_strict_json(clf, digits, tmp_path):
+    rep = evaluate(clf, digits.test, attacks="t-fgsm", eps=0.1, n=10, progress=False, checks=False)
+    d = rep.to_dict()
+    assert d["models"]["model"]["checks"] is None and d["config"]["checks"] is None
+    text = json.dumps(d, allow_nan=False)  # NaN/inf never reach the JSON
+    assert "t-fgsm" in text
+    assert math.isclose(rep.accuracy("model", "clean"), sum(r["correct"] for r in rep.records
+                                                           if r["attack"] == "clean") / 10)
+
+
+def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path):
+    from pssr.cli import main
+    from pssr.train.classifier import train_classifier
+
+    ck = tmp_path / "clf.pt"
+    train_classifier("tiny-cnn", digits, epochs=1, batch_size=128, checkpoint=str(ck), progress=False, seed=0)
+    out = tmp_path / "rep"
+    argv = ["evaluate", "--checkpoint", f"none={ck}", "--checkpoint", f"jpeg:quality=60@{ck}",
+            "--data", "digits", "--attacks", "t-fgsm,t-fgsm@adaptive", "--eps", "0.1,2/10", "--n", "16",
+            "--batch-size", "16", "--out", str(out), "--no-checks", "--no-progress"]
+    assert main(argv) == 0
+    d = json.loads((out / "report.json").read_text())
+    assert set(d["models"]) == {"none", "jpeg(quality=60)"}
+    assert d["config"]["eps"] == [0.1, 0.2]
+    assert d["models"]["jpeg(quality=60)"]["gray_box_source"] == "classifier"
+    # rerunning the same command resumes from OUT/state and gives the same numbers
+    strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
+    first = strip(d["results"])
+    assert main(argv) == 0
+    assert strip(json.loads((out / "report.json").read_text())["results"]) == first
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").is_file()
+    assert main(["evaluate", "--checkpoint", f"nope:x=1@{ck}", "--data", "digits", "--eps", "0.1",
+                 "--out", str(tmp_path / "bad")]) == 2
