@@ -441,3 +441,36 @@ def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path):
     assert (out / "report.md").is_file()
     assert main(["evaluate", "--checkpoint", f"nope:x=1@{ck}", "--data", "digits", "--eps", "0.1",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
+    from pssr.attacks import BUDGETS, attack_set
+    from pssr.defense.baselines import create_baseline
+
+    specs = parse_attacks("paper,adaptive", "digits")
+    want = [(e.label, t) for t in ("paper", "adaptive") for e in attack_set(t, "digits")
+            if e.kwargs.get("norm", "linf") == "linf"]
+    assert [(s.label, s.threat_model) for s in specs] == want
+    assert all(s.threat_model == "paper" for s in parse_attacks("paper", "digits", norm="l2"))
+    assert {s.label for s in parse_attacks("paper", "digits", norm="l2")} == {
+        e.label for e in attack_set("paper", "digits") if e.kwargs.get("norm") == "l2"}
+    pgd = next(s for s in specs if s.label == "pgd")
+    assert pgd.kwargs["steps"] == dict(next(e for e in attack_set("paper", "digits") if e.label == "pgd").kwargs)["steps"]
+    with pytest.raises(ValueError, match="dataset"):
+        parse_attacks("paper", None)
+
+    jpeg = create_baseline("jpeg", clf, quality=50)
+    rep = evaluate({"none": clf, "jpeg": jpeg}, digits,  # a Dataset: test split, digits budgets
+                   attacks=[{"name": "pgd", "steps": 5}, {"name": "square", "n_queries": 30},
+                            {"name": "transfer-pgd", "attack_kwargs": {"steps": 5}},
+                            {"name": "pgd-bpda-eot", "steps": 2, "eot_samples": 2}],
+                   n=24, progress=False, checks=False)
+    assert rep.config["eps"] == [BUDGETS["digits"]["linf"]] and rep.config["dataset"] == "digits"
+    assert set(rep.models["none"]["skipped_attacks"]) == {"adaptive/transfer-pgd", "adaptive/pgd-bpda-eot"}
+    assert set(rep.models["jpeg"]["skipped_attacks"]) == {"adaptive/pgd-bpda-eot"}
+    row = next(r for r in rep.results if r["model"] == "jpeg" and r["attack"] == "transfer-pgd")
+    assert row["black_box"] and row["target"] == "model" and row["config"]["attack_config"]["steps"] == 5
+    sq = next(r for r in rep.results if r["model"] == "jpeg" and r["attack"] == "square")
+    assert sq["gradient_free"] and sq["threat_model"] == "adaptive" and sq["config"]["n_queries"] == 30
+    for m in ("none", "jpeg"):
+        assert rep.accuracy(m, "worst-case", "all", 0.1) <= rep.accuracy(m, "pgd", "paper", 0.1)

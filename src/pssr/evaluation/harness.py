@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -296,8 +297,8 @@ def _model_fingerprint(model: nn.Module) -> str:
 
 
 def _data_fingerprint(x: Tensor, y: Tensor) -> str:
-    h = hashlib.sha256(x.contiguous().numpy().tobytes())
-    h.update(y.contiguous().numpy().tobytes())
+    h = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
@@ -385,7 +386,7 @@ def evaluate(
     batch_size: int = 128,
     seed: int = 0,
     device: str | torch.device | None = None,
-    state_dir: str | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     checks: bool | CheckConfig = True,
     gray_box_source: Mapping[str, nn.Module] | None = None,
@@ -723,12 +724,17 @@ class _Run:
 
     def _examples(self, name: str, model: nn.Module, clean_pred: Tensor, dev: torch.device) -> None:
         """Clean / adversarial / purified images of the first few correctly classified examples."""
-        # The first adaptive attack that ran on this model, else the first attack that ran.
+        # The strongest attack at the first eps: lowest accuracy on this model, adaptive ones first.
+        eps = self.eps_list[0]
         runnable = [s for s in self.specs if not self._skip_reason(name, model, s)]
         if not runnable:
             return
-        spec = next((s for s in runnable if s.threat_model == "adaptive"), runnable[0])
-        eps = self.eps_list[0]
+        acc: dict[tuple[str, str], float] = {}
+        for u in self.units:
+            rs = [r for r in u.records if r["model"] == name and r["attack"] != "clean" and r["eps"] == eps]
+            if rs:
+                acc[(rs[0]["threat_model"], rs[0]["attack"])] = sum(r["correct"] for r in rs) / len(rs)
+        spec = min(runnable, key=lambda s: (s.threat_model != "adaptive", acc.get((s.threat_model, s.label), 2.0)))
         key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
         arrays = self.store.load_arrays(key)
         if arrays is None:

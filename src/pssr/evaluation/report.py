@@ -79,7 +79,8 @@ def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str
                 "accuracy": k / len(rs) if rs else math.nan, "n_attacked": len(attacked), "seconds": secs,
                 "seconds_per_example": secs / len(attacked) if secs is not None and attacked else None,
                 "mean_pert_norm": float(np.mean([r["pert_norm"] for r in attacked])) if attacked else 0.0,
-                "gradient_free": meta.get("gradient_free"), "name": meta.get("name", attack),
+                "gradient_free": meta.get("gradient_free"), "black_box": meta.get("black_box"),
+                "name": meta.get("name", attack),
                 "target": meta.get("target"), "config": meta.get("config"),
             })
             for key in ((threat, eps), ("all", eps)):
@@ -276,8 +277,9 @@ def _pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+def _table(header: list[str], rows: list[list[str]], n_text: int = 1) -> list[str]:
+    """A Markdown table; the first ``n_text`` columns left-aligned, the rest (numbers) right-aligned."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < n_text else "---:" for i in range(len(header))) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
 
@@ -363,6 +365,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             facts.append(f"accuracy at eps={le['eps']:.3g}: " + ", ".join(f"{a} {_pct(v)}%" for a, v in le["accuracy"].items()))
         lines.append(f"- **{m}** ({'; '.join(facts) or 'no checks'}): " + ("no flags" if not fl else ""))
         lines += [f"  - ⚠ `{f['name']}`: {f['message']}" for f in fl]
+        lines += [f"  - not run: {a} ({why})" for a, why in (models[m].get("skipped_attacks") or {}).items()]
     lines.append("")
 
     # ---- timings ----
@@ -371,16 +374,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Time per attack", ""]
         rows = [[r["model"], r["threat_model"], r["attack"], f"{r['eps']:g}", f"{r['seconds']:.2f}",
                  f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–"] for r in timed]
-        lines += _table(["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows) + [""]
+        lines += _table(["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows,
+                        n_text=3) + [""]
 
     # ---- attack settings ----
     cfgs = {(r["threat_model"], r["attack"]): r for r in results if r.get("config")}
     if cfgs:
         lines += ["## Attack settings", ""]
-        rows = [[t, a, str(r.get("target") or ""), "gradient-free" if r.get("gradient_free") else "gradient",
+        def kind(r: dict[str, Any]) -> str:
+            if r.get("gradient_free"):
+                return "black-box (gradient-free)"
+            return "black-box (transfer)" if r.get("black_box") else "white-box (gradient)"
+
+        rows = [[t, a, str(r.get("target") or ""), kind(r),
                  ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("name", "eps", "norm"))]
                 for (t, a), r in cfgs.items()]
-        lines += _table(["threat model", "attack", "target", "kind", "settings"], rows) + [""]
+        lines += _table(["threat model", "attack", "target", "kind", "settings"], rows, n_text=5) + [""]
 
     plots = report.get("plots") or []
     if plots:
