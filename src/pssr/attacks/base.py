@@ -9,6 +9,18 @@ Every attack keeps ``x_adv`` in [0, 1] and inside its ``norm`` ball of radius ``
 (for minimum-norm attacks such as CW, DeepFool and DDN, ``eps`` is the budget the result is
 projected / clipped to, so robust accuracy at ``eps`` is well defined). Attacks restore the model's
 train/eval mode and leave no gradient on its parameters. Randomness comes from ``seed`` only.
+
+What ``Attack.__call__`` does around a subclass's ``perturb``:
+
+* validates ``x``/``y`` (:func:`check_inputs`, then the label range against the model's outputs);
+* puts every module of :meth:`Attack.managed_modules` (the model, plus any gradient view or
+  surrogate) in eval mode with frozen parameters, restoring each submodule's own mode and each
+  parameter's ``requires_grad`` afterwards; modules exposing ``reset_attack_state()`` (EOT) are reset;
+* seeds torch's global generator from ``seed`` inside ``torch.random.fork_rng``, so a randomized
+  defense that draws from it is reproducible and the caller's random stream is untouched;
+* projects the result onto the ``eps`` ball and [0, 1], and (``keep_clean_errors``) returns ``x``
+  itself for examples the model already misclassifies when the attack's point would be classified
+  correctly -- so, for a deterministic model, robust accuracy never exceeds clean accuracy.
 """
 
 from __future__ import annotations
@@ -31,6 +43,9 @@ class Attack:
     name: str = "attack"
     norms: tuple[str, ...] = NORMS
     gradient_free: bool = False  # True for attacks that only query outputs (Square)
+    # Return x itself for examples the model already misclassifies when the attack's point is
+    # classified correctly (two extra forward passes per call; keeps robust acc <= clean acc).
+    keep_clean_errors: bool = True
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> None:
         if not isinstance(model, nn.Module):
@@ -46,19 +61,58 @@ class Attack:
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         check_inputs(x, y)
-        was_training = self.model.training
-        req = [p.requires_grad for p in self.model.parameters()]
-        self.model.eval()
-        for p in self.model.parameters():
+        modules = self.managed_modules()
+        # Every submodule's own mode is recorded (a caller may keep, e.g., BatchNorm frozen inside a
+        # model in train mode); shared parameters (a BPDA view shares the defense's) are seen once.
+        modes = [(m, m.training) for mod in modules for m in mod.modules()]
+        params = list({id(p): p for mod in modules for p in mod.parameters()}.values())
+        req = [p.requires_grad for p in params]
+        for mod in modules:
+            mod.eval()
+            for m in mod.modules():  # e.g. EOT wrappers restart their seeded stream on every call
+                reset = getattr(m, "reset_attack_state", None)
+                if callable(reset):
+                    reset()
+        for p in params:
             p.requires_grad_(False)
         try:
-            with torch.enable_grad():
-                x_adv = self.perturb(x.detach().clone(), y)
+            # A randomized defense may draw from torch's global generator: seed it from ``seed`` in a
+            # fork, so the attack is reproducible and the caller's random stream is left as it was.
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                return self._attack(x.detach(), y)
         finally:
-            self.model.train(was_training)
-            for p, r in zip(self.model.parameters(), req):
+            for m, was_training in modes:
+                m.training = was_training
+            for p, r in zip(params, req):
                 p.requires_grad_(r)
-        return project(x_adv.detach(), x, self.eps, self.norm)
+
+    def _attack(self, x: Tensor, y: Tensor) -> Tensor:
+        if x.shape[0] == 0:
+            return x.clone()
+        with torch.no_grad():
+            clean_logits = self.model(x)  # (N, K)
+        n_cls = clean_logits.shape[1]
+        if int(y.min()) < 0 or int(y.max()) >= n_cls:
+            raise ValueError(f"y must hold class indices in [0, {n_cls - 1}], got range "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        with torch.enable_grad():
+            x_adv = self.perturb(x.clone(), y)
+        x_adv = project(x_adv.detach(), x, self.eps, self.norm)
+        if self.keep_clean_errors:
+            # Worst case per example: an input the model already gets wrong stays as it is unless the
+            # attack's point is also wrong (so robust accuracy <= clean accuracy).
+            with torch.no_grad():
+                back = (clean_logits.argmax(1) != y) & (self.model(x_adv).argmax(1) == y)
+            x_adv = torch.where(back.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
+        return x_adv
+
+    def managed_modules(self) -> list[nn.Module]:
+        """Modules put in eval mode with frozen parameters during an attack (then restored).
+
+        Subclasses that take gradients through another module (a BPDA/EOT view, a surrogate) add it.
+        """
+        return [self.model]
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,7 +139,7 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         raise ValueError(f"y must be int64 labels, got {y.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or infinite values")
-    if x.min() < 0 or x.max() > 1:
+    if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"x must lie in [0, 1], got range [{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
