@@ -297,6 +297,7 @@ def fit(
     """
     device = default_device(cfg.device)
     cfg_dict = asdict(cfg)
+    metadata = plain_metadata()  # taken now, so the git revision is that of the code this run loaded
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
 
     torch.manual_seed(cfg.seed)  # dropout and anything else drawing on the global generator
@@ -359,7 +360,7 @@ def fit(
                      "classes": list(data.classes), "n_train": n},
             "history": history,
             "metrics": metrics,
-            "metadata": plain_metadata(),
+            "metadata": {**metadata, "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, ck)
