@@ -357,7 +357,9 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
     * gray-box (the paper's protocol): Linf PGD on the classifier alone, then purified;
     * adaptive (white-box on PSSR), on the first ``adaptive_n`` examples: PGD through
       ``bpda("identity")`` and through ``bpda("mask-constant")`` (exact gradients of fill + G with
-      the mask fixed); ``adaptive_worst`` is the per-example worst case of the two.
+      the mask fixed); ``adaptive_worst`` is the per-example worst case of the two and
+      ``worst_of_all`` adds the gray-box attack (an adaptive attack weaker than a transferred one
+      is a sign of gradient masking: compare them).
     A first evaluation, not the harness: one PGD run each, no restarts, no AutoAttack.
     """
     from tqdm.auto import tqdm
@@ -394,6 +396,9 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
         res[f"pssr_adaptive_pgd_{mode}_acc"] = float(ok_t.float().mean())
     if na > 0:
         res["pssr_adaptive_worst_acc"] = float(worst.float().mean())
+        # the transferred (gray-box) attack is an attack on PSSR too: worst case over all three
+        gray_ok = torch.cat(correct["pssr_graybox_pgd"]).cpu()[:na]
+        res["pssr_worst_of_all_acc"] = float((worst & gray_ok).float().mean())
         res["pssr_clean_acc_on_adaptive_subset"] = float(torch.cat(correct["pssr_clean"])[:na].float().mean())
     return res
 
