@@ -196,6 +196,15 @@ def test_bf16_channels_last_and_custom_module(digits):
     assert net(digits.test.x[:4]).dtype == torch.float32
 
 
+def test_config_object_with_keyword_overrides(digits):
+    cfg = ClassifierConfig(model="small-cnn", epochs=1, batch_size=64, lr=0.05)
+    res = train_classifier_run("tiny-cnn", digits, cfg, epochs=2, progress=False)
+    assert res.checkpoint["config"]["epochs"] == 2 and res.checkpoint["config"]["lr"] == 0.05
+    assert res.checkpoint["model"]["name"] == "tiny-cnn" and len(res.history) == 2
+    with pytest.raises(ValueError, match="unknown training option"):
+        train_classifier("tiny-cnn", digits, nonsense=1)
+
+
 def test_evaluate_accuracy_restores_mode(digits):
     model = pssr.create_model("tiny-cnn").train()
     evaluate_accuracy(model, digits.test, batch_size=100)
