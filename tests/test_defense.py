@@ -270,3 +270,12 @@ def test_config_round_trip_through_dataclass() -> None:
     cfg = PSSRConfig(ratio=0.1, scorer="gradient", epochs=3)
     assert build(PSSRConfig, asdict(cfg)) == cfg
     assert dataclasses.replace(cfg, ratio=0.2).ratio == 0.2
+
+
+def test_purification_does_not_depend_on_the_batch() -> None:
+    for scorer in ("learned", "gradient", "random"):
+        d = _defense(scorer=scorer).eval()
+        x = _x(6)
+        full = d.purify(x)
+        assert torch.equal(d.purify(x[3:4]), full[3:4]), scorer
+        assert torch.allclose(d.purify(x.flip(0)), full.flip(0)), scorer

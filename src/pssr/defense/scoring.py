@@ -10,8 +10,8 @@ score must come from the input alone. Registered scorers (``create_scorer(name, 
   classifier gradient, and learns what "salient" means for the attack family it was trained on.
 * ``"gradient"``: the classifier's saliency ``|grad_x CE(f(x), argmax f(x))|`` summed over
   channels (``times_input=True``: ``|x * grad|``). No training; one backward pass per call.
-* ``"random"``: seeded uniform scores, the ablation baseline (the same scores for every call with
-  the same shape, so purification stays deterministic).
+* ``"random"``: one fixed seeded map of uniform scores shared by all images, the ablation baseline
+  (deterministic, and independent of the batch an image comes in).
 
 Every scorer leaves no gradient on the classifier's parameters and restores its train/eval mode.
 Scores are only ranked (top-k) or thresholded after a per-image min-max, so their scale is free.
@@ -105,7 +105,9 @@ class GradientScorer(nn.Module):
 
 @SCORERS.register("random")
 class RandomScorer(nn.Module):
-    """Uniform scores from a generator seeded with ``seed`` on every call (deterministic ablation)."""
+    """One fixed map of uniform scores (seeded with ``seed``) shared by every image: the ablation of
+    scoring. The same map for every image keeps an image's purification independent of its batch
+    (a per-position draw would change with batch composition and act like hidden randomness)."""
 
     needs_training = False
 
@@ -119,7 +121,7 @@ class RandomScorer(nn.Module):
     def forward(self, x: Tensor, classifier: nn.Module | None = None) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
         n, _, h, w = x.shape
-        return torch.rand((n, 1, h, w), generator=g).to(x.device)
+        return torch.rand((1, 1, h, w), generator=g).to(x.device).expand(n, 1, h, w)  # (N, 1, H, W)
 
 
 def create_scorer(name: str, **kwargs: object) -> nn.Module:
