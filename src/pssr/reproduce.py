@@ -1,0 +1,253 @@
+"""Reproduction presets: classifier -> baselines -> PSSR (+ ablations) -> full evaluation -> report.
+
+``pssr reproduce --preset NAME`` (and :func:`reproduce`) chains the library's resumable steps:
+
+1. the undefended classifier (``configs/NAME.toml``, table ``[classifier]``);
+2. adversarial-training baselines, PGD-AT and TRADES (table ``[adv_train]``, fine-tuned from the
+   classifier), and the input-transformation baselines (JPEG, bit depth, median, TV minimization)
+   wrapped around the classifier;
+3. PSSR (``configs/pssr-NAME.toml``) and its ablations: surgery only, regeneration only, without
+   adversarial R-drop, random mask;
+4. the evaluation: an L-inf run with the paper's protocol (attacks made on the classifier, then
+   purified) and the adaptive attacks on each whole defense, and an L2 run of the paper's
+   minimum-norm attacks (CW, DeepFool, DDN), over the same examples;
+5. ``results/NAME/``: ``report.json`` (the evaluations and every training summary), ``report.md``
+   rendered from it, and the plots.
+
+Every step writes atomic checkpoints and skips or resumes what an earlier, interrupted run left,
+so rerunning the same command continues where it stopped. ``quick=True`` shrinks epochs and
+example counts for a smoke run (its numbers are not results).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pssr.config import apply_overrides, load_toml
+from pssr.registry import Registry
+from pssr.utils import atomic_write_json, atomic_write_text, run_metadata
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One reproduction setting; the config files hold the training hyper-parameters."""
+
+    name: str
+    config: str  # configs/<file>: [data], [classifier], [adv_train]
+    pssr_config: str  # configs/<file>: [data], [pssr], [run]
+    eval_n: int = 1000  # test examples evaluated (0 = the whole test split)
+    eps: float | None = None  # L-inf budget; None = the dataset family's default (pssr.attacks.sets)
+    adv_methods: tuple[str, ...] = ("pgd-at", "trades")
+    ablations: tuple[str, ...] = ("surgery-only", "regeneration-only", "no-rdrop", "random-mask")
+    quick: tuple[str, ...] = ()  # overrides (section.key=value) applied with quick=True
+    quick_eval_n: int = 100
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+# Ablation name -> overrides of the [pssr] table.
+ABLATIONS: Mapping[str, Mapping[str, Any]] = {
+    "surgery-only": {"use_regeneration": False},
+    "regeneration-only": {"use_surgery": False},
+    "no-rdrop": {"w_rdrop": 0.0},
+    "random-mask": {"scorer": "random"},
+}
+
+_QUICK_SMALL = (
+    "classifier.epochs=3", "adv_train.epochs=1", "adv_train.eval_steps=10",
+    "pssr.epochs=2", "pssr.train_subset=1000", "run.eval_n=200", "run.adaptive_n=100",
+)
+
+
+def _register(p: Preset) -> None:
+    PRESETS.register(p.name)(lambda p=p: p)
+
+
+_register(Preset("digits", "digits.toml", "pssr-digits.toml", eval_n=0,
+                 quick=("pssr.epochs=8", "adv_train.epochs=5", "run.adaptive_n=100"), quick_eval_n=120))
+_register(Preset("mnist-10k", "mnist-10k.toml", "pssr-mnist-10k.toml", eval_n=0, quick=_QUICK_SMALL))
+_register(Preset("fashion-mnist", "fashion-mnist.toml", "pssr-fashion-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
+_register(Preset("cifar10-jpeg", "cifar10-jpeg.toml", "pssr-cifar10-jpeg.toml", eval_n=500, quick=_QUICK_SMALL))
+_register(Preset("mnist", "mnist.toml", "pssr-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
+_register(Preset("cifar10", "cifar10.toml", "pssr-cifar10.toml", eval_n=1000, quick=_QUICK_SMALL))
+_register(Preset("cifar100", "cifar100.toml", "pssr-cifar100.toml", eval_n=1000, quick=_QUICK_SMALL))
+
+INPUT_TRANSFORMS = ("jpeg", "bit-depth", "median", "tvm")
+
+
+def list_presets() -> list[str]:
+    return PRESETS.list()
+
+
+def _config(file: str, config_dir: Path) -> dict[str, Any]:
+    path = config_dir / file
+    if not path.is_file():
+        raise FileNotFoundError(f"preset config {path} not found (configs/ of a pssr checkout)")
+    return load_toml(path)
+
+
+def _adv_defaults(mapping: dict[str, Any], runs: Path) -> dict[str, Any]:
+    """``[adv_train]`` of the config, fine-tuned from this run's classifier."""
+    adv = dict(mapping.get("adv_train") or {})
+    if not adv:
+        raise ValueError("the preset's config has no [adv_train] table for the adversarial-training baselines")
+    adv["model"] = adv.get("model") or mapping["classifier"]["model"]
+    adv["init_checkpoint"] = str(runs / "classifier.pt")
+    return {"data": mapping.get("data", {}), "adv_train": adv}
+
+
+def reproduce(
+    preset: str,
+    *,
+    runs_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    quick: bool = False,
+    ablations: bool = True,
+    baselines: bool = True,
+    eval_n: int | None = None,
+    overrides: tuple[str, ...] = (),
+    config_dir: str | Path | None = None,
+    attacks: Mapping[str, str] | None = None,
+    input_transforms: tuple[str, ...] = INPUT_TRANSFORMS,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run preset ``preset`` end to end (resumable); return the combined report dict.
+
+    ``attacks`` maps a norm to the harness's attack list for it (default: ``{"linf":
+    "paper,adaptive", "l2": "paper"}``); ``overrides`` are ``section.key=value`` strings applied
+    to both config files; ``input_transforms`` picks the input-transformation baselines (TV
+    minimization runs image by image in scipy: the slowest of them on a CPU).
+    """
+    from pssr.defense.baselines import create_baseline
+    from pssr.defense.pssr import PSSR
+    from pssr.evaluation.harness import evaluate
+    from pssr.train import adversarial, classifier, pssr_train
+    from pssr.train.classifier import load_classifier
+    from pssr.train.loop import DataConfig, load_data
+
+    p = PRESETS.create(preset)
+    cdir = Path(config_dir) if config_dir else CONFIG_DIR
+    tag = f"{p.name}-quick" if quick else p.name
+    runs = Path(runs_dir) if runs_dir else Path("runs") / tag
+    out = Path(results_dir) if results_dir else Path("results") / tag
+    extra = (*(p.quick if quick else ()), *overrides)
+    t0 = time.perf_counter()
+    steps: dict[str, Any] = {}
+
+    def cfg(file: str, *more: str) -> dict[str, Any]:
+        m = _config(file, cdir)
+        return apply_overrides(m, [o for o in (*extra, *more) if o.split(".", 1)[0] in m or o.startswith("run.")])
+
+    # 1. classifier
+    base = cfg(p.config)
+    log.info("[%s] 1/4 classifier", tag)
+    steps["classifier"] = classifier.run_from_config(base, runs, progress=progress, command=command)
+    clf = load_classifier(runs / "classifier.pt")
+    from pssr.config import build
+
+    data = load_data(build(DataConfig, base.get("data"), prefix="data."))
+    models: dict[str, Any] = {"none": clf}
+
+    # 2. baselines
+    if baselines:
+        for method in p.adv_methods:
+            log.info("[%s] 2/4 adversarial training: %s", tag, method)
+            m = apply_overrides(_adv_defaults(base, runs), [f'adv_train.method="{method}"'])
+            steps[method] = adversarial.run_from_config(m, runs, progress=progress, command=command)
+            models[method] = load_classifier(runs / f"{method}.pt")
+        for name in input_transforms:
+            models[name] = create_baseline(name, clf)
+
+    # 3. PSSR and its ablations
+    variants = {"pssr": {}}
+    if ablations:
+        variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
+    for name, changes in variants.items():
+        log.info("[%s] 3/4 %s", tag, name)
+        pm = cfg(p.pssr_config, *[f"pssr.{k}={_toml(v)}" for k, v in changes.items()])
+        run = dict(pm.get("run") or {})
+        run.update(classifier=str(runs / "classifier.pt"), out=str(runs / name), results="")
+        pm["run"] = run
+        steps[name] = pssr_train.run_from_config(pm, progress=progress, command=command)
+        models[name] = PSSR.load(runs / name / "pssr.pt")
+
+    # 4. evaluation: L-inf (paper + adaptive) and L2 (paper's minimum-norm attacks), same examples
+    n = eval_n if eval_n is not None else (p.quick_eval_n if quick else p.eval_n)
+    n_eval = None if n == 0 else n
+    evaluations = {}
+    attack_lists = dict(attacks) if attacks is not None else {"linf": "paper,adaptive", "l2": "paper"}
+    for norm, names in attack_lists.items():
+        log.info("[%s] 4/4 evaluation (%s, %s)", tag, norm, names)
+        rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
+                       state_dir=runs / f"eval-{norm}", progress=progress, dataset=data.name)
+        rep.save(out / norm)
+        evaluations[norm] = rep.to_dict()
+
+    combined = {
+        "preset": p.name,
+        "quick": quick,
+        "command": command,
+        "dataset": data.name,
+        "eval_n": n,
+        "training": {k: _strip_history(v) for k, v in steps.items()},
+        "evaluations": evaluations,
+        "wall_seconds_this_invocation": time.perf_counter() - t0,
+        "metadata": run_metadata(),
+    }
+    atomic_write_json(out / "report.json", combined)
+    atomic_write_text(out / "report.md", render_preset_markdown(combined))
+    log.info("[%s] done: %s", tag, out)
+    return combined
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return repr(v)
+
+
+def _strip_history(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Training summaries without their long per-epoch histories (kept in runs/)."""
+    s = copy.deepcopy(dict(summary))
+    s.pop("history", None)
+    if isinstance(s.get("validation"), dict):
+        s["validation"].pop("history", None)
+    return s
+
+
+def render_preset_markdown(combined: Mapping[str, Any]) -> str:
+    """report.md of a preset: training summary, then each evaluation's tables (from the JSON)."""
+    from pssr.evaluation.report import render_markdown
+
+    lines = [f"# pssr reproduction: preset `{combined['preset']}`" + (" (quick smoke run: not a result)" if combined.get("quick") else ""), ""]
+    if combined.get("command"):
+        lines += ["Command:", "", f"    {combined['command']}", ""]
+    meta = combined.get("metadata", {})
+    lines += [f"pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, git {meta.get('git_revision')}, "
+              f"hardware {meta.get('hardware')}", ""]
+    lines += ["## Training", "", "| model | test accuracy (clean) | epochs | train seconds |", "|---|---|---|---|"]
+    for name, s in combined.get("training", {}).items():
+        acc = (s.get("metrics") or {}).get("test_acc")
+        if acc is None:
+            acc = (s.get("test") or {}).get("pssr_clean_acc")
+        secs = s.get("train_seconds") or s.get("train_seconds_this_invocation")
+        lines.append(f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {s.get('epochs', '')} | "
+                     f"{'' if secs is None else f'{secs:.0f}'} |")
+    for norm, rep in combined.get("evaluations", {}).items():
+        body = render_markdown(rep)
+        lines += ["", f"## Evaluation, {norm}", ""]
+        lines += ["#" + ln if ln.startswith("#") else ln for ln in body.splitlines()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""The reproduction chain (classifier -> baselines -> PSSR -> evaluation -> report) on digits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pssr.cli import main
+from pssr.reproduce import PRESETS, list_presets, reproduce
+
+# Tiny settings: this checks the chain and its resume, not the numbers.
+TINY = ("classifier.epochs=2", "adv_train.epochs=1", "adv_train.eval_steps=2", "adv_train.steps=2",
+        "pssr.epochs=1", "pssr.pgd_steps=2", "pssr.train_subset=200", "pssr.val_size=50",
+        "run.eval_n=30", "run.adaptive_n=10", "run.eval_steps=2")
+ATTACKS = {"linf": "fgsm,pgd-bpda", "l2": "ddn-l2"}
+
+
+def test_presets_are_registered_with_their_configs():
+    assert {"digits", "mnist-10k", "fashion-mnist", "cifar10-jpeg", "mnist", "cifar10", "cifar100"} <= set(list_presets())
+    with pytest.raises(ValueError, match="unknown preset"):
+        PRESETS.create("imagenet")
+
+
+@pytest.fixture
+def one_thread():
+    # Several torch processes share CI's two cores; one thread each avoids oversubscription.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread):
+    kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,
+              eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False)
+    first = reproduce("digits", **kw)
+    models = set(first["evaluations"]["linf"]["models"])
+    assert models == {"none", "pgd-at", "trades", "jpeg", "median", "pssr"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["evaluations"]) == {"linf", "l2"}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "preset `digits`" in md and "pssr" in md
+    for norm in ("linf", "l2"):
+        assert (tmp_path / "out" / norm / "report.json").is_file()
+    # every model's worst case is at most its clean accuracy
+    for info in report["evaluations"]["linf"]["models"].values():
+        s = info["summary"]
+        for per_eps in s["worst_case"].values():
+            assert all(v <= s["clean_accuracy"] + 1e-9 for v in per_eps.values())
+    # a rerun reuses every checkpoint and the saved evaluation state: identical results
+    second = reproduce("digits", **kw)
+    assert second["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
+    assert second["evaluations"]["l2"]["results"] == first["evaluations"]["l2"]["results"]
+
+
+def test_cli_reproduce_rejects_unknown_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--preset", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
