@@ -141,8 +141,6 @@ def test_npz_loads_and_corrupt_npz_names_the_file(tmp_path):
         pdata.load("npz", path=nokeys)
 
 
-@pytest.mark.xfail(reason="pssr.data's npz loader lets zipfile.BadZipFile escape for a truncated .npz "
-                   "(reported to the lead; data/sources.py is not this test file's owner's)", strict=False)
 def test_truncated_npz_names_the_file(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, x=np.zeros((50, 6, 6), dtype=np.uint8), y=np.arange(50) % 5)

@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -325,7 +326,7 @@ def npz(path: str | Path | None = None, data_dir: str | Path | None = None, val_
     try:
         z = np.load(path, allow_pickle=False)
         keys = set(z.files)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is truncated or not an .npz file ({e})") from e
     if not {"x", "y"} <= keys:
         raise DataError(f"{path} must hold arrays 'x' and 'y', found {sorted(keys)}")
@@ -341,7 +342,7 @@ def npz(path: str | Path | None = None, data_dir: str | Path | None = None, val_
 
     try:
         x, y = conv(z["x"]), torch.from_numpy(z["y"].astype(np.int64))
-    except (ValueError, EOFError, OSError) as e:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is truncated or corrupt ({e})") from e
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{path}: x has {x.shape[0]} images but y has {y.shape[0]} labels")

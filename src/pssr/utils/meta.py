@@ -49,7 +49,7 @@ def run_metadata() -> dict[str, Any]:
 
     return {
         "pssr_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),
         "hardware": hardware(),
