@@ -74,7 +74,7 @@ def _register(p: Preset) -> None:
 
 
 _register(Preset("digits", "digits.toml", "pssr-digits.toml", eval_n=0,
-                 quick=("pssr.epochs=8", "adv_train.epochs=5", "run.adaptive_n=100"), quick_eval_n=120))
+                 quick=("pssr.epochs=25", "adv_train.epochs=5", "run.adaptive_n=100"), quick_eval_n=120))
 _register(Preset("mnist-10k", "mnist-10k.toml", "pssr-mnist-10k.toml", eval_n=0, quick=_QUICK_SMALL))
 _register(Preset("fashion-mnist", "fashion-mnist.toml", "pssr-fashion-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
 _register(Preset("cifar10-jpeg", "cifar10-jpeg.toml", "pssr-cifar10-jpeg.toml", eval_n=500, quick=_QUICK_SMALL))
