@@ -60,3 +60,17 @@ def test_cli_reproduce_rejects_unknown_preset(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--preset", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_python_api_story_saves_a_self_describing_defense(tmp_path, one_thread):
+    """The README's API story: train_classifier -> train_pssr -> save -> PSSR.load, no extra arguments."""
+    import pssr
+
+    data = pssr.data.load("digits")
+    clf = pssr.train_classifier("tiny-cnn", data, epochs=1, progress=False)
+    defense = pssr.train_pssr(clf, data, epochs=1, pgd_steps=2, train_subset=100, val_size=20, progress=False)
+    path = defense.save(tmp_path / "pssr.pt")
+    back = pssr.PSSR.load(path)
+    x = data.test.x[:8]
+    torch.testing.assert_close(back.purify(x), defense.purify(x))
+    torch.testing.assert_close(back(x), defense(x))

@@ -136,7 +136,9 @@ def train_classifier(
     res = train_classifier_run(model, data, config, checkpoint=checkpoint, resume=resume, progress=progress,
                                callbacks=callbacks, **overrides)
     log.info("test accuracy %.4f", res.checkpoint["metrics"]["test_acc"])
-    return res.model
+    from pssr.train.loop import attach_spec
+
+    return attach_spec(res.model, res.checkpoint.get("model"))
 
 
 def load_classifier(path: str | Path, device: str | torch.device | None = "cpu") -> nn.Module:

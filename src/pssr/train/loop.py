@@ -214,6 +214,13 @@ def model_spec(model: nn.Module, name: str | None, kwargs: dict[str, Any]) -> di
     return {"name": name, "kwargs": dict(kwargs), "class": type(model).__name__}
 
 
+def attach_spec(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
+    """Record ``{"name", "kwargs"}`` on ``model.pssr_spec`` so a PSSR checkpoint can rebuild it."""
+    if isinstance(spec, dict) and spec.get("name"):
+        model.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+    return model
+
+
 def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
     """The model a pssr training checkpoint describes, with its weights, in eval mode, on CPU."""
     from pssr.models import create_model
@@ -228,7 +235,7 @@ def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
         )
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return attach_spec(model, spec).eval()
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tensor]]:
