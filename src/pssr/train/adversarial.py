@@ -270,9 +270,12 @@ def adversarial_train(
     go through ``more``. Checkpointing and resume work as in :func:`pssr.train.train_classifier`;
     the checkpoint's metrics hold the clean and PGD-``eval_steps`` test accuracy.
     """
+    from pssr.train.loop import attach_spec
+
     overrides = dict(method=method, eps=eps, alpha=alpha, steps=steps, epochs=epochs, **more)
-    return adversarial_train_run(model, data, config, checkpoint=checkpoint, resume=resume, progress=progress,
-                                 callbacks=callbacks, **overrides).model
+    res = adversarial_train_run(model, data, config, checkpoint=checkpoint, resume=resume, progress=progress,
+                                callbacks=callbacks, **overrides)
+    return attach_spec(res.model, res.checkpoint.get("model"))
 
 
 def run_from_config(
