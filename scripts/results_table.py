@@ -58,9 +58,32 @@ def pssr() -> list[str]:
     return rows
 
 
+def evaluations() -> list[str]:
+    """Summary rows of every harness report under results/<dataset>/<name>/report.json."""
+    rows = ["| report | model | clean | paper protocol worst | adaptive worst | flagged | n |",
+            "|---|---|---|---|---|---|---|"]
+    commands = []
+    for path in sorted((ROOT / "results").glob("*/*/report.json")):
+        d = json.loads(path.read_text())
+        if "models" not in d:
+            continue
+        rel = path.parent.relative_to(ROOT)
+        n = d.get("config", {}).get("n")
+        commands.append(f"- `{rel}`: `{d.get('metadata', {}).get('command', '')}`")
+        for name, info in d["models"].items():
+            s = info["summary"]
+            wc = s.get("worst_case", {})
+            paper = "; ".join(f"{_pct(v)} @{e}" for e, v in wc.get("paper", {}).items()) or "—"
+            adaptive = "; ".join(f"{_pct(v)} @{e}" for e, v in wc.get("adaptive", {}).items()) or "—"
+            rows.append(f"| [{rel}]({rel}/report.md) | {name} | {_pct(s.get('clean_accuracy'))} | {paper} | {adaptive} | "
+                        f"{'yes' if s.get('flagged') else 'no'} | {n} |")
+    return [*rows, "", "Commands:", "", *commands]
+
+
 def main() -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
-           "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "", *pssr()]
+           "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "", *pssr(), "",
+           "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations()]
     print("\n".join(out))
     return 0
 
