@@ -425,15 +425,12 @@ class PSSRRunConfig:
 
 def load_classifier_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """(classifier in eval mode, ``{"name", "kwargs"}``) from a ``pssr train-classifier`` checkpoint."""
-    from pssr.train.loop import rebuild_model
+    from pssr.train.classifier import load_classifier
 
-    ck = load_checkpoint(path)
-    spec = ck.get("model")
-    if not isinstance(spec, dict) or not spec.get("name"):
-        raise ValueError(f"{path} is not a classifier checkpoint of a registered model (no model name inside)")
-    model = rebuild_model(ck)
-    model.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
-    return model.to(default_device(device)), model.pssr_spec
+    # rebuild_model (behind load_classifier) refuses checkpoints without a registered model name
+    # and records {"name", "kwargs"} on model.pssr_spec.
+    model = load_classifier(path, device=default_device(device))
+    return model, model.pssr_spec
 
 
 def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, *, results: str | Path | None = None,
