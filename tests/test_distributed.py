@@ -85,3 +85,41 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert D.wrap_model(m, info) is m
     assert D.all_gather_objects([1], info) == [[1]]
     assert list(D.shard_range(5, info)) == [0, 1, 2, 3, 4]
+
+
+# --- the real trainer under 2 gloo processes -------------------------------------------------------
+def _trainer_model() -> nn.Module:
+    # No BatchNorm: per-rank batch statistics would (legitimately) differ from one process's.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def _fit(ckpt: str) -> dict[str, torch.Tensor]:
+    from pssr.data import load
+    from pssr.train.classifier import train_classifier_run
+
+    data = load("digits")
+    res = train_classifier_run(_trainer_model(), data, epochs=2, batch_size=64, lr=0.05, schedule="cosine",
+                               augment="none", seed=3, device="cpu", checkpoint=ckpt, progress=False)
+    return {k: v.detach().clone() for k, v in res.model.state_dict().items()}
+
+
+def _trainer_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    state = _fit(os.path.join(out_dir, "ddp.pt"))
+    if rank == 0:
+        torch.save(state, os.path.join(out_dir, "ddp-state.pt"))
+    D.cleanup()
+
+
+def test_train_classifier_under_two_gloo_processes_matches_one_process(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    single = _fit(str(tmp_path / "single.pt"))
+    mp.spawn(_trainer_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp-state.pt", weights_only=True)
+    for k, v in single.items():
+        torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=f"parameter {k} differs")
+    ck = torch.load(tmp_path / "ddp.pt", weights_only=True)  # written once, by rank 0
+    assert ck["epoch"] == 2 and len(ck["history"]) == 2

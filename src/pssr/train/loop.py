@@ -302,13 +302,20 @@ def fit(
     the test accuracy (fp32) and ``final_metrics(model)`` are added to ``checkpoint["metrics"]``.
     The model is returned in eval mode, in contiguous memory format, on the training device.
     """
-    device = default_device(cfg.device)
+    from pssr import distributed as D
+
+    # Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); otherwise a no-op.
+    dist = D.init_distributed(default_device(cfg.device))
+    device = D.device_for(dist, default_device(cfg.device))
     cfg_dict = asdict(cfg)
     metadata = plain_metadata()  # taken now, so the git revision is that of the code this run loaded
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
 
     torch.manual_seed(cfg.seed)  # dropout and anything else drawing on the global generator
-    gens = {"shuffle": torch.Generator().manual_seed(cfg.seed), "aug": torch.Generator().manual_seed(cfg.seed + 1)}
+    # The shuffle generator is the same on every rank (one global permutation per epoch, each rank
+    # takes its share of every global batch); augmentation draws are per rank.
+    gens = {"shuffle": torch.Generator().manual_seed(cfg.seed),
+            "aug": torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)}
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -346,8 +353,11 @@ def fit(
         raise ValueError(f"dataset {data.name!r} has an empty train split")
     # Whole split on the device once; drop the last partial batch (BatchNorm dislikes tiny batches).
     x_all, y_all = train.x.to(device), train.y.to(device)
-    bs = min(cfg.batch_size, n)
+    bs = min(cfg.batch_size, n)  # the global batch: split evenly across ranks
+    if bs % dist.world_size:
+        raise ValueError(f"batch_size {bs} must be divisible by the number of processes ({dist.world_size})")
     steps_per_epoch = n // bs
+    net = D.wrap_model(model, dist)  # DistributedDataParallel averages gradients across ranks
     total_steps = steps_per_epoch * cfg.epochs
     augment = AUGMENTATIONS.get(cfg.augment)
     has_val = len(data.val) > 0
@@ -369,22 +379,26 @@ def fit(
             "metrics": metrics,
             "metadata": {**metadata, "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
-        if ckpt_path is not None:
+        if ckpt_path is not None and dist.is_main:
             save_checkpoint(ckpt_path, ck)
+        D.barrier(dist)  # no rank runs ahead of a checkpoint it might need to resume from
         return ck
 
     ck: dict[str, Any] | None = None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gens["shuffle"]).to(device)
+        perm = torch.randperm(n, generator=gens["shuffle"])
+        # This rank's share of each global batch (the whole batch in a single process); the last
+        # partial batch is dropped (BatchNorm dislikes tiny batches).
+        batches = [b.to(device) for b in D.global_batches(perm, bs, dist, drop_last=True)]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
         last_note = t0
         for i in bar:
-            idx = perm[i * bs : (i + 1) * bs]
+            idx = batches[i]
             x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
             y = y_all[idx]
             if cfg.channels_last:
@@ -393,7 +407,7 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast_context(device, cfg.bf16):
-                loss, logits = batch_loss(model, x, y, gens["aug"])
+                loss, logits = batch_loss(net, x, y, gens["aug"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -409,6 +423,10 @@ def fit(
                 log.info("%s epoch %d/%d: step %d/%d, %.0f img/s", kind, epoch + 1, cfg.epochs, i + 1,
                          steps_per_epoch, seen / (last_note - t0))
         train_time = time.perf_counter() - t0
+        if dist.enabled:  # epoch statistics over all ranks
+            stats = D.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
+                                                  torch.tensor(float(seen), device=device)]), dist)
+            loss_sum, correct, seen = stats[0], stats[1], int(stats[2])
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": float(loss_sum) / seen,
@@ -421,8 +439,9 @@ def fit(
             rec["val_acc"] = evaluate_accuracy(model, data.val, cfg.eval_batch_size)
         rec["epoch_seconds"] = time.perf_counter() - t0
         history.append(rec)
-        log.info("%s epoch %d/%d: %s", kind, epoch + 1, cfg.epochs,
-                 ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
+        if dist.is_main:
+            log.info("%s epoch %d/%d: %s", kind, epoch + 1, cfg.epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
         if epoch + 1 == cfg.epochs:
             metrics = _final(model, data, cfg, final_metrics)
         ck = save(epoch + 1)
