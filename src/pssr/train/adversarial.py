@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr.data import Dataset, Split
+from pssr.distributed import unwrap
 from pssr.registry import Registry
 from pssr.train.loop import EpochCallback, FitResult, TrainConfig, fit, iter_batches, model_device
 from pssr.utils import load_checkpoint
@@ -176,8 +177,11 @@ def pgd_at_loss(cfg: AdvTrainConfig) -> BatchLoss:
     """Cross-entropy on PGD adversarial examples (Madry et al. 2018)."""
 
     def batch_loss(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        # Attack the bare module: under torchrun `model` is the DDP wrapper, whose forward must be
+        # followed by exactly one backward (the training step's).
+        inner = unwrap(model)
         x_adv = _eval_mode_attack(
-            model, lambda: pgd_linf(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, gen=gen))
+            inner, lambda: pgd_linf(inner, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, gen=gen))
         logits = model(x_adv)
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing), logits
 
@@ -189,17 +193,19 @@ def trades_loss(cfg: AdvTrainConfig) -> BatchLoss:
     """CE(f(x), y) + beta * KL(f(x) || f(x')) with x' from PGD on the KL term (Zhang et al. 2019)."""
 
     def batch_loss(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        inner = unwrap(model)  # the attack runs on the bare module (see pgd_at_loss)
+
         def attack() -> Tensor:
             with torch.no_grad():
-                p_clean = F.softmax(model(x).float(), dim=1)  # (N, K), the fixed target of the inner max
+                p_clean = F.softmax(inner(x).float(), dim=1)  # (N, K), the fixed target of the inner max
             x0 = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0.0, 1.0)
 
             def kl(logits: Tensor, _: Tensor) -> Tensor:
                 return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
 
-            return pgd_linf(model, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl)
+            return pgd_linf(inner, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl)
 
-        x_adv = _eval_mode_attack(model, attack)
+        x_adv = _eval_mode_attack(inner, attack)
         # pgd_linf projects onto the ball around its start x0; re-project onto the ball around x.
         x_adv = torch.min(torch.max(x_adv, x - cfg.eps), x + cfg.eps).clamp(0.0, 1.0)
         logits = model(x)
