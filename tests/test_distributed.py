@@ -94,23 +94,37 @@ def _trainer_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
 
 
-def _fit(ckpt: str) -> dict[str, torch.Tensor]:
+def _fit(ckpt: str, kind: str = "classifier") -> dict[str, torch.Tensor]:
     from pssr.data import load
+    from pssr.train.adversarial import adversarial_train_run
     from pssr.train.classifier import train_classifier_run
 
     data = load("digits")
-    res = train_classifier_run(_trainer_model(), data, epochs=2, batch_size=64, lr=0.05, schedule="cosine",
-                               augment="none", seed=3, device="cpu", checkpoint=ckpt, progress=False)
+    kw = dict(epochs=2, batch_size=64, lr=0.05, schedule="cosine", augment="none", seed=3, device="cpu",
+              checkpoint=ckpt, progress=False)
+    if kind == "classifier":
+        res = train_classifier_run(_trainer_model(), data, **kw)
+    else:  # adversarial training: its inner attack runs on the bare module of each rank
+        res = adversarial_train_run(_trainer_model(), data, method=kind, eps=0.1, alpha=0.05, steps=2,
+                                    eval_steps=1, eval_n=20, **kw)
     return {k: v.detach().clone() for k, v in res.model.state_dict().items()}
 
 
-def _trainer_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _trainer_worker(rank: int, world: int, port: int, out_dir: str, kind: str = "classifier") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    state = _fit(os.path.join(out_dir, "ddp.pt"))
+    state = _fit(os.path.join(out_dir, "ddp.pt"), kind)
     if rank == 0:
         torch.save(state, os.path.join(out_dir, "ddp-state.pt"))
     D.cleanup()
+
+
+def test_adversarial_training_runs_under_two_gloo_processes(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    mp.spawn(_trainer_worker, args=(2, _free_port(), str(tmp_path), "pgd-at"), nprocs=2, join=True)
+    ck = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert ck["kind"] == "pgd-at" and ck["epoch"] == 2 and "test_acc" in ck["metrics"]
 
 
 def test_train_classifier_under_two_gloo_processes_matches_one_process(tmp_path, monkeypatch):
