@@ -111,6 +111,42 @@ def test_ablation_switches_train(classifier, digits, cfg: dict) -> None:
     assert len(d.metrics["history"]) == 1
 
 
+def test_classifier_finetuning_trains_a_copy_saves_it_and_resumes(classifier, digits, tmp_path) -> None:
+    clf, _ = classifier
+    before = [p.detach().clone() for p in clf.parameters()]
+    cfg = PSSRConfig(**{**TINY, "classifier_lr": 1e-3, "adv_mode": "online"})
+    full = train_pssr(clf, digits, cfg, out_dir=tmp_path / "full", progress=False, classifier_spec=SPEC)
+    # the caller's classifier is untouched; the defense's own copy moved
+    assert all(torch.equal(p, q) for p, q in zip(before, clf.parameters()))
+    assert full.classifier is not clf
+    assert not all(torch.equal(p, q) for p, q in zip(before, full.classifier.parameters()))
+    assert full.metrics["classifier_finetuned"] and "val_transfer_acc" in full.metrics["history"][-1]
+
+    def stop(epoch: int, rec: dict) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC, on_epoch_end=stop)
+    resumed = train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC)
+    assert all(torch.equal(p, q) for p, q in zip(_weights(full), _weights(resumed)))
+    loaded = PSSR.load(tmp_path / "cut" / "pssr.pt")  # the fine-tuned classifier travels in the checkpoint
+    x = digits.test.x[:16]
+    assert torch.equal(loaded(x), resumed(x)) and not torch.equal(loaded.classifier(x), clf(x))
+
+
+def test_pipeline_attack_training_runs_and_is_validated(classifier, digits) -> None:
+    clf, _ = classifier
+    with pytest.raises(ValueError, match="adv_target"):
+        PSSRConfig(adv_target="pipeline", adv_mode="cache")
+    with pytest.raises(ValueError, match="classifier_lr"):
+        PSSRConfig(classifier_lr=-1.0)
+    d = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "train_subset": 64, "adv_mode": "online",
+                                              "adv_target": "pipeline", "classifier_lr": 1e-3}),
+                   progress=False, classifier_spec=SPEC)
+    assert len(d.metrics["history"]) == 1 and all(p.grad is None for p in clf.parameters())
+
+
 def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path) -> None:
     from pssr.cli import main
 

@@ -83,6 +83,9 @@ class PSSRConfig:
     pgd_alpha: float = 0.0  # PGD step size; 0 means 2.5 * eps / pgd_steps
     fgsm_fraction: float = 0.0  # share of training examples made with FGSM instead of PGD
     adv_mode: str = "cache"  # cache (made once per run) | online (remade every batch)
+    adv_target: str = "classifier"  # online examples attack: classifier (gray-box) | pipeline (through PSSR, mask fixed)
+    # --- invariance learning: fine-tune the classifier on restored images (0 = classifier frozen) ---
+    classifier_lr: float = 0.0  # Adam lr of the classifier; > 0 trains it on R(x_adv) and R(x) (eval-mode BN)
     # --- optimization ---
     epochs: int = 5
     batch_size: int = 128
@@ -114,6 +117,10 @@ class PSSRConfig:
         need(self.fill in FILLS, "fill", ", ".join(FILLS.list()))
         need(self.condition in CONDITIONS, "condition", ", ".join(CONDITIONS))
         need(self.adv_mode in ("cache", "online"), "adv_mode", "cache, online")
+        need(self.adv_target in ("classifier", "pipeline"), "adv_target", "classifier, pipeline")
+        need(self.adv_target == "classifier" or self.adv_mode == "online", "adv_target",
+             "'pipeline' only with adv_mode='online' (the pipeline changes while it trains)")
+        need(math.isfinite(self.classifier_lr) and self.classifier_lr >= 0.0, "classifier_lr", ">= 0 (0 = frozen)")
         need(0.0 <= self.ratio <= 1.0, "ratio", "[0, 1]")
         need(0.0 <= self.threshold <= 1.0, "threshold", "[0, 1]")
         need(0.0 <= self.fill_value <= 1.0, "fill_value", "[0, 1]")
@@ -197,7 +204,8 @@ class PSSR(nn.Module):
         self.config = config
         self.image_shape = tuple(int(s) for s in image_shape)
         c = self.image_shape[0]
-        self.classifier = classifier  # used frozen: PSSR never updates it (train_pssr freezes it while training)
+        # PSSR itself never updates the classifier; train_pssr keeps it frozen unless config.classifier_lr > 0
+        self.classifier = classifier
         if num_classes is None:
             ref = next(iter(classifier.parameters()), None)
             probe = torch.zeros(1, *self.image_shape, device=ref.device if ref is not None else "cpu")

@@ -33,17 +33,22 @@ TARGETS: Registry[Callable[..., Tensor]] = Registry("scorer target")
 
 
 class FrozenEval:
-    """Context: classifier in eval mode with parameters frozen; restores both on exit."""
+    """Context: classifier in eval mode with parameters frozen; restores both on exit.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``requires_grad=True`` keeps eval mode (BatchNorm statistics fixed) but makes every parameter
+    trainable, for fine-tuning the classifier (``PSSRConfig.classifier_lr``).
+    """
+
+    def __init__(self, model: nn.Module, requires_grad: bool = False) -> None:
         self.model = model
+        self.requires_grad = requires_grad
 
     def __enter__(self) -> nn.Module:
         self.was_training = self.model.training
         self.req = [p.requires_grad for p in self.model.parameters()]
         self.model.eval()
         for p in self.model.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(self.requires_grad)
         return self.model
 
     def __exit__(self, *exc: object) -> None:
