@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -137,3 +138,64 @@ def test_train_classifier_under_two_gloo_processes_matches_one_process(tmp_path,
         torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=f"parameter {k} differs")
     ck = torch.load(tmp_path / "ddp.pt", weights_only=True)  # written once, by rank 0
     assert ck["epoch"] == 2 and len(ck["history"]) == 2
+
+
+def test_trades_trainer_runs_under_two_gloo_processes(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    mp.spawn(_trainer_worker, args=(2, _free_port(), str(tmp_path), "trades"), nprocs=2, join=True)
+    ck = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert ck["kind"] == "trades" and ck["epoch"] == 2 and "test_acc" in ck["metrics"]
+
+
+# --- TRADES: two forward passes through DDP before one backward -----------------------------------
+def _trades_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """TRADES steps under DDP on each rank's share of every global batch; before each step a bare copy
+    of the model at the same weights computes the one-process gradient on the whole global batch.
+
+    Gradients are compared step by step at equal weights rather than weights after training: TRADES'
+    inner PGD takes signs of input gradients, so float-order differences of DDP's all-reduce can
+    flip a near-zero sign and make trajectories drift apart without any error in the gradients.
+    """
+    from pssr.train.adversarial import AdvTrainConfig, trades_start, trades_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = D.init_distributed(torch.device("cpu"))
+    cfg = AdvTrainConfig(method="trades", eps=0.1, alpha=0.03, steps=3, beta=6.0)
+    x, y = _data()
+    # The inner maximization's start, drawn once for all 64 examples: every example starts at the
+    # same x0 whichever rank (or the single process) handles it.
+    x0 = trades_start(x, torch.Generator().manual_seed(7))  # (64, 1, 8, 8)
+    model = D.wrap_model(_make_model(), info)  # no BatchNorm: per-rank batch statistics would differ
+    ref = _make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    worst, losses = 0.0, []
+    for epoch in range(2):
+        perm = D.epoch_permutation(len(x), seed=5, epoch=epoch)
+        for idx, full in zip(D.global_batches(perm, 16, info), D.global_batches(perm, 16, D.DistInfo())):
+            ref.load_state_dict(D.unwrap(model).state_dict())
+            ref.zero_grad()
+            ref_loss, _ = trades_step(ref, x[full], y[full], x0[full], cfg)
+            ref_loss.backward()
+            opt.zero_grad()
+            loss, _ = trades_step(model, x[idx], y[idx], x0[idx], cfg)
+            loss.backward()  # DDP averages the two ranks' gradients
+            for p, q in zip(D.unwrap(model).parameters(), ref.parameters()):
+                worst = max(worst, float((p.grad - q.grad).abs().max() / q.grad.abs().max()))
+            mean_loss = D.all_reduce_sum(loss.detach(), info) / world  # halves of equal size
+            losses.append((float(mean_loss), float(ref_loss.detach())))
+            opt.step()
+    if info.is_main:
+        torch.save({"worst": worst, "losses": losses}, os.path.join(out_dir, "trades-ddp.pt"))
+    D.barrier(info)
+    D.cleanup()
+
+
+def test_trades_under_two_gloo_processes_matches_one_process(tmp_path):
+    mp.spawn(_trades_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    out = torch.load(tmp_path / "trades-ddp.pt", weights_only=True)
+    assert len(out["losses"]) == 8  # 2 epochs of 4 global batches
+    assert out["worst"] < 1e-5, f"DDP TRADES gradient differs from one process by {out['worst']:.3g} (relative)"
+    for ddp_loss, one_loss in out["losses"]:
+        assert math.isclose(ddp_loss, one_loss, rel_tol=1e-5)

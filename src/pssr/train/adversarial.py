@@ -188,32 +188,51 @@ def pgd_at_loss(cfg: AdvTrainConfig) -> BatchLoss:
     return batch_loss
 
 
+def trades_start(x: Tensor, gen: torch.Generator) -> Tensor:
+    """TRADES' start of the inner maximization: ``x + 0.001 * N(0, I)`` (CPU generator ``gen``), in [0, 1]."""
+    return (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0.0, 1.0)
+
+
+def trades_step(model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, cfg: AdvTrainConfig) -> tuple[Tensor, Tensor]:
+    """The TRADES loss of one batch, its inner maximization started at ``x0`` (see :func:`trades_start`).
+
+    ``model`` may be the DDP wrapper: the attack runs on the bare module (see :func:`pgd_at_loss`),
+    then the clean and the adversarial batch go through ``model`` in two forward passes, as in the
+    paper's code (each half gets its own BatchNorm batch statistics), before the single backward.
+    That is correct under DistributedDataParallel: autograd sums each parameter's gradient over
+    both uses before that parameter's one accumulation hook fires, so DDP's reducer sees every
+    parameter once per backward and averages the full gradient across ranks
+    (``tests/test_distributed.py`` checks it against one process on the same global batch).
+    Returns ``(loss, clean logits (N, K))``.
+    """
+    inner = unwrap(model)
+
+    def attack() -> Tensor:
+        with torch.no_grad():
+            p_clean = F.softmax(inner(x).float(), dim=1)  # (N, K), the fixed target of the inner max
+
+        def kl(logits: Tensor, _: Tensor) -> Tensor:
+            return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
+
+        return pgd_linf(inner, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl)
+
+    x_adv = _eval_mode_attack(inner, attack)
+    # pgd_linf projects onto the ball around its start x0; re-project onto the ball around x.
+    x_adv = torch.min(torch.max(x_adv, x - cfg.eps), x + cfg.eps).clamp(0.0, 1.0)
+    logits = model(x)
+    logits_adv = model(x_adv)
+    natural = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    robust = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits.float(), dim=1),
+                      reduction="batchmean")
+    return natural + cfg.beta * robust, logits
+
+
 @ADV_METHODS.register("trades")
 def trades_loss(cfg: AdvTrainConfig) -> BatchLoss:
     """CE(f(x), y) + beta * KL(f(x) || f(x')) with x' from PGD on the KL term (Zhang et al. 2019)."""
 
     def batch_loss(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        inner = unwrap(model)  # the attack runs on the bare module (see pgd_at_loss)
-
-        def attack() -> Tensor:
-            with torch.no_grad():
-                p_clean = F.softmax(inner(x).float(), dim=1)  # (N, K), the fixed target of the inner max
-            x0 = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0.0, 1.0)
-
-            def kl(logits: Tensor, _: Tensor) -> Tensor:
-                return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
-
-            return pgd_linf(inner, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl)
-
-        x_adv = _eval_mode_attack(inner, attack)
-        # pgd_linf projects onto the ball around its start x0; re-project onto the ball around x.
-        x_adv = torch.min(torch.max(x_adv, x - cfg.eps), x + cfg.eps).clamp(0.0, 1.0)
-        logits = model(x)
-        logits_adv = model(x_adv)
-        natural = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        robust = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits.float(), dim=1),
-                          reduction="batchmean")
-        return natural + cfg.beta * robust, logits
+        return trades_step(model, x, y, trades_start(x, gen), cfg)
 
     return batch_loss
 
@@ -321,4 +340,5 @@ def run_from_config(
     return summary
 
 
-__all__ = ["ADV_METHODS", "AdvTrainConfig", "adversarial_train", "adversarial_train_run", "pgd_accuracy", "pgd_linf"]
+__all__ = ["ADV_METHODS", "AdvTrainConfig", "adversarial_train", "adversarial_train_run", "pgd_accuracy", "pgd_linf",
+           "trades_start", "trades_step"]
