@@ -199,3 +199,77 @@ def test_trades_under_two_gloo_processes_matches_one_process(tmp_path):
     assert out["worst"] < 1e-5, f"DDP TRADES gradient differs from one process by {out['worst']:.3g} (relative)"
     for ddp_loss, one_loss in out["losses"]:
         assert math.isclose(ddp_loss, one_loss, rel_tol=1e-5)
+
+
+# --- the evaluation harness sharded over 2 gloo processes ------------------------------------------
+# fgsm + pgd (digits defaults) on 40 test digits in chunks of 8: 5 chunks, so 2 ranks get uneven rounds.
+_EVAL_ARGS = ["--attacks", "fgsm,pgd", "--eps", "0.1", "--num-examples", "40", "--batch-size", "8",
+              "--check-n", "16", "--seed", "3", "--no-progress"]
+
+
+def _eval_worker(rank: int, world: int, port: int, ckpt: str, outs: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from pssr.cli import main
+
+    # Each rank gets its own --out: rank 0 alone may read the state and write the report, so rank 1's
+    # folder must never appear (under torchrun every rank would get the same folder).
+    assert main(["evaluate", "--checkpoint", ckpt, *_EVAL_ARGS, "--out", outs[rank]]) == 0
+
+
+def _without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timing(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_without_timing(v) for v in obj]
+    return obj
+
+
+def test_sharded_evaluation_matches_one_process_and_resumes(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from pssr.cli import main
+    from pssr.data import load
+    from pssr.train.classifier import train_classifier_run
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    ckpt = str(tmp_path / "clf.pt")
+    train_classifier_run("tiny-cnn", load("digits"), epochs=1, batch_size=64, lr=0.05, augment="none", seed=0,
+                         device="cpu", checkpoint=ckpt, progress=False)
+    single, ddp, rank1 = tmp_path / "single", tmp_path / "ddp", tmp_path / "rank1"
+    assert main(["evaluate", "--checkpoint", ckpt, *_EVAL_ARGS, "--out", str(single)]) == 0
+
+    # Rank 0 starts from the single run's state cut back to "interrupted": the pgd unit after 1 of its
+    # 5 chunks, the checks / clean / fgsm units never started. So 2 ranks compute checks, clean and
+    # fgsm from scratch and resume pgd at chunk 1 (rounds 1-2, 3-4, 5).
+    shutil.copytree(single / "state", ddp / "state")
+    index = json.loads((ddp / "state" / "state.json").read_text())
+    pgd_key = next(k for k in index["units"] if k.startswith("attack|") and "|pgd|" in k)
+    unit_path = ddp / "state" / "units" / index["units"][pgd_key]["file"]
+    unit = json.loads(unit_path.read_text())
+    assert unit["n_chunks"] == 5 and len(unit["records"]) == 40
+    unit.update(chunks_done=1, records=unit["records"][:8], seconds=0.0)
+    unit_path.write_text(json.dumps(unit))
+    index["units"] = {pgd_key: dict(index["units"][pgd_key], complete=False)}
+    (ddp / "state" / "state.json").write_text(json.dumps(index))
+
+    mp.spawn(_eval_worker, args=(2, _free_port(), ckpt, [str(ddp), str(rank1)]), nprocs=2, join=True)
+
+    assert not rank1.exists()
+    recs_single = (single / "records.jsonl").read_text()
+    recs_ddp = (ddp / "records.jsonl").read_text()
+    assert recs_single.count("\n") == 40 * 3  # clean, fgsm, pgd
+    assert sum(json.loads(r)["attacked"] for r in recs_single.splitlines()) > 40  # the model is right on most
+    assert recs_ddp == recs_single  # same order, same content (records carry no timing)
+    a, b = (json.loads((d / "report.json").read_text()) for d in (single, ddp))
+    assert b["config"].pop("distributed")["world_size"] == 2
+    for d in (a, b):
+        d["config"].pop("state_dir")
+        d.pop("metadata")
+    assert _without_timing(b) == _without_timing(a)
+    # the resumed pgd unit on disk is complete and holds the single run's records
+    merged = json.loads(unit_path.read_text())
+    full = json.loads((single / "state" / "units" / unit_path.name).read_text())
+    assert merged["chunks_done"] == 5 and merged["records"] == full["records"]

@@ -16,17 +16,21 @@ on CUDA).
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,68 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _raise_remote(kind: str, message: str, rank: int) -> NoReturn:
+    """Re-raise on this rank an error that happened on ``rank`` (same built-in type, else RuntimeError)."""
+    cls = getattr(builtins, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = RuntimeError
+    raise cls(f"(on rank {rank}) {message}")
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """``fn()`` run by rank 0 alone; its result -- or its error -- handed to every rank.
+
+    For work one rank does for all (reading or writing shared state files, sanity checks). When
+    ``fn`` raises on rank 0, every rank raises too (rank 0 the original exception, the others the
+    same built-in type with the message, else ``RuntimeError``) instead of waiting in the next
+    collective until the timeout. Not distributed: just ``fn()``.
+    """
+    if not info.enabled:
+        return fn()
+    box: list[Any] = [None]
+    result: Any = None
+    err: Exception | None = None
+    if info.is_main:
+        try:
+            result = fn()
+            box[0] = ("ok", result)
+        except Exception as e:
+            err = e
+            box[0] = ("error", type(e).__name__, str(e))
+    dist.broadcast_object_list(box, src=0)
+    if err is not None:
+        raise err
+    if info.is_main:
+        return result
+    if box[0][0] == "error":
+        _raise_remote(box[0][1], box[0][2], 0)
+    return box[0][1]
+
+
+def all_gather_results(fn: Callable[[], T], info: DistInfo) -> list[T]:
+    """Every rank's ``fn()``, in rank order, on every rank; when any rank's ``fn`` raises, all raise.
+
+    The failing rank re-raises its own exception; the others raise the first failure's built-in type
+    (else ``RuntimeError``) with its message, so no rank is left waiting in a later collective.
+    Not distributed: ``[fn()]``.
+    """
+    if not info.enabled:
+        return [fn()]
+    err: Exception | None = None
+    try:
+        mine: tuple[Any, ...] = ("ok", fn())
+    except Exception as e:
+        err = e
+        mine = ("error", type(e).__name__, str(e))
+    parts = all_gather_objects(mine, info)
+    if err is not None:
+        raise err
+    for r, p in enumerate(parts):
+        if p[0] == "error":
+            _raise_remote(p[1], p[2], r)
+    return [p[1] for p in parts]
 
 
 def cleanup() -> None:

@@ -8,6 +8,10 @@ resumes. A SPEC is ``[NAME=]PATH`` (a PSSR or classifier checkpoint) or
 classifier), e.g. ``--checkpoint none=runs/digits/classifier.pt --checkpoint runs/digits/pssr.pt
 --checkpoint jpeg:quality=60@runs/digits/classifier.pt``.
 
+Under ``torchrun --nproc_per_node=N -m pssr evaluate ...`` the examples are sharded over the N
+ranks (gloo on CPU, NCCL with ``--device cuda``, one GPU per rank); the records equal those of one
+process, and rank 0 alone writes OUT and prints the summary (see docs/distributed.md).
+
 ``pssr report DIR`` redraws report.md and the plots from DIR/report.json.
 """
 
@@ -17,15 +21,21 @@ import argparse
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pssr import distributed as D
     from pssr.evaluation.checks import CheckConfig
     from pssr.evaluation.loading import evaluate_checkpoints
 
-    report = evaluate_checkpoints(
-        args.checkpoint, args.out, data=args.data, data_dir=args.data_dir, split=args.split,
-        attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
-        subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
-    )
+    try:
+        report = evaluate_checkpoints(
+            args.checkpoint, args.out, data=args.data, data_dir=args.data_dir, split=args.split,
+            attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
+            subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
+            progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
+        )
+        if not D.current().is_main:  # under torchrun: rank 0 wrote the report and prints the summary
+            return 0
+    finally:
+        D.cleanup()
     d = report.to_dict()
     for name, info in d["models"].items():
         s = info["summary"]
@@ -67,7 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", default=None, help="budget(s), comma-separated, fractions allowed (e.g. 8/255,16/255); "
                    "default: the dataset's customary budget")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument("--n", type=int, default=None, help="number of test examples (default: all)")
+    # --num-examples: torchrun's own parser rejects "--n" anywhere on its command line (an ambiguous
+    # abbreviation of its --nnodes, --nproc-per-node, ...), so launches under torchrun need this spelling.
+    p.add_argument("--n", "--num-examples", dest="n", type=int, default=None,
+                   help="number of test examples (default: all); under torchrun write --num-examples")
     p.add_argument("--subset-seed", type=int, default=None, help="draw a random subset of n with this seed")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="attack seed")

@@ -23,6 +23,18 @@ Randomness: each batch of each unit is reseeded from ``seed`` and the unit's nam
 numpy and python RNGs, and every submodule with a ``reseed(seed)`` method, e.g. a randomized
 defense), so results do not depend on the order or on interruptions. The caller's global RNG
 states are restored at the end.
+
+Several processes (``torchrun --nproc_per_node=N -m pssr evaluate ...``, or any caller that runs
+``evaluate`` on every rank of a process group): the batches (*chunks*) of each unit are dealt out in
+rounds of N, rank ``k`` taking chunk ``c + k`` of the round starting at ``c``. A chunk is the same
+batch with the same derived seed whichever rank runs it, so the records are exactly those of one
+process (same order, same content). After every round the records are gathered on every rank; rank 0
+alone reads and writes the resumable state (it hands each unit's saved progress to the others), so a
+run interrupted at any world size resumes at any other. The sanity checks and the example images run
+on rank 0 only and their results are broadcast. Every rank returns the same :class:`Report`; writing it
+is the caller's job, on rank 0 (:func:`pssr.evaluation.loading.evaluate_checkpoints` does that).
+Timings are then summed over ranks (device-seconds), not wall-clock seconds. On CUDA each rank runs
+on ``cuda:LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pssr import distributed as D
 from pssr.data import Dataset, Split
 from pssr.evaluation import checks as checks_mod
 from pssr.evaluation.checks import CheckConfig
@@ -410,7 +423,8 @@ def evaluate(
         n: evaluate the first ``n`` examples (or a seeded random ``n`` with ``subset_seed``); None = all.
         batch_size: examples per batch (and per resumable chunk).
         seed: the attacks' seed and the root of every per-batch seed.
-        device: run on this device (models are moved there); None = each model's own device.
+        device: run on this device (models are moved there); None = each model's own device. Under
+            torchrun a CUDA device means ``cuda:LOCAL_RANK`` on each rank (see the module docstring).
         state_dir: folder for resumable state; rerunning with the same arguments continues.
         progress: show a progress bar.
         checks: run the sanity checks (True, False, or a :class:`CheckConfig`).
@@ -459,6 +473,13 @@ def evaluate(
         from pssr.utils import default_device
 
         dev = default_device(device)
+    # Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); a no-op in one process.
+    first_dev = _model_device(next(iter(models.values())))
+    info = D.init_distributed(dev if dev is not None else first_dev)
+    if info.enabled and dev is None and first_dev.type == "cuda":
+        dev = torch.device("cuda")
+    if dev is not None:
+        dev = D.device_for(info, dev)  # cuda:LOCAL_RANK under torchrun, else unchanged
         for m in models.values():
             m.to(dev)
         for m in (gray_box_source or {}).values():
@@ -488,7 +509,15 @@ def evaluate(
         "batch_size": batch_size,
         "checks": check_cfg.to_dict() if check_cfg else None,
     }
-    store = StateStore(state_dir, settings)
+    # Rank 0 alone opens (and later writes) the state folder; the other ranks keep an in-memory store
+    # and receive each unit's saved progress from rank 0. A refused state raises on every rank.
+    opened: dict[str, StateStore] = {}
+
+    def open_store() -> None:
+        opened["store"] = StateStore(state_dir, settings)
+
+    D.on_main(open_store, info)
+    store = opened["store"] if info.is_main else StateStore(None, settings)
     config = {
         "dataset": dataset,
         "n": n_eval,
@@ -503,6 +532,9 @@ def evaluate(
         "checks": check_cfg.to_dict() if check_cfg else None,
         "state_dir": str(state_dir) if state_dir is not None else None,
     }
+    if info.enabled:
+        config["distributed"] = {"world_size": info.world_size, "backend": info.backend,
+                                 "seconds": "summed over ranks (device-seconds), not wall-clock"}
 
     # Keep the caller's global RNG streams untouched by the per-batch reseeding.
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -510,7 +542,7 @@ def evaluate(
     try:
         with torch.random.fork_rng(devices=cuda_devs):
             run = _Run(models, sources, x_all, y_all, index, specs, eps_list, norm, batch_size, seed, dev, store,
-                       progress, check_cfg, n_examples)
+                       progress and info.is_main, check_cfg, n_examples, info)
             run.execute()
     finally:
         random.setstate(py_state)
@@ -557,12 +589,13 @@ class _Run:
     def __init__(self, models: Mapping[str, nn.Module], sources: dict[str, tuple[nn.Module, str]], x: Tensor,
                  y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
                  batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
-                 check_cfg: CheckConfig | None, n_examples: int) -> None:
+                 check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None) -> None:
         self.models, self.sources = models, sources
         self.x, self.y, self.index = x, y, index
         self.specs, self.eps_list, self.norm = specs, eps_list, norm
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.store, self.progress, self.check_cfg, self.n_examples = store, progress, check_cfg, n_examples
+        self.info = info or D.DistInfo()
         self.n = x.shape[0]
         self.n_chunks = max(1, math.ceil(self.n / batch_size))
         self.units: list[UnitState] = []
@@ -573,6 +606,42 @@ class _Run:
 
     def records(self) -> list[dict[str, Any]]:
         return [r for u in self.units for r in u.records]
+
+    def _load(self, key: str) -> UnitState:
+        """Unit ``key``'s saved progress: read by rank 0 (the only rank with a state folder), the
+        same copy on every rank."""
+        if not self.info.enabled:
+            return self.store.load(key)
+        return D.on_main(lambda: self.store.load(key), self.info)
+
+    def _slice(self, c: int) -> slice:
+        return slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
+
+    def _run_chunks(self, unit: UnitState, work: Callable[[int], tuple[list[dict[str, Any]], float]],
+                    bar: Any) -> None:
+        """Run ``work(c) -> (records, seconds)`` for the chunks ``unit`` has not done, saving after each.
+
+        One process: chunk by chunk. N ranks: rounds of N chunks, rank k taking the round's k-th;
+        the round's records are gathered in chunk order on every rank, then the unit is saved (to
+        disk by rank 0 only; the other ranks' stores are in memory).
+        """
+        world = self.info.world_size
+        c = unit.chunks_done
+        while c < self.n_chunks:
+            stop = min(self.n_chunks, c + world)
+            if self.info.enabled:
+                mine = c + self.info.rank
+                parts = D.all_gather_results(lambda m=mine, s=stop: work(m) if m < s else None, self.info)
+                done = [p for p in parts if p is not None]  # rank order = chunk order
+            else:
+                done = [work(c)]
+            for recs, seconds in done:
+                unit.seconds += seconds
+                unit.records.extend(recs)
+            unit.chunks_done = stop
+            self.store.save(unit)
+            bar.update(stop - c)
+            c = stop
 
     def _bar(self, total: int) -> Any:
         from tqdm.auto import tqdm
@@ -597,41 +666,51 @@ class _Run:
     # -- units ------------------------------------------------------------------------------------
 
     def _checks(self, name: str, model: nn.Module, dev: torch.device) -> None:
-        assert self.check_cfg is not None
-        unit = self.store.load(f"checks|{name}")
-        if not unit.complete:
-            k = min(self.check_cfg.n, self.n)
-            x, y = self.x[:k].to(dev), self.y[:k].to(dev)
-            t0 = time.perf_counter()
-            _reseed(model, _derived_seed(self.seed, unit.key))
-            res, flags = checks_mod.run_pre_checks(model, x, y, self.norm, self.seed, self.check_cfg)
-            unit.meta = {"results": res, "flags": flags}
-            unit.seconds, unit.n_chunks, unit.chunks_done = time.perf_counter() - t0, 1, 1
-            self.store.save(unit)
-            for f in flags:
-                log.warning("check [%s] %s: %s", name, f["name"], f["message"])
-        self.pre_checks[name] = (unit.meta["results"], unit.meta["flags"])
+        cfg = self.check_cfg
+        assert cfg is not None
+
+        def run() -> dict[str, Any]:
+            unit = self.store.load(f"checks|{name}")
+            if not unit.complete:
+                k = min(cfg.n, self.n)
+                x, y = self.x[:k].to(dev), self.y[:k].to(dev)
+                t0 = time.perf_counter()
+                _reseed(model, _derived_seed(self.seed, unit.key))
+                res, flags = checks_mod.run_pre_checks(model, x, y, self.norm, self.seed, cfg)
+                unit.meta = {"results": res, "flags": flags}
+                unit.seconds, unit.n_chunks, unit.chunks_done = time.perf_counter() - t0, 1, 1
+                self.store.save(unit)
+                for f in flags:
+                    log.warning("check [%s] %s: %s", name, f["name"], f["message"])
+            return unit.meta
+
+        # Rank 0 alone runs the checks (they look at the first cfg.n examples); every rank gets the
+        # results, which decide e.g. whether the EOT attacks run.
+        meta = D.on_main(run, self.info)
+        self.pre_checks[name] = (meta["results"], meta["flags"])
 
     def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor:
-        unit = self.store.load(f"clean|{name}")
+        unit = self._load(f"clean|{name}")
         unit.n_chunks = self.n_chunks
         bar.update(unit.chunks_done)
-        for c in range(unit.chunks_done, self.n_chunks):
-            sl = slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
+
+        def work(c: int) -> tuple[list[dict[str, Any]], float]:
+            sl = self._slice(c)
             t0 = time.perf_counter()
             _reseed(model, _derived_seed(self.seed, unit.key, c))
             pred = _predict(model, self.x[sl].to(dev)).cpu()
-            unit.seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
             ys = self.y[sl]
+            recs = []
             for j in range(pred.shape[0]):
                 i = sl.start + j
                 p, lab = int(pred[j]), int(ys[j])
-                unit.records.append({"model": name, "threat_model": "none", "attack": "clean", "eps": 0.0,
-                                     "index": self.index[i], "label": lab, "clean_pred": p, "adv_pred": p,
-                                     "correct": p == lab, "attacked": False, "pert_norm": 0.0})
-            unit.chunks_done = c + 1
-            self.store.save(unit)
-            bar.update(1)
+                recs.append({"model": name, "threat_model": "none", "attack": "clean", "eps": 0.0,
+                             "index": self.index[i], "label": lab, "clean_pred": p, "adv_pred": p,
+                             "correct": p == lab, "attacked": False, "pert_norm": 0.0})
+            return recs, seconds
+
+        self._run_chunks(unit, work, bar)
         self.units.append(unit)
         self.unit_meta[(name, "none", "clean")] = {"seconds": unit.seconds, "gradient_free": False}
         return torch.tensor([r["clean_pred"] for r in unit.records], dtype=torch.int64)
@@ -644,7 +723,7 @@ class _Run:
             self.skipped.setdefault(name, {})[f"{spec.threat_model}/{spec.label}"] = reason
             bar.update(self.n_chunks)
             return
-        unit = self.store.load(key)
+        unit = self._load(key)
         unit.n_chunks = self.n_chunks
         bar.update(unit.chunks_done)
         source, source_kind = self.sources[name]
@@ -660,8 +739,9 @@ class _Run:
                          "black_box": black_box,
                          "target": "model" if target is model else f"gray-box source ({source_kind})"}
         correct_clean = clean_pred == self.y
-        for c in range(unit.chunks_done, self.n_chunks):
-            sl = slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
+
+        def work(c: int) -> tuple[list[dict[str, Any]], float]:
+            sl = self._slice(c)
             xs, ys = self.x[sl], self.y[sl]
             mask = correct_clean[sl]
             adv_pred = clean_pred[sl].clone()
@@ -682,18 +762,19 @@ class _Run:
                                        f"{tuple(xm.shape)}")
                 adv_pred[mask] = _predict(model, x_adv).cpu()
                 pert[mask] = _lp((x_adv - xm).float(), self.norm).cpu()
-            unit.seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            recs = []
             for j in range(xs.shape[0]):
                 i = sl.start + j
                 lab, a = int(ys[j]), bool(mask[j])
-                unit.records.append({"model": name, "threat_model": spec.threat_model, "attack": spec.label,
-                                     "eps": eps, "index": self.index[i], "label": lab,
-                                     "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[j]),
-                                     "correct": a and int(adv_pred[j]) == lab, "attacked": a,
-                                     "pert_norm": float(pert[j])})
-            unit.chunks_done = c + 1
-            self.store.save(unit)
-            bar.update(1)
+                recs.append({"model": name, "threat_model": spec.threat_model, "attack": spec.label,
+                             "eps": eps, "index": self.index[i], "label": lab,
+                             "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[j]),
+                             "correct": a and int(adv_pred[j]) == lab, "attacked": a,
+                             "pert_norm": float(pert[j])})
+            return recs, seconds
+
+        self._run_chunks(unit, work, bar)
         self.units.append(unit)
         meta = self.unit_meta.setdefault((name, spec.threat_model, spec.label), {})
         meta.update({"gradient_free": unit.meta["gradient_free"], "black_box": unit.meta.get("black_box", False),
@@ -736,11 +817,18 @@ class _Run:
                 acc[(rs[0]["threat_model"], rs[0]["attack"])] = sum(r["correct"] for r in rs) / len(rs)
         spec = min(runnable, key=lambda s: (s.threat_model != "adaptive", acc.get((s.threat_model, s.label), 2.0)))
         key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
+        # Rank 0 alone makes (or reloads) the example images; every rank gets the arrays.
+        arrays = D.on_main(lambda: self._example_arrays(key, name, model, spec, eps, clean_pred, dev), self.info)
+        if arrays is not None:
+            self.examples[name] = arrays
+
+    def _example_arrays(self, key: str, name: str, model: nn.Module, spec: AttackSpec, eps: float,
+                        clean_pred: Tensor, dev: torch.device) -> dict[str, np.ndarray] | None:
         arrays = self.store.load_arrays(key)
         if arrays is None:
             ok = (clean_pred == self.y).nonzero().flatten()[: self.n_examples]
             if ok.numel() == 0:
-                return
+                return None
             x, y = self.x[ok].to(dev), self.y[ok].to(dev)
             _reseed(model, _derived_seed(self.seed, key))
             atk = self._build(name, model, spec, eps)
@@ -755,7 +843,7 @@ class _Run:
                            "attack": np.asarray(spec.label), "threat_model": np.asarray(spec.threat_model),
                            "eps": np.asarray(eps)})
             self.store.save_arrays(key, arrays)
-        self.examples[name] = arrays
+        return arrays
 
 
 def _jsonable(obj: Any) -> Any:

@@ -151,6 +151,7 @@ def evaluate_checkpoints(
     arguments go to :func:`pssr.evaluation.evaluate`. Returns the :class:`Report`.
     """
     import pssr.data
+    from pssr import distributed as D
     from pssr.evaluation.harness import evaluate
 
     if resume and fresh:
@@ -172,12 +173,19 @@ def evaluate_checkpoints(
         raise ValueError(f"split={split!r}; choose from train, val, test")
     out = Path(out)
     state_dir = out / "state"
-    if fresh and state_dir.exists():
-        if not (state_dir / "state.json").exists():
-            raise ValueError(f"{state_dir} is not an evaluation state folder; not deleting it")
-        shutil.rmtree(state_dir)
-    if resume and not (state_dir / "state.json").exists():
-        raise ValueError(f"--resume: no evaluation state in {state_dir}")
+    # Under torchrun: join the process group now (models are loaded on the CPU: gloo unless a CUDA
+    # device is asked for), so that rank 0 alone touches OUT; the harness shards the work.
+    info = D.init_distributed(_device_of(kwargs.get("device")))
+
+    def prepare_state() -> None:
+        if fresh and state_dir.exists():
+            if not (state_dir / "state.json").exists():
+                raise ValueError(f"{state_dir} is not an evaluation state folder; not deleting it")
+            shutil.rmtree(state_dir)
+        if resume and not (state_dir / "state.json").exists():
+            raise ValueError(f"--resume: no evaluation state in {state_dir}")
+
+    D.on_main(prepare_state, info)  # only rank 0 reads OUT; an error there is raised on every rank
     eps_list = parse_eps(eps) if isinstance(eps, str) else eps
     report = evaluate(models, getattr(ds, split), attacks=attacks, eps=eps_list, dataset=ds.name,
                       state_dir=str(state_dir), **kwargs)
@@ -185,8 +193,16 @@ def evaluate_checkpoints(
                                                **({"kwargs": v["kwargs"]} if "kwargs" in v else {})}
                                            for k, v in infos.items()}
     report.config["split"] = split
-    report.save(out)
+    D.on_main(lambda: report.save(out), info)  # rank 0 writes; the others wait for it
     return report
+
+
+def _device_of(device: Any) -> Any:
+    import torch
+
+    from pssr.utils import default_device
+
+    return torch.device("cpu") if device is None else default_device(device)
 
 
 __all__ = ["evaluate_checkpoints", "load_model_spec", "load_models", "parse_eps", "parse_value"]
