@@ -183,6 +183,16 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``. A CPU tensor bound for CUDA is copied through pinned (page-locked) memory
+    with ``non_blocking=True``, so the host can queue the next work while the copy runs (PyTorch's
+    pinned-memory allocator keeps the staging buffer alive until the copy is done). Anything else is a
+    plain ``.to(device)``, so CPU runs are unaffected."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def iter_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     for i in range(0, len(split), batch_size):
         yield split.x[i : i + batch_size], split.y[i : i + batch_size]
@@ -201,7 +211,7 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 1000) ->
     correct = 0
     try:
         for x, y in iter_batches(split, batch_size):
-            correct += int((model(x.to(dev)).argmax(1) == y.to(dev)).sum())
+            correct += int((model(to_device(x, dev)).argmax(1) == to_device(y, dev)).sum())
     finally:
         model.train(was_training)
     return correct / len(split)
@@ -351,7 +361,8 @@ def fit(
     n = len(train)
     if n == 0:
         raise ValueError(f"dataset {data.name!r} has an empty train split")
-    # Whole split on the device once; drop the last partial batch (BatchNorm dislikes tiny batches).
+    # Whole split on the device once (one plain copy: pinning a whole split would hold that much
+    # page-locked host memory for the rest of the run); batches are then indexed on the device.
     x_all, y_all = train.x.to(device), train.y.to(device)
     bs = min(cfg.batch_size, n)  # the global batch: split evenly across ranks
     if bs % dist.world_size:
@@ -391,7 +402,8 @@ def fit(
         perm = torch.randperm(n, generator=gens["shuffle"])
         # This rank's share of each global batch (the whole batch in a single process); the last
         # partial batch is dropped (BatchNorm dislikes tiny batches).
-        batches = [b.to(device) for b in D.global_batches(perm, bs, dist, drop_last=True)]
+        # One (pinned, asynchronous on CUDA) copy of the epoch's permutation; the batches are views of it.
+        batches = D.global_batches(to_device(perm, device), bs, dist, drop_last=True)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
