@@ -148,6 +148,49 @@ def test_trades_trainer_runs_under_two_gloo_processes(tmp_path, monkeypatch):
     assert ck["kind"] == "trades" and ck["epoch"] == 2 and "test_acc" in ck["metrics"]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """2 ranks train 2 epochs with random crops/flips (per-rank augmentation streams) once straight
+    through and once stopped after epoch 1 and restarted from the checkpoint."""
+    from pssr.data import load
+    from pssr.train.classifier import train_classifier_run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    data = load("digits")
+    kw = dict(epochs=2, batch_size=64, lr=0.05, schedule="cosine", augment="crop-flip", crop_padding=2, seed=3,
+              device="cpu", progress=False)
+    straight = train_classifier_run(_trainer_model(), data, checkpoint=os.path.join(out_dir, "straight.pt"), **kw)
+
+    def stop(rec: dict) -> None:
+        raise _Stop
+
+    ckpt = os.path.join(out_dir, "resumed.pt")
+    try:
+        train_classifier_run(_trainer_model(), data, checkpoint=ckpt, callbacks=[stop], **kw)
+    except _Stop:
+        pass
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    resumed = train_classifier_run(_trainer_model(), data, checkpoint=ckpt, **kw)
+    if rank == 0:
+        torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
+                   os.path.join(out_dir, "states.pt"))
+    D.cleanup()
+
+
+def test_resumed_two_process_training_equals_uninterrupted(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    out = torch.load(tmp_path / "states.pt", weights_only=True)
+    assert len(torch.load(tmp_path / "resumed.pt", weights_only=True)["rng"]["gen_aug_by_rank"]) == 2
+    for k, v in out["straight"].items():
+        assert torch.equal(out["resumed"][k], v), f"parameter {k} differs after resuming"
+
+
 # --- TRADES: two forward passes through DDP before one backward -----------------------------------
 def _trades_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """TRADES steps under DDP on each rank's share of every global batch; before each step a bare copy

@@ -257,11 +257,28 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tens
 
 
 def _set_rng_state(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
+    # RNG states are CPU byte tensors; a checkpoint loaded with map_location=<cuda device> holds
+    # them on the GPU, which set_state refuses, hence .cpu() (a no-op on CPU).
     for k, g in gens.items():
-        g.set_state(state[f"gen_{k}"])
-    torch.set_rng_state(state["torch_cpu"])
+        g.set_state(state[f"gen_{k}"].cpu())
+    torch.set_rng_state(state["torch_cpu"].cpu())
     if torch.cuda.is_available() and "torch_cuda" in state:
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["torch_cuda"]])
+
+
+def _set_rank_aug_state(rng: dict[str, Any], gen: torch.Generator, dist: Any, seed: int, epoch: int) -> None:
+    """On resume under torchrun: this rank's own augmentation stream, as saved by the same number of
+    ranks (so the resumed run equals an uninterrupted one); else, on ranks > 0, a fresh stream derived
+    from the seed, rank and epoch (rank 0 continues the saved "gen_aug")."""
+    by_rank = rng.get("gen_aug_by_rank")
+    if by_rank is not None and len(by_rank) == dist.world_size:
+        gen.set_state(by_rank[dist.rank].cpu())
+    elif dist.rank > 0:
+        gen.manual_seed(seed + 1 + 1000 * dist.rank + 1_000_003 * epoch)
+        if dist.rank == 1:
+            log.warning("the checkpoint was written by %s process(es), this run has %d: ranks > 0 start new "
+                        "augmentation streams (the run is valid but not bit-identical to an uninterrupted one)",
+                        len(by_rank) if by_rank is not None else 1, dist.world_size)
 
 
 def plain_metadata() -> dict[str, Any]:
@@ -353,6 +370,8 @@ def fit(
         opt.load_state_dict(ck["optimizer"])
         _set_rng_state(ck["rng"], gens)
         start_epoch, step = int(ck["epoch"]), int(ck["scheduler"]["step"])
+        if dist.enabled:
+            _set_rank_aug_state(ck["rng"], gens["aug"], dist, cfg.seed, start_epoch)
         history = list(ck.get("history", []))
         metrics = dict(ck.get("metrics", {}))
         log.info("resuming %s from %s after epoch %d/%d", kind, ckpt_path, start_epoch, cfg.epochs)
@@ -374,6 +393,9 @@ def fit(
     has_val = len(data.val) > 0
 
     def save(epoch: int) -> dict[str, Any]:
+        rng = _rng_state(gens)
+        if dist.enabled:  # every rank's augmentation stream (rank 0's alone is "gen_aug"), in rank order
+            rng["gen_aug_by_rank"] = D.all_gather_objects(gens["aug"].get_state(), dist)
         ck = {
             "format": CHECKPOINT_FORMAT,
             "kind": kind,
@@ -381,7 +403,7 @@ def fit(
             "state_dict": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": {"name": cfg.schedule, "step": step, "total_steps": total_steps},
-            "rng": _rng_state(gens),
+            "rng": rng,
             "epoch": epoch,
             "config": cfg_dict,
             "data": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
