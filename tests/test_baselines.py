@@ -104,21 +104,176 @@ def test_transforms_do_what_they_say():
     assert (hq - smooth).abs().mean() < (lq - smooth).abs().mean()
 
 
-def test_tvm_is_random_but_reproducible_and_leaves_global_numpy_state_alone():
+@pytest.mark.parametrize("impl", ["torch", "art"])
+def test_tvm_is_random_but_reproducible_and_leaves_global_rng_state_alone(impl):
     import numpy as np
 
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    d = create_baseline("tvm", Linear(), seed=7)
-    assert d.randomized
+    d = create_baseline("tvm", Linear(), seed=7, impl=impl)
+    assert d.randomized and d.config()["impl"] == impl
     np.random.seed(123)
-    expected_next = np.random.rand()
+    torch.manual_seed(123)
+    expected_np, expected_torch = np.random.rand(), torch.rand(1)
     np.random.seed(123)
+    torch.manual_seed(123)
     a, b = d.purify(x), d.purify(x)
-    assert np.random.rand() == expected_next  # ART's global-RNG use is sandboxed
+    assert np.random.rand() == expected_np  # ART's global-RNG use is sandboxed
+    assert torch.equal(torch.rand(1), expected_torch)  # the torch mask has its own generator
     assert not torch.equal(a, b)  # a new pixel mask per call
     d.reseed(7)
     assert torch.equal(d.purify(x), a)
-    assert torch.equal(create_baseline("tvm", Linear(), seed=7).purify(x), a)
+    assert torch.equal(create_baseline("tvm", Linear(), seed=7, impl=impl).purify(x), a)
+    assert not torch.equal(create_baseline("tvm", Linear(), seed=8, impl=impl).purify(x), a)
+
+
+def test_tvm_defaults_per_implementation_and_bpda_of_the_art_one(images):
+    from pssr.defense.baselines import TVM_DEFAULTS
+
+    for impl in ("torch", "art"):
+        cfg = create_baseline("tvm", Linear(), impl=impl).config()
+        assert {k: cfg[k] for k in ("keep", "lam", "norm", "iters")} == TVM_DEFAULTS[impl]
+    assert create_baseline("tvm", Linear(), keep=0.8, lam=0.1, norm=1, iters=7).config() == {
+        "name": "tvm", "impl": "torch", "keep": 0.8, "lam": 0.1, "norm": 1, "iters": 7, "seed": 0}
+    x = images[0]
+    view = create_baseline("tvm", Linear(), impl="art").bpda()
+    xr = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(F.cross_entropy(view(xr), torch.arange(len(x)) % 10), xr)
+    assert (g.flatten(1).abs().sum(1) > 0).all()
+
+
+# ----------------------------------------------------------------------------- the torch TV solver
+def _tv_energy(z, x, m, lam, norm):
+    """(N,) the objective tv_minimize documents: sum m (z - x)^2 + lam * TV_norm(z)."""
+    from pssr.defense.baselines import total_variation
+
+    return (m * (z - x) ** 2).flatten(1).sum(1) + lam * total_variation(z, norm)
+
+
+def test_total_variation_of_known_images():
+    from pssr.defense.baselines import total_variation
+
+    const = torch.full((2, 3, 5, 5), 0.3)
+    assert torch.equal(total_variation(const, 1), torch.zeros(2))
+    step = torch.zeros(1, 1, 4, 6)
+    step[..., 3:] = 1.0  # one vertical edge of height 4
+    assert total_variation(step, 1).item() == pytest.approx(4.0)
+    assert total_variation(step, 2).item() == pytest.approx(4.0)
+    diag = torch.tensor([[0.0, 1.0], [1.0, 1.0]]).view(1, 1, 2, 2)  # top-left pixel: dx = dy = 1
+    assert total_variation(diag, 1).item() == pytest.approx(2.0)
+    assert total_variation(diag, 2).item() == pytest.approx(2 ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("norm", [1, 2])
+def test_tv_minimize_keeps_shape_dtype_and_range(dtype, norm):
+    from pssr.defense.baselines import tv_minimize, tvm_keep_mask
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(5, 3, 12, 10, generator=g) * 1.4 - 0.2).clamp(0, 1).to(dtype)
+    m = tvm_keep_mask(5, 12, 10, 0.4, generator=g)
+    z = tv_minimize(x, m, lam=0.5, norm=norm, iters=30)
+    assert z.shape == x.shape and z.dtype == dtype
+    assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0 and torch.isfinite(z.float()).all()
+    assert m.shape == (5, 1, 12, 10) and set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_tv_minimize_with_all_pixels_kept_and_small_lam_stays_within_2_lam_of_the_input(norm):
+    # At the minimum, 2 (z - x) = lam * div p with |p| <= 1, and |div p| <= 4 (norm 1) or 2 sqrt(2) + ... <= 4:
+    # so |z - x| <= 2 lam at every pixel. Random noise is the worst case for TV.
+    from pssr.defense.baselines import tv_minimize
+
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    lam = 0.005
+    z = tv_minimize(x, torch.ones(4, 1, 16, 16), lam=lam, norm=norm)
+    assert float((z - x).abs().max()) <= 2 * lam + 1e-4
+    assert float((z - x).abs().max()) > 0  # and it did move (noise has TV to lose)
+
+
+def test_tv_minimize_denoises_a_noisy_image():
+    from pssr.defense.baselines import total_variation, tv_minimize
+
+    g = torch.Generator().manual_seed(5)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 28), torch.linspace(0, 1, 28), indexing="ij")
+    clean = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.1).float().expand(3, 1, 28, 28) * 0.8 + 0.1  # discs
+    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    for keep in (1.0, 0.5):
+        m = (torch.rand(3, 1, 28, 28, generator=g) < keep).float()
+        z = tv_minimize(noisy, m, lam=0.1, norm=2)
+        assert (total_variation(z) < 0.5 * total_variation(noisy)).all()
+        if keep == 1.0:  # plain TV denoising (ROF) also gets closer to the clean image
+            assert float((z - clean).pow(2).mean()) < 0.5 * float((noisy - clean).pow(2).mean())
+
+
+def test_tv_minimize_ignores_dropped_pixels_and_approaches_the_minimum():
+    from pssr.defense.baselines import TVM_DEFAULTS, tv_minimize, tvm_keep_mask
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(6, 1, 28, 28, generator=g)
+    m = tvm_keep_mask(6, 28, 28, 0.5, generator=g)
+    lam, iters = TVM_DEFAULTS["torch"]["lam"], TVM_DEFAULTS["torch"]["iters"]
+    for norm in (1, 2):
+        z = tv_minimize(x, m, lam, norm)
+        other = torch.where(m > 0, x, torch.rand(x.shape, generator=g))  # new values at dropped pixels only
+        assert torch.equal(tv_minimize(other, m, lam, norm), z)  # Guo et al.: reconstructed from kept pixels
+        e = _tv_energy(z, x, m, lam, norm)
+        e_long = _tv_energy(tv_minimize(x, m, lam, norm, iters=20 * iters), x, m, lam, norm)
+        assert (e <= 1.05 * e_long).all()  # the default iteration count is near the minimum
+        assert (e < _tv_energy(x, x, m, lam, norm)).all()
+        assert (e_long <= e + 1e-4).all()  # more iterations do not make it worse
+
+
+def test_tv_minimize_matches_art_total_var_min_on_the_same_problem_and_digits():
+    """ART's TotalVarMin (run to convergence) and tv_minimize solve the same problem on digits.
+
+    With norm=1 both use anisotropic TV; ART's fidelity is the unsquared norm r = ||m (z - x)||_2, ours
+    its square, so the two share minimizers when lam_ours = 2 * lam_art * r (compare the optimality
+    conditions). Per image we take r from ART's solution and check (a) ours is at least as good a
+    minimizer of our objective as ART's and about as good of ART's, (b) both cut the total variation
+    of clean digits to the same level and (c) a classifier trained on clean digits gives the same
+    labels on both.
+    """
+    import numpy as np
+
+    import pssr.data
+    from pssr.defense.baselines import total_variation, tv_minimize, tvm_keep_mask
+
+    art_tvm = pytest.importorskip("art.defences.preprocessor").TotalVarMin
+    ds = pssr.data.load("digits")
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(clf.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(clf(ds.train.x), ds.train.y).backward()
+        opt.step()
+    n, lam_art = 32, 0.1
+    x, y = ds.test.x[:n], ds.test.y[:n]
+    m = tvm_keep_mask(n, 8, 8, 0.5, generator=torch.Generator().manual_seed(0))
+    art = art_tvm(prob=0.5, norm=1, lamb=lam_art, max_iter=200, clip_values=(0.0, 1.0))
+    # ART's per-image solver with our mask (its __call__ would draw its own), NHWC, then ART's clip.
+    z_art = torch.stack([torch.from_numpy(np.clip(art._minimize(x[i].permute(1, 2, 0).double().numpy(),
+                                                               m[i].permute(1, 2, 0).numpy()), 0, 1))
+                         for i in range(n)]).permute(0, 3, 1, 2).float()
+    r = (m * (z_art - x) ** 2).flatten(1).sum(1).sqrt()  # (N,)
+    lam = 2 * lam_art * r
+    z = torch.cat([tv_minimize(x[i:i + 1], m[i:i + 1], float(lam[i]), norm=1, iters=300) for i in range(n)])
+
+    e_ours, e_art = _tv_energy(z, x, m, lam, 1), _tv_energy(z_art, x, m, lam, 1)
+    assert (e_ours <= e_art + 1e-3).all()
+    assert float(e_art.mean()) <= 1.02 * float(e_ours.mean())  # ART converged to the same minimum
+
+    def art_objective(zz):
+        return (m * (zz - x) ** 2).flatten(1).sum(1).sqrt() + lam_art * total_variation(zz, 1)
+
+    assert float(art_objective(z).mean()) <= 1.01 * float(art_objective(z_art).mean())
+    tv_x, tv_ours, tv_art = (float(total_variation(t, 1).mean()) for t in (x, z, z_art))
+    assert tv_ours < 0.7 * tv_x and tv_art < 0.7 * tv_x
+    assert abs(tv_ours - tv_art) < 0.1 * tv_art
+    with torch.no_grad():
+        p_ours, p_art = clf(z).argmax(1), clf(z_art).argmax(1)
+    assert float((p_ours == p_art).float().mean()) >= 0.75
+    assert abs(float((p_ours == y).float().mean()) - float((p_art == y).float().mean())) <= 0.1
 
 
 @pytest.mark.parametrize(("name", "kw", "match"), [
@@ -127,7 +282,12 @@ def test_tvm_is_random_but_reproducible_and_leaves_global_numpy_state_alone():
     ("bit-depth", {"bits": 0}, "bits"),
     ("median", {"window": 1}, "window"),
     ("tvm", {"keep": 0.0}, "keep"),
+    ("tvm", {"keep": 1.5}, "keep"),
     ("tvm", {"lam": -1.0}, "lam"),
+    ("tvm", {"lam": float("nan")}, "lam"),
+    ("tvm", {"norm": 3}, "norm"),
+    ("tvm", {"iters": 0}, "iters"),
+    ("tvm", {"impl": "scipy"}, "impl"),
     ("identity", {"seed": -1}, "seed"),
 ])
 def test_invalid_arguments_name_the_argument(name, kw, match):
@@ -176,3 +336,31 @@ def test_bpda_breaks_a_baseline_where_plain_pgd_cannot():
     bpda = rep.accuracy("bits2", "pgd-bpda", "adaptive", 0.2)
     assert bpda < plain - 0.2
     assert rep.accuracy("bits2", "worst-case", "adaptive", 0.2) <= bpda
+
+
+def test_tv_minimize_rejects_bad_input_with_the_argument_named():
+    from pssr.defense.baselines import total_variation, tv_minimize, tvm_keep_mask
+
+    x = torch.rand(2, 3, 8, 8)
+    ones = torch.ones(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="keep_mask"):
+        tv_minimize(x, torch.ones(2, 2, 8, 8), 0.1)
+    with pytest.raises(ValueError, match="keep_mask"):
+        tv_minimize(x, torch.ones(2, 1, 8, 7), 0.1)
+    with pytest.raises(ValueError, match="keep_mask"):
+        tv_minimize(x, 0.5 * ones, 0.1)
+    with pytest.raises(ValueError, match="lam"):
+        tv_minimize(x, ones, -0.1)
+    with pytest.raises(ValueError, match="norm"):
+        tv_minimize(x, ones, 0.1, norm=0)
+    with pytest.raises(ValueError, match="iters"):
+        tv_minimize(x, ones, 0.1, iters=0)
+    with pytest.raises(ValueError, match="x must be"):
+        tv_minimize(x[0], ones, 0.1)
+    with pytest.raises(ValueError, match="x must be"):
+        total_variation(torch.ones(2, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="keep"):
+        tvm_keep_mask(2, 8, 8, 0.0)
+    with pytest.raises(ValueError, match="h must be"):
+        tvm_keep_mask(2, 0, 8, 0.5)
+    assert torch.equal(tv_minimize(x, ones, 0.0), x)  # lam = 0 with every pixel kept: nothing to change

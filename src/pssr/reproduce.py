@@ -126,8 +126,8 @@ def reproduce(
 
     ``attacks`` maps a norm to the harness's attack list for it (default: ``{"linf":
     "paper,adaptive", "l2": "paper"}``); ``overrides`` are ``section.key=value`` strings applied
-    to both config files; ``input_transforms`` picks the input-transformation baselines (TV
-    minimization runs image by image in scipy: the slowest of them on a CPU).
+    to both config files; ``input_transforms`` picks the input-transformation baselines (all four
+    by default, quick runs included: TV minimization runs batched in torch).
     """
     from pssr.defense.baselines import create_baseline
     from pssr.defense.pssr import PSSR
