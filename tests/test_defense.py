@@ -140,6 +140,7 @@ def test_attack_share_target_is_a_distribution(kind: str) -> None:
 @pytest.mark.parametrize("cfg", [
     {}, {"scorer": "gradient"}, {"scorer": "random"}, {"mask_mode": "threshold"}, {"fill": "local-mean"},
     {"condition": "logits"}, {"use_regeneration": False, "fill": "local-mean"}, {"use_surgery": False},
+    {"restore_scope": "full"},
 ])
 def test_purify_contract(cfg: dict) -> None:
     d = _defense(**cfg)
@@ -151,7 +152,11 @@ def test_purify_contract(cfg: dict) -> None:
         assert p.min() >= 0 and p.max() <= 1
         m = d.mask(x)
         assert m.shape == (5, 1, 8, 8)
-        if d.config.use_surgery:
+        if d.config.use_surgery and d.config.restore_scope == "full":
+            keep = ~m.bool().expand_as(x)
+            assert not torch.equal(p[keep], x[keep])  # G re-renders the kept pixels too
+            assert torch.equal(p, d.generator(apply_fill(x.float(), m, d.config.fill), m).to(dtype))
+        elif d.config.use_surgery:
             keep = ~m.bool().expand_as(x)
             assert torch.equal(p[keep], x[keep])  # kept pixels bit-identical
             if d.config.mask_mode == "topk":
@@ -201,7 +206,8 @@ def test_config_validation() -> None:
     assert PSSRConfig(eps=0.1, pgd_steps=10).alpha == pytest.approx(0.025)
 
 
-@pytest.mark.parametrize("cfg", [{}, {"scorer": "gradient", "condition": "logits"}, {"use_regeneration": False}])
+@pytest.mark.parametrize("cfg", [{}, {"scorer": "gradient", "condition": "logits"}, {"use_regeneration": False},
+                                 {"restore_scope": "full"}])
 def test_save_load_equal_outputs_weights_only(tmp_path, cfg: dict) -> None:
     d = _defense(**cfg).eval()
     with torch.no_grad():  # make G's weights non-default so that loading is really tested

@@ -24,6 +24,14 @@ For white-box adaptive attacks on the whole defense:
 PSSR is deterministic: submodules always run in eval mode (the caller's modes are restored), and
 the only random scorer draws from a fixed seed, so EOT is not needed.
 
+Where the invariance is learned (``restore_scope``). The paper keeps the trivial attack in place as
+"invariance information" without saying which module learns the invariance. ``"mask"`` (default)
+writes ``G``'s output on the removed pixels only, so kept pixels, trivial attack included, reach the
+classifier bit-identical: the classifier must be invariant to them (fine-tune it with
+``classifier_lr > 0``; a frozen, normally trained classifier is still fooled by them).
+``"full"`` lets ``G`` re-render every pixel from the holed image: the trivial attack is ``G``'s
+input, and ``G`` learns the invariance in front of a frozen classifier.
+
 Ablation switches (``PSSRConfig``): ``scorer`` (learned / gradient / random); ``use_surgery=False``
 means *regeneration only*: nothing is removed, ``G`` sees the whole image with an all-zero mask
 channel, and its output replaces **every** pixel (a full-image learned purifier; with an empty mask
@@ -77,6 +85,7 @@ class PSSRConfig:
     gen_width: int = 32  # channels of G's first U-Net level
     gen_depth: int = 2  # 2x down-samplings in G
     condition: str = "none"  # none | logits (FiLM on the classifier's logits of the holed image)
+    restore_scope: str = "mask"  # mask: G's output replaces the removed pixels only | full: every pixel
     # --- training data: adversarial examples against the frozen classifier ---
     eps: float = 0.3  # Linf budget, pixels in [0, 1] (digits/MNIST 0.3, Fashion-MNIST 0.1, CIFAR 8/255)
     pgd_steps: int = 10  # PGD iterations for training examples
@@ -116,6 +125,7 @@ class PSSRConfig:
         need(self.mask_mode in MASK_MODES, "mask_mode", ", ".join(MASK_MODES))
         need(self.fill in FILLS, "fill", ", ".join(FILLS.list()))
         need(self.condition in CONDITIONS, "condition", ", ".join(CONDITIONS))
+        need(self.restore_scope in ("mask", "full"), "restore_scope", "mask, full")
         need(self.adv_mode in ("cache", "online"), "adv_mode", "cache, online")
         need(self.adv_target in ("classifier", "pipeline"), "adv_target", "classifier, pipeline")
         need(self.adv_target == "classifier" or self.adv_mode == "online", "adv_target",
@@ -274,7 +284,10 @@ class PSSR(nn.Module):
             if self.generator is None:  # surgery only
                 return compose(x, holed, m)
             cond = self.classifier(holed) if cfg.condition == "logits" else None
-            return compose(x, self.generator(holed, m, cond), m)
+            generated = self.generator(holed, m, cond)
+            if cfg.restore_scope == "full":  # G also re-renders the kept pixels (the trivial attack is its input)
+                return generated.to(x.dtype)
+            return compose(x, generated, m)
 
     def purify(self, x: Tensor) -> Tensor:
         """Purified images: same shape, dtype and device as ``x``, in [0, 1].
