@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import socket
@@ -173,11 +174,13 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         train_classifier_run(_trainer_model(), data, checkpoint=ckpt, callbacks=[stop], **kw)
     except _Stop:
         pass
+    gc.collect()  # the interrupted run's DDP wrapper must be gone before the process group is
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = train_classifier_run(_trainer_model(), data, checkpoint=ckpt, **kw)
     if rank == 0:
         torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
                    os.path.join(out_dir, "states.pt"))
+    D.barrier(D.current())
     D.cleanup()
 
 
