@@ -46,15 +46,20 @@ def adversarial() -> list[str]:
 
 
 def pssr() -> list[str]:
-    rows = ["| dataset | classifier clean | PSSR clean | PGD on classifier, then purified (paper protocol) | adaptive worst (BPDA / mask-constant full gradient) | eps | n (adaptive n) | command |",
-            "|---|---|---|---|---|---|---|---|"]
-    for ds in ("digits", "fashion-mnist"):
-        d = _load(f"{ds}/pssr-train.json")
-        if not d:
+    rows = ["| dataset | variant | classifier clean | PSSR clean | PGD on classifier, then purified (paper protocol) | adaptive worst (BPDA / mask-constant full gradient) | eps | n (adaptive n) | command |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted((ROOT / "results").glob("*/pssr-train*.json")):
+        d = json.loads(path.read_text())
+        t = d.get("test")
+        if not t:
             continue
-        t = d["test"]
-        rows.append(f"| {ds} | {_pct(t['clf_clean_acc'])} | {_pct(t['pssr_clean_acc'])} | {_pct(t['pssr_graybox_pgd_acc'])} | "
-                    f"{_pct(t['pssr_adaptive_worst_acc'])} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{d['command']}` |")
+        variant = path.stem.removeprefix("pssr-train").lstrip("-") or "config default"
+        # clean accuracy of the classifier the user started from (a fine-tuned one is PSSR's own)
+        orig = d.get("validation", {}).get("val_original_classifier_clean_acc")
+        clf = _pct(t["clf_clean_acc"]) if not d.get("validation", {}).get("classifier_finetuned") else \
+            f"{_pct(t['clf_clean_acc'])} (fine-tuned; original {_pct(orig)} on validation)"
+        rows.append(f"| {d['dataset']} | {variant} | {clf} | {_pct(t['pssr_clean_acc'])} | {_pct(t['pssr_graybox_pgd_acc'])} | "
+                    f"{_pct(t.get('pssr_adaptive_worst_acc'))} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{d['command']}` |")
     return rows
 
 
@@ -80,10 +85,58 @@ def evaluations() -> list[str]:
     return [*rows, "", "Commands:", "", *commands]
 
 
+PAPER_ORDER = ("fgsm", "pgd", "mifgsm", "cw-linf", "cw-l2", "deepfool-l2", "ddn-l2", "autoattack")
+ADAPTIVE_ORDER = ("pgd-bpda", "pgd-bpda-eot", "pgd-full", "autoattack-bpda", "autoattack-rand", "square", "transfer-pgd")
+
+
+def attack_tables(d: dict, title: str) -> list[str]:
+    """Issue-5 tables of one harness report: per threat model and budget, rows = defenses, columns =
+    clean, each attack, worst case per example (from ``results`` and each model's summary)."""
+    out: list[str] = []
+    res = d.get("results", [])
+    clean = {r["model"]: r["accuracy"] for r in res if r["attack"] == "clean"}
+    for threat, order in (("paper", PAPER_ORDER), ("adaptive", ADAPTIVE_ORDER)):
+        for eps in sorted({r["eps"] for r in res if r["threat_model"] == threat}):
+            cell = {(r["model"], r["attack"]): r for r in res if r["threat_model"] == threat and r["eps"] == eps}
+            if not cell:
+                continue
+            attacks = sorted({a for _, a in cell if a != "worst-case"}, key=lambda a: (order.index(a) if a in order else len(order), a))
+            models = [m for m in d["models"] if any((m, a) in cell for a in attacks)]
+            if not attacks:
+                continue
+            name = "paper protocol (attacks made on the classifier, then purified)" if threat == "paper" else \
+                "adaptive (white-box on the whole defense)"
+            out += [f"**{title}: {name}, eps {eps:g}**", "",
+                    "| defense | clean | " + " | ".join(attacks) + " | worst case |",
+                    "|---|---|" + "---|" * len(attacks) + "---|"]
+            for m in models:
+                w = cell[(m, "worst-case")]["accuracy"] if (m, "worst-case") in cell else None
+                cells = [_pct(cell[(m, a)]["accuracy"]) if (m, a) in cell else "—" for a in attacks]
+                flag = " (flagged)" if d["models"][m]["summary"].get("flagged") else ""
+                out.append(f"| {m}{flag} | {_pct(clean.get(m))} | " + " | ".join(cells) + f" | {_pct(w)} |")
+            ns = sorted({r["n"] for r in cell.values()})
+            out += ["", f"n = {', '.join(map(str, ns))} test examples; command: `{d.get('metadata', {}).get('command', '')}`", ""]
+    return out
+
+
+def per_attack() -> list[str]:
+    """The per-attack tables of every harness report that has more than one attack per threat model."""
+    out: list[str] = []
+    for path in sorted((ROOT / "results").glob("*/*/report.json")) + sorted((ROOT / "results").glob("*/report.json")):
+        d = json.loads(path.read_text())
+        if "models" not in d or "results" not in d:
+            continue
+        if len({r["attack"] for r in d["results"] if r["attack"] != "clean"}) < 2:
+            continue
+        out += attack_tables(d, str(path.parent.relative_to(ROOT)))
+    return out
+
+
 def main() -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
            "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "", *pssr(), "",
-           "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations()]
+           "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations(), "",
+           "### Per-attack tables", "", *per_attack()]
     print("\n".join(out))
     return 0
 
