@@ -23,7 +23,7 @@ def _pct(v: float | None) -> str:
 
 def classifiers() -> list[str]:
     rows = ["| dataset | model | test accuracy | epochs | training wall time | img/s | command |", "|---|---|---|---|---|---|---|"]
-    for ds in ("fashion-mnist", "cifar10-jpeg"):
+    for ds in ("fashion-mnist", "mnist-10k", "cifar10-jpeg"):
         d = _load(f"{ds}/classifier.json")
         if not d:
             continue
@@ -34,7 +34,7 @@ def classifiers() -> list[str]:
 
 def adversarial() -> list[str]:
     rows = ["| dataset | model | clean | PGD-20 robust (own trainer's eval) | eps | epochs | command |", "|---|---|---|---|---|---|---|"]
-    for ds in ("fashion-mnist",):
+    for ds in ("fashion-mnist", "mnist-10k"):
         for m in ("pgd-at", "trades"):
             d = _load(f"{ds}/{m}.json")
             if not d:
