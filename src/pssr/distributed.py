@@ -20,7 +20,7 @@ import builtins
 import datetime
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -156,6 +156,40 @@ def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_grads(params: Sequence[nn.Parameter], info: DistInfo, average: bool = False) -> None:
+    """Sum (``average=True``: average) the ``.grad`` of ``params`` over ranks, in place, with one flat
+    collective: the explicit alternative to DDP for training code whose modules are not called
+    through one ``forward`` (several modules, several forwards, ranks that skip a step's backward).
+
+    Every rank must pass the same parameters in the same order. A parameter without a gradient on a
+    rank counts as zeros there; one without a gradient on *every* rank keeps ``grad = None`` (so an
+    optimizer skips it, as it would in one process). All ranks receive the same bits (the reduced
+    buffer is shared), so identical optimizer steps keep the weights identical. Not distributed: a
+    no-op.
+    """
+    if not info.enabled:
+        return
+    params = list(params)
+    if not params:
+        return
+    dtype = params[0].dtype
+    for p in params[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    dev = params[0].device
+    flat = torch.cat([(p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                      for p in params]
+                     + [torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=dev)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    present = flat[-len(params):].tolist()  # (P,) number of ranks that had a gradient
+    if average:
+        flat /= info.world_size
+    at = 0
+    for p, n_ranks in zip(params, present):
+        g = flat[at:at + p.numel()].view_as(p).to(p.dtype)  # a view of the reduced buffer
+        at += p.numel()
+        p.grad = g if n_ranks > 0 else None
 
 
 def barrier(info: DistInfo) -> None:

@@ -3,7 +3,9 @@
 ``pssr train-pssr --config configs/pssr-digits.toml [--set pssr.epochs=3] [--out DIR]`` trains the
 scorer and regenerator in front of the classifier checkpoint named in ``[run] classifier``, runs a
 quick gray-box + adaptive evaluation on the test split and writes ``DIR/pssr.pt`` and the JSON
-summary (rerunning the same command resumes). ``pssr purify --checkpoint ck.pt a.png b.png --out
+summary (rerunning the same command resumes). Under ``torchrun --nproc_per_node=N -m pssr train-pssr
+...`` training and the quick evaluation are sharded over the N ranks and rank 0 alone writes DIR and
+prints the summary (see docs/distributed.md). ``pssr purify --checkpoint ck.pt a.png b.png --out
 DIR [--figure]`` writes purified PNGs (and side-by-side figures).
 """
 
@@ -15,12 +17,18 @@ import sys
 
 
 def _train_pssr(args: argparse.Namespace) -> int:
+    from pssr import distributed as D
     from pssr.config import apply_overrides, load_toml
     from pssr.train.pssr_train import run_from_config
 
     mapping = apply_overrides(load_toml(args.config), list(args.overrides))
-    s = run_from_config(mapping, args.out, results=args.results, resume=args.resume, progress=args.progress,
-                        command=shlex.join(["pssr", *sys.argv[1:]]))
+    try:
+        s = run_from_config(mapping, args.out, results=args.results, resume=args.resume, progress=args.progress,
+                            command=shlex.join(["pssr", *sys.argv[1:]]))
+        if not D.current().is_main:  # under torchrun: rank 0 wrote the files and prints the summary
+            return 0
+    finally:
+        D.cleanup()
     t = s["test"]
     print(f"pssr on {s['dataset']} (n={t['n']}, Linf eps={t['eps']:.4g}, PGD-{t['steps']}): "
           f"clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; gray-box PGD {t['clf_pgd_acc']:.4f} -> "

@@ -2,7 +2,9 @@
 
 Each reads the tables it owns (``[data]`` plus ``[classifier]`` or ``[adv_train]``) and ignores the
 others, applies ``--set section.key=value`` overrides, trains with per-epoch checkpoints (rerunning
-the same command resumes) and writes the checkpoint plus a JSON summary into ``--out``.
+the same command resumes) and writes the checkpoint plus a JSON summary into ``--out``. Under
+``torchrun`` the training is data-parallel and rank 0 alone prints the summary (see
+docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +59,33 @@ def _print(summary: dict[str, Any]) -> None:
           f"{summary['images_per_second']:.0f} img/s; checkpoint {summary['checkpoint']}")
 
 
+def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
+    """``run()`` on every rank (under torchrun), the summary printed by rank 0 alone; the process
+    group is left at the end."""
+    from pssr import distributed as D
+
+    try:
+        summary = run()
+        if not D.current().is_main:
+            return 0
+    finally:
+        D.cleanup()
+    _print(summary)
+    return 0
+
+
 def _train_classifier(args: argparse.Namespace) -> int:
     from pssr.train.classifier import run_from_config
 
-    summary = run_from_config(_mapping(args, "classifier"), _out(args), summary_path=args.summary,
-                              resume=args.resume, progress=args.progress, command=_command())
-    _print(summary)
-    return 0
+    return _run_and_print(lambda: run_from_config(_mapping(args, "classifier"), _out(args), summary_path=args.summary,
+                                                  resume=args.resume, progress=args.progress, command=_command()))
 
 
 def _train_adversarial(args: argparse.Namespace) -> int:
     from pssr.train.adversarial import run_from_config
 
-    summary = run_from_config(_mapping(args, "adv_train"), _out(args), summary_path=args.summary,
-                              resume=args.resume, progress=args.progress, command=_command())
-    _print(summary)
-    return 0
+    return _run_and_print(lambda: run_from_config(_mapping(args, "adv_train"), _out(args), summary_path=args.summary,
+                                                  resume=args.resume, progress=args.progress, command=_command()))
 
 
 def register(subparsers: Any) -> None:

@@ -172,9 +172,11 @@ def run_from_config(
 ) -> dict[str, Any]:
     """Train from a parsed config file (tables ``[data]`` and ``[classifier]``; other tables are
     ignored); write ``out_dir/classifier.pt`` and the JSON summary ``out_dir/classifier.json``
-    (and a copy at ``summary_path``); return the summary."""
+    (and a copy at ``summary_path``); return the summary. Under torchrun every rank returns it and
+    rank 0 alone writes the files."""
     import time
 
+    from pssr import distributed as D
     from pssr.config import build
     from pssr.train.loop import DataConfig, load_data, summarize
     from pssr.utils import atomic_write_json
@@ -195,7 +197,11 @@ def run_from_config(
         "data_load_seconds": load_s,
         "wall_seconds_this_invocation": time.perf_counter() - t0,
     })
-    atomic_write_json(out_dir / "classifier.json", summary)
-    if summary_path is not None:
-        atomic_write_json(summary_path, summary)
+
+    def write() -> None:
+        atomic_write_json(out_dir / "classifier.json", summary)
+        if summary_path is not None:
+            atomic_write_json(summary_path, summary)
+
+    D.on_main(write, D.current())  # rank 0 writes (the checkpoint too, in fit); an error there raises on all
     return summary

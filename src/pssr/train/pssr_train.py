@@ -26,6 +26,11 @@ PSSR (Fu, Zhou, Ma, Zhang, arXiv 2402.00304; our reading in shared/docs/paper-no
 * Reproducible and resumable: all randomness derives from ``seed`` and the epoch/batch index, the
   state is written atomically after each epoch, and a rerun with the same ``out_dir`` continues at
   the next epoch with bit-identical results on CPU.
+* Data-parallel under ``torchrun`` (:func:`train_pssr`, docs/distributed.md): each rank trains on
+  its share of every global batch and the gradients are summed with an explicit all-reduce (not
+  DDP: the step calls the scorer, the regenerator and the classifier several times, and shares may
+  be uneven); the cached examples are made chunk by chunk over the ranks, bit-identical to one
+  process; rank 0 alone reads and writes the files.
 
 The training-time attack is a small private PGD (:func:`pgd`) with an explicit ``torch.Generator``,
 so training does not depend on the attack library; evaluation (:func:`quick_eval`) uses
@@ -49,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pssr import distributed as D
 from pssr.config import asdict
 from pssr.defense.pssr import PSSR, PSSRConfig, eval_mode
 from pssr.defense.scoring import FrozenEval, attack_share_target
@@ -65,12 +71,19 @@ FINAL_FILE = "pssr.pt"
 
 # ----------------------------------------------------------------------------- adversarial examples
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
-        generator: torch.Generator | None = None, random_start: bool = True) -> Tensor:
+        generator: torch.Generator | None = None, random_start: bool = True, noise: Tensor | None = None) -> Tensor:
     """Linf PGD (Madry et al. 2018) on CE, x (N, C, H, W) in [0, 1]; ``steps=1, alpha=eps`` without
-    random start is FGSM. The model is used in eval mode with frozen parameters (both restored)."""
+    random start is FGSM. The model is used in eval mode with frozen parameters (both restored).
+
+    The random start is ``x + (2 * noise - 1) * eps`` with ``noise`` uniform in [0, 1), (N, C, H, W),
+    float32: given, or drawn from ``generator``."""
     x = x.detach()
     if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+        if noise is None:
+            noise = torch.rand(x.shape, generator=generator, dtype=torch.float32)
+        elif noise.shape != x.shape:
+            raise ValueError(f"pgd: noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
+        noise = noise.to(x.device)
         x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
     else:
         x_adv = x.clone()
@@ -85,21 +98,61 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
 
 def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfig, seed: int,
                      batch_size: int = 256, progress: bool = False, desc: str = "adversarial",
-                     attack_model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+                     attack_model: nn.Module | None = None, rows: range | None = None,
+                     shard: D.DistInfo | None = None) -> tuple[Tensor, Tensor]:
     """PGD (or FGSM for a seeded ``fgsm_fraction`` of examples) against ``attack_model`` (default:
     ``classifier``) and the scorer's target share maps (from ``classifier``'s gradients).
-    Returns x_adv (N, C, H, W) and target (N, 1, H, W)."""
+    Returns x_adv (N, C, H, W) and target (N, 1, H, W), on the CPU.
+
+    The examples are attacked in chunks of ``batch_size``; the FGSM choices and the random starts are
+    drawn from one generator seeded with ``seed``, for the whole ``x``, in chunk order. So an example's
+    result depends only on ``seed``, its chunk and its position, never on which call computes it:
+
+    * ``rows`` (a contiguous ``range`` of indices into ``x``): compute and return only ``x[rows]``,
+      with the same random starts as a call on all of ``x`` (online training under torch.distributed:
+      each rank attacks its share of the global batch).
+    * ``shard`` (a process group's :class:`pssr.distributed.DistInfo`; every rank must call): the
+      chunks are dealt out over the ranks (contiguous, :func:`pssr.distributed.shard_range`) and the
+      results all-gathered, so every rank returns all N examples, bit-identical to one process
+      (same chunk, same random start). An error on one rank raises on all.
+    """
     from tqdm.auto import tqdm
 
+    if shard is not None and shard.enabled:
+        if rows is not None:
+            raise ValueError("make_adversarial: pass rows or shard, not both")
+        if batch_size < 1:
+            raise ValueError(f"make_adversarial: batch_size must be >= 1, got {batch_size}")
+        chunks = D.shard_range(-(-len(x) // batch_size), shard)  # this rank's chunks
+        mine = range(min(len(x), chunks.start * batch_size), min(len(x), chunks.stop * batch_size))
+        parts = D.all_gather_results(
+            lambda: make_adversarial(classifier, x, y, cfg, seed, batch_size, progress and shard.is_main, desc,
+                                     attack_model, rows=mine), shard)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if batch_size < 1:
+        raise ValueError(f"make_adversarial: batch_size must be >= 1, got {batch_size}")
+    if rows is None:
+        rows = range(len(x))
+    elif rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(x):
+        raise ValueError(f"make_adversarial: rows must be a contiguous range within [0, {len(x)}], got {rows}")
     attack_model = classifier if attack_model is None else attack_model
     g = torch.Generator().manual_seed(seed)
     use_fgsm = torch.rand(len(x), generator=g) < cfg.fgsm_fraction  # (N,)
     dev = next(classifier.parameters()).device
-    advs, targets = [], []
+    advs = [x[:0].float()]  # (0, C, H, W): what an empty ``rows`` returns
+    targets = [torch.zeros(0, 1, *x.shape[2:])]
     for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        xa = pgd(attack_model, xb, yb, cfg.eps, cfg.alpha, cfg.pgd_steps, generator=g)
-        fg = use_fgsm[i:i + batch_size].to(dev)
+        n_i = min(batch_size, len(x) - i)
+        # The chunk's random start is drawn even where this call computes none of its rows, so the
+        # generator is at the same place for every later chunk (pgd draws exactly this).
+        noise = torch.rand((n_i, *x.shape[1:]), generator=g, dtype=torch.float32) if cfg.eps > 0 else None
+        lo, hi = max(i, rows.start), min(i + n_i, rows.stop)
+        if lo >= hi:
+            continue
+        xb, yb = x[lo:hi].to(dev), y[lo:hi].to(dev)
+        xa = pgd(attack_model, xb, yb, cfg.eps, cfg.alpha, cfg.pgd_steps,
+                 noise=None if noise is None else noise[lo - i:hi - i])
+        fg = use_fgsm[lo:hi].to(dev)
         if fg.any():
             xf = pgd(attack_model, xb, yb, cfg.eps, cfg.eps, 1, random_start=False)
             xa = torch.where(fg[:, None, None, None], xf, xa)
@@ -139,13 +192,45 @@ def _splits(data: Any, cfg: PSSRConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # ----------------------------------------------------------------------------- one step
+@dataclasses.dataclass(frozen=True)
+class _Share:
+    """This rank's part of a global batch under torch.distributed.
+
+    Each rank backpropagates its *contribution* to the loss of the whole global batch: batch means
+    scaled by ``frac`` (= examples here / examples in the global batch) and the masked pixel L1 summed
+    here but divided by the number of masked values of the whole global batch. The sum of the ranks'
+    gradients (:func:`pssr.distributed.all_reduce_grads`) is then the one-process gradient on the
+    global batch, also for uneven shares (a ragged last batch) and for threshold masks, whose size
+    varies per image.
+    """
+
+    info: D.DistInfo
+    frac: float
+
+    def mask_totals(self, local: Tensor) -> Tensor:
+        """(2,) sums over ranks of the adversarial and the clean masks' values. Every rank calls it once
+        per step -- from :func:`_loss`, or directly when its share of the batch is empty."""
+        return D.all_reduce_sum(local, self.info)
+
+
 def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
-          tap: losses.FeatureTap | None) -> tuple[Tensor, dict[str, float]]:
+          tap: losses.FeatureTap | None, share: _Share | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The training loss on one batch and its parts (for the log). ``share``: under torch.distributed,
+    this rank's contribution to the global batch's loss (see :class:`_Share`)."""
     clf = defense.classifier
     parts: dict[str, Tensor] = {}
     with torch.no_grad():
         logits_clean = clf(x)
         feat_clean = tap.pop() if tap is not None else None
+
+    def mean(t: Tensor) -> Tensor:  # a batch mean; under torch.distributed this rank's part of the global one
+        return t if share is None else t * share.frac
+
+    def masked_l1(r: Tensor, m: Tensor, which: int) -> Tensor:
+        if share is None:
+            return losses.pixel_l1(r, x, m)
+        err = (r.float() - x.float()).abs()  # (n, C, H, W)
+        return (err * m.float().expand_as(err)).sum() / totals[which].clamp_min(1.0)
 
     def mask_of(scores: Tensor) -> Tensor:
         arg = cfg.ratio if cfg.mask_mode == "topk" else cfg.threshold
@@ -157,7 +242,7 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
         m_adv = m_clean = zeros
     elif learned:
         s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
-        parts["scorer"] = cfg.w_scorer * losses.scorer_ce(s_adv, target)
+        parts["scorer"] = cfg.w_scorer * mean(losses.scorer_ce(s_adv, target))
         m_adv = mask_of(s_adv)
         with torch.no_grad():
             m_clean = mask_of(defense.scorer(x, clf))
@@ -165,25 +250,30 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
         with torch.no_grad():
             m_adv, m_clean = mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf))
 
+    if share is not None:  # masked values of the whole global batch, (2,): one collective per step
+        totals = share.mask_totals(torch.stack([m_adv.float().expand_as(x).sum(), m_clean.float().expand_as(x).sum()]))
+
     if defense.generator is not None:
         with autocast_context(x.device, cfg.bf16):
             r_adv = defense.restore(x_adv, m_adv)
             logits_adv = clf(r_adv)
             feat_adv = tap.pop() if tap is not None else None
-        parts["pix_mask"] = cfg.w_pixel_mask * losses.pixel_l1(r_adv, x, m_adv)
-        parts["pix_full"] = cfg.w_pixel_full * losses.pixel_l1(r_adv, x)
-        parts["kl"] = cfg.w_semantic_kl * losses.kl_to_target(logits_clean, logits_adv)
-        parts["ce"] = cfg.w_ce * F.cross_entropy(logits_adv.float(), y)
+        parts["pix_mask"] = cfg.w_pixel_mask * masked_l1(r_adv, m_adv, 0)
+        parts["pix_full"] = cfg.w_pixel_full * mean(losses.pixel_l1(r_adv, x))
+        parts["kl"] = cfg.w_semantic_kl * mean(losses.kl_to_target(logits_clean, logits_adv))
+        parts["ce"] = cfg.w_ce * mean(F.cross_entropy(logits_adv.float(), y))
         if tap is not None:
-            parts["feat"] = cfg.w_semantic_feat * losses.feature_mse(feat_clean, feat_adv)
+            parts["feat"] = cfg.w_semantic_feat * mean(losses.feature_mse(feat_clean, feat_adv))
         if cfg.w_rdrop > 0:
             with autocast_context(x.device, cfg.bf16):
                 r_clean = defense.restore(x, m_clean)
                 logits_rc = clf(r_clean)
                 if tap is not None:
                     tap.pop()
-            parts["rdrop"] = cfg.w_rdrop * (losses.symmetric_kl(logits_rc, logits_adv) + F.cross_entropy(logits_rc.float(), y))
-            parts["pix_clean"] = cfg.w_pixel_mask * losses.pixel_l1(r_clean, x, m_clean) + cfg.w_pixel_full * losses.pixel_l1(r_clean, x)
+            parts["rdrop"] = cfg.w_rdrop * mean(losses.symmetric_kl(logits_rc, logits_adv)
+                                                + F.cross_entropy(logits_rc.float(), y))
+            parts["pix_clean"] = (cfg.w_pixel_mask * masked_l1(r_clean, m_clean, 1)
+                                  + cfg.w_pixel_full * mean(losses.pixel_l1(r_clean, x)))
     if not parts:
         return torch.zeros((), device=x.device), {}
     total = sum(parts.values())
@@ -207,7 +297,8 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
     """Train PSSR's scorer and regenerator in front of the frozen ``classifier``.
 
     Args:
-        classifier: ``nn.Module`` on images in [0, 1] returning logits; never updated.
+        classifier: ``nn.Module`` on images in [0, 1] returning logits; never updated (with
+            ``classifier_lr > 0`` a copy of it is fine-tuned).
         data: a ``pssr.data.Dataset`` (uses ``.train`` and ``.val``; ``.val`` may be empty).
         config: :class:`PSSRConfig`; keyword ``overrides`` replace its fields (``epochs=2``).
         out_dir: where the per-epoch state, the adversarial cache and the final ``pssr.pt`` go;
@@ -216,23 +307,37 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         classifier_spec: ``{"name", "kwargs"}`` for ``create_model`` so the result can be saved.
         on_epoch_end: called as ``f(epoch, record)`` after each epoch's state is on disk.
 
+    Under torchrun (every rank calls this with the same arguments) the training is data-parallel:
+    each rank takes its contiguous share of every global batch of ``batch_size`` examples and
+    backpropagates its contribution to the global batch's loss, and the gradients of every trainable
+    module are summed over ranks (:func:`pssr.distributed.all_reduce_grads`), so all ranks take the
+    steps of one process on the same global batches (up to floating-point summation order). The
+    cached adversarial examples are made chunk by chunk over the ranks and gathered (bit-identical to
+    one process); rank 0 alone reads and writes ``out_dir`` and hands what it read to the others.
+    See docs/distributed.md.
+
     Returns:
         the trained :class:`PSSR` (eval mode), with ``metrics["history"]``.
     """
     from tqdm.auto import tqdm
 
     cfg = dataclasses.replace(config or PSSRConfig(), **overrides)
-    device = default_device(cfg.device)
+    # Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); otherwise a no-op.
+    info = D.init_distributed(default_device(cfg.device))
+    device = D.device_for(info, default_device(cfg.device))  # cuda:LOCAL_RANK under NCCL
     c, h, w = (int(s) for s in data.train.x.shape[1:])
     x_tr, y_tr, x_val, y_val = _splits(data, cfg)
     classifier = classifier.to(device)
     out = Path(out_dir) if out_dir is not None else None
+    main = info.is_main  # logs, progress bars and files: rank 0 only
 
     seed_everything(cfg.seed)
     finetune = cfg.classifier_lr > 0
-    if finetune and cfg.adv_mode != "online":
+    if finetune and cfg.adv_mode != "online" and main:
         log.warning("classifier_lr > 0 with adv_mode='cache': the cached examples attack the original classifier "
                     "only (a transfer attack once it is fine-tuned); adv_mode='online' attacks the current one")
+    if info.enabled and cfg.batch_size < info.world_size and main:
+        log.warning("batch_size %d < %d processes: some ranks idle on every step", cfg.batch_size, info.world_size)
     with FrozenEval(classifier):
         original_clean_acc = _accuracy(classifier, x_val, y_val)
     if finetune:  # train a copy: the caller's classifier stays as it was (and stays the gray-box reference)
@@ -245,13 +350,19 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
     if finetune:
         groups.append({"params": list(classifier.parameters()), "base_lr": cfg.classifier_lr})
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if groups else None
+    opt_params = [p for g in groups for p in g["params"]]  # what the gradient all-reduce covers, in order
 
     key = {"classifier": _classifier_digest(classifier), "n_train": len(x_tr), "n_val": len(x_val),
            **{k: getattr(cfg, k) for k in ("eps", "pgd_steps", "pgd_alpha", "fgsm_fraction", "seed", "train_subset",
                                              "val_size", "scorer_target")}}
+    if info.enabled:
+        _check_same_start(defense, cfg, key, info)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if out is not None and resume and (out / STATE_FILE).is_file():
+
+    def read_state() -> dict[str, Any] | None:
+        if out is None or not resume or not (out / STATE_FILE).is_file():
+            return None
         st = load_checkpoint(out / STATE_FILE)
         saved = dict(st["config"])
         now = asdict(cfg)
@@ -259,6 +370,10 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         if diff or st.get("key") != key:
             raise ValueError(f"{out / STATE_FILE} was written with a different config ({', '.join(diff) or 'data/classifier'}); "
                              "use another out_dir or resume=False")
+        return st
+
+    st = D.on_main(read_state, info)  # read by rank 0, handed to every rank (a refusal raises on all)
+    if st is not None:
         defense.scorer.load_state_dict(st["scorer"])
         if finetune:
             classifier.load_state_dict(st["classifier"])
@@ -267,27 +382,32 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         if opt is not None and st.get("optimizer") is not None:
             opt.load_state_dict(st["optimizer"])
         history, start_epoch = list(st["history"]), int(st["epoch"]) + 1
-        log.info("resuming PSSR training from %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+        if main:
+            log.info("resuming PSSR training from %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+    del st
 
     t0 = time.time()
     with FrozenEval(classifier, requires_grad=finetune):  # eval-mode BN; trainable only when fine-tuned
         # adversarial training / validation examples against the frozen classifier
-        cache = None
-        if out is not None and (out / CACHE_FILE).is_file():
-            cache = load_checkpoint(out / CACHE_FILE)
-            if cache.get("key") != key:
-                cache = None
+        def read_cache() -> dict[str, Any] | None:
+            if out is None or not (out / CACHE_FILE).is_file():
+                return None
+            cached = load_checkpoint(out / CACHE_FILE)
+            return cached if cached.get("key") == key else None
+
+        cache = D.on_main(read_cache, info)
         if cache is None:
             cache = {"key": key}
             cache["val_adv"], _ = make_adversarial(classifier, x_val, y_val, cfg, seed=cfg.seed + 1, progress=progress,
-                                                   desc="val adversarial")
+                                                   desc="val adversarial", shard=info)
             if cfg.adv_mode == "cache":
                 cache["adv"], cache["target"] = make_adversarial(classifier, x_tr, y_tr, cfg, seed=cfg.seed + 2,
-                                                                 progress=progress, desc="train adversarial")
+                                                                 progress=progress, desc="train adversarial", shard=info)
             if out is not None:
-                save_checkpoint(out / CACHE_FILE, cache)
-        log.info("adversarial examples ready (%.0f s); undefended val robust acc %.3f", time.time() - t0,
-                 _accuracy(classifier, cache["val_adv"], y_val))
+                D.on_main(lambda: save_checkpoint(out / CACHE_FILE, cache), info)
+        if main:
+            log.info("adversarial examples ready (%.0f s); undefended val robust acc %.3f", time.time() - t0,
+                     _accuracy(classifier, cache["val_adv"], y_val))
 
         tap = losses.FeatureTap(classifier, cfg.feature_layer) if cfg.w_semantic_feat > 0 and cfg.feature_layer else None
         attack_model = defense.bpda("mask-constant") if cfg.adv_target == "pipeline" else classifier
@@ -297,58 +417,74 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(x_tr), generator=gen)
+            order = torch.randperm(len(x_tr), generator=gen)  # the same global permutation on every rank
             sums: dict[str, float] = {}
             nb = 0
             bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"pssr epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False)
+                       disable=not (progress and main), leave=False)
             for bi, i in enumerate(bar):
-                idx = order[i:i + cfg.batch_size]
+                gidx = order[i:i + cfg.batch_size]  # the global batch
+                part = D.shard_range(len(gidx), info)  # this rank's contiguous share (all of it in one process)
+                idx = gidx[part.start:part.stop]
                 xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
                 if cfg.adv_mode == "cache":
                     xa, tgt = cache["adv"][idx].to(device), cache["target"][idx].to(device)
-                else:
-                    xa, tgt = make_adversarial(classifier, xb, yb, cfg, seed=cfg.seed * 7919 + epoch * 100_003 + bi,
-                                               batch_size=len(xb), attack_model=attack_model)
+                else:  # random starts drawn for the whole global batch: each example's is that of one process
+                    xa, tgt = make_adversarial(classifier, x_tr[gidx], y_tr[gidx], cfg,
+                                               seed=cfg.seed * 7919 + epoch * 100_003 + bi, batch_size=len(gidx),
+                                               attack_model=attack_model, rows=part)
                     xa, tgt = xa.to(device), tgt.to(device)
                 if opt is None:
                     break
-                if tap is not None:
-                    tap.__enter__()
-                try:
-                    loss, parts = _loss(defense, cfg, xb, yb, xa, tgt, tap)
-                finally:
+                share = _Share(info, len(idx) / len(gidx)) if info.enabled else None
+                loss: Tensor | None = None
+                parts: dict[str, float] = {}
+                if len(idx) > 0:
                     if tap is not None:
-                        tap.__exit__()
-                        tap.outputs.clear()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                        tap.__enter__()
+                    try:
+                        loss, parts = _loss(defense, cfg, xb, yb, xa, tgt, tap, share)
+                    finally:
+                        if tap is not None:
+                            tap.__exit__()
+                            tap.outputs.clear()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:  # a last global batch smaller than the world: nothing to do here but the collectives
+                    share.mask_totals(torch.zeros(2, device=device))
+                    opt.zero_grad(set_to_none=True)
+                D.all_reduce_grads(opt_params, info)  # sum of the ranks' contributions (no-op in one process)
                 opt.step()
                 nb += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if progress:
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
+                if progress and main and loss is not None:
+                    bar.set_postfix({"loss" if share is None else "loss_rank0": f"{float(loss):.3f}"})
+            if info.enabled:  # the loss parts are per-rank contributions: their sum is the global batch's loss
+                sums = {k: sum(p.get(k, 0.0) for p in D.all_gather_objects(sums, info)) for k in sorted(sums)}
             rec: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - te, 1),
                                    **{f"loss_{k}": v / max(nb, 1) for k, v in sums.items()}}
+            # Validation is computed redundantly on every rank (the weights are the same on every rank;
+            # the val split is small); only the fine-tuned gray-box examples are sharded.
             rec["val_clean_acc"] = _accuracy(defense, x_val, y_val)
             if finetune:  # the gray-box attack targets the classifier as it is now; the cache is a transfer
                 rec["val_transfer_acc"] = _accuracy(defense, cache["val_adv"], y_val)
-                val_adv, _ = make_adversarial(classifier, x_val, y_val, cfg, seed=cfg.seed + 1)
+                val_adv, _ = make_adversarial(classifier, x_val, y_val, cfg, seed=cfg.seed + 1, shard=info)
                 rec["val_graybox_acc"] = _accuracy(defense, val_adv, y_val)
             else:
                 rec["val_graybox_acc"] = _accuracy(defense, cache["val_adv"], y_val)
             history.append(rec)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                     ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-            if out is not None:
-                save_checkpoint(out / STATE_FILE, {
-                    "epoch": epoch, "config": asdict(cfg), "key": key, "history": history,
+            if main:
+                log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if out is not None:  # rank 0 writes; the others wait for it (an error there raises on all)
+                D.on_main(lambda e=epoch: save_checkpoint(out / STATE_FILE, {
+                    "epoch": e, "config": asdict(cfg), "key": key, "history": history,
                     "scorer": defense.scorer.state_dict(),
                     "classifier": classifier.state_dict() if finetune else None,
                     "generator": defense.generator.state_dict() if defense.generator is not None else None,
                     "optimizer": opt.state_dict() if opt is not None else None,
-                })
+                }), info)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, rec)
 
@@ -356,10 +492,25 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                        "val_classifier_clean_acc": _accuracy(classifier, x_val, y_val),
                        "val_original_classifier_clean_acc": original_clean_acc, "classifier_finetuned": finetune,
                        "n_train": len(x_tr), "n_val": len(x_val), "train_seconds_this_run": round(time.time() - t0, 1)}
+    if info.enabled:
+        defense.metrics["distributed"] = {"world_size": info.world_size, "backend": info.backend}
     defense.eval()
     if out is not None and defense.classifier_spec is not None:
-        defense.save(out / FINAL_FILE)
+        D.on_main(lambda: defense.save(out / FINAL_FILE), info)
     return defense
+
+
+def _check_same_start(defense: PSSR, cfg: PSSRConfig, key: dict[str, Any], info: D.DistInfo) -> None:
+    """ValueError on every rank unless all ranks start from the same weights, config and data: the
+    gradient all-reduce keeps identical weights identical but does not make them so (unlike DDP,
+    which broadcasts rank 0's)."""
+    mine = {"weights": _classifier_digest(defense), "config": asdict(cfg), "key": key}
+    every = D.all_gather_objects(mine, info)
+    bad = [r for r, o in enumerate(every) if o != every[0]]
+    if bad:
+        what = [k for k in mine if every[bad[0]][k] != every[0][k]]
+        raise ValueError(f"train_pssr under torch.distributed: rank {bad[0]} differs from rank 0 in {', '.join(what)} "
+                         "(every rank must load the same classifier checkpoint and data and use the same config)")
 
 
 # ----------------------------------------------------------------------------- quick measurement
@@ -386,7 +537,8 @@ def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Ca
 
 
 def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40, alpha: float | None = None,
-               adaptive_n: int = 300, seed: int = 0, batch_size: int = 250, progress: bool = False) -> dict[str, Any]:
+               adaptive_n: int = 300, seed: int = 0, batch_size: int = 250, progress: bool = False,
+               shard: D.DistInfo | None = None) -> dict[str, Any]:
     """Clean, gray-box and adaptive accuracies of ``defense`` (and of its bare classifier) on (x, y).
 
     * gray-box (the paper's protocol): Linf PGD on the classifier alone, then purified;
@@ -396,23 +548,44 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
       ``worst_of_all`` adds the gray-box attack (an adaptive attack weaker than a transferred one
       is a sign of gradient masking: compare them).
     A first evaluation, not the harness: one PGD run each, no restarts, no AutoAttack.
+
+    ``shard`` (a process group's :class:`pssr.distributed.DistInfo`; every rank must call): the
+    batches of ``batch_size`` examples are dealt out over the ranks (contiguous) and the per-example
+    results gathered, so every rank returns the same dict. With ``pssr.attacks.pgd`` (reseeded per
+    batch) it equals one process's; the fallback PGD draws its starts from one generator in batch
+    order, so there it does not.
     """
     from tqdm.auto import tqdm
 
+    info = shard if shard is not None else D.DistInfo()
     alpha = alpha if alpha is not None else 2.5 * eps / steps
     impl, attack = _attack_fn(eps, alpha, steps, seed)
     dev = next(defense.parameters()).device
     clf = defense.classifier
     res: dict[str, Any] = {"n": len(x), "eps": eps, "steps": steps, "alpha": alpha, "attack_impl": impl, "seed": seed}
-    correct = {k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")}
-    for i in tqdm(range(0, len(x), batch_size), desc="gray-box", disable=not progress, leave=False):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        xa = attack(clf, xb, yb)
-        with torch.no_grad():
-            correct["clf_clean"].append(clf(xb).argmax(1) == yb)
-            correct["pssr_clean"].append(defense(xb).argmax(1) == yb)
-            correct["clf_pgd"].append(clf(xa).argmax(1) == yb)
-            correct["pssr_graybox_pgd"].append(defense(xa).argmax(1) == yb)
+
+    def my_batches(n: int) -> list[int]:  # start indices of this rank's batches of range(n)
+        starts = list(range(0, n, batch_size))
+        mine = D.shard_range(len(starts), info)
+        return starts[mine.start:mine.stop]
+
+    def gathered(fn: Callable[[], dict[str, list[Tensor]]]) -> dict[str, list[Tensor]]:
+        parts = D.all_gather_results(fn, info)  # rank order = batch order
+        return {k: [t for p in parts for t in p[k]] for k in parts[0]}
+
+    def graybox() -> dict[str, list[Tensor]]:
+        out: dict[str, list[Tensor]] = {k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")}
+        for i in tqdm(my_batches(len(x)), desc="gray-box", disable=not (progress and info.is_main), leave=False):
+            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            xa = attack(clf, xb, yb)
+            with torch.no_grad():
+                out["clf_clean"].append((clf(xb).argmax(1) == yb).cpu())
+                out["pssr_clean"].append((defense(xb).argmax(1) == yb).cpu())
+                out["clf_pgd"].append((clf(xa).argmax(1) == yb).cpu())
+                out["pssr_graybox_pgd"].append((defense(xa).argmax(1) == yb).cpu())
+        return out
+
+    correct = gathered(graybox)
     for k, v in correct.items():
         res[f"{k}_acc"] = float(torch.cat(v).float().mean())
     na = min(adaptive_n, len(x))
@@ -420,19 +593,23 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
     worst = torch.ones(na, dtype=torch.bool)
     for mode in ("identity", "mask-constant") if na > 0 else ():
         view = defense.bpda(mode)
-        ok = []
-        for i in tqdm(range(0, na, batch_size), desc=f"adaptive {mode}", disable=not progress, leave=False):
-            xb, yb = x[i:min(i + batch_size, na)].to(dev), y[i:min(i + batch_size, na)].to(dev)
-            xa = attack(defense, xb, yb, grad_model=view)
-            with torch.no_grad():
-                ok.append((defense(xa).argmax(1) == yb).cpu())
-        ok_t = torch.cat(ok)
+
+        def adaptive(mode: str = mode, view: nn.Module = view) -> dict[str, list[Tensor]]:
+            ok = []
+            for i in tqdm(my_batches(na), desc=f"adaptive {mode}", disable=not (progress and info.is_main), leave=False):
+                xb, yb = x[i:min(i + batch_size, na)].to(dev), y[i:min(i + batch_size, na)].to(dev)
+                xa = attack(defense, xb, yb, grad_model=view)
+                with torch.no_grad():
+                    ok.append((defense(xa).argmax(1) == yb).cpu())
+            return {"ok": ok}
+
+        ok_t = torch.cat(gathered(adaptive)["ok"])
         worst &= ok_t
         res[f"pssr_adaptive_pgd_{mode}_acc"] = float(ok_t.float().mean())
     if na > 0:
         res["pssr_adaptive_worst_acc"] = float(worst.float().mean())
         # the transferred (gray-box) attack is an attack on PSSR too: worst case over all three
-        gray_ok = torch.cat(correct["pssr_graybox_pgd"]).cpu()[:na]
+        gray_ok = torch.cat(correct["pssr_graybox_pgd"])[:na]
         res["pssr_worst_of_all_acc"] = float((worst & gray_ok).float().mean())
         res["pssr_clean_acc_on_adaptive_subset"] = float(torch.cat(correct["pssr_clean"])[:na].float().mean())
     return res
@@ -471,7 +648,10 @@ def load_classifier_checkpoint(path: str | Path, device: str | torch.device | No
 def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, *, results: str | Path | None = None,
                     resume: bool = True, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train PSSR from a parsed config (tables ``[data]``, ``[pssr]``, ``[run]``), evaluate it quickly
-    (:func:`quick_eval` on the test split) and write ``<out>/pssr.pt`` and the JSON summary."""
+    (:func:`quick_eval` on the test split) and write ``<out>/pssr.pt`` and the JSON summary.
+
+    Under torchrun every rank calls it: training and the quick evaluation are sharded, every rank
+    returns the same summary, and rank 0 alone writes the files."""
     from pssr.config import build
     from pssr.train.loop import DataConfig, load_data
     from pssr.utils import atomic_write_json, run_metadata
@@ -484,7 +664,8 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
                          "`pssr train-classifier --config configs/<dataset>.toml`")
     out = Path(out_dir or run.out or Path("runs") / data_cfg.name / "pssr")
     data = load_data(data_cfg)
-    classifier, spec = load_classifier_checkpoint(run.classifier, device=cfg.device)
+    info = D.init_distributed(default_device(cfg.device))  # under torchrun; a no-op otherwise
+    classifier, spec = load_classifier_checkpoint(run.classifier, device=D.device_for(info, default_device(cfg.device)))
     t0 = time.time()
     defense = train_pssr(classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec)
     train_s = time.time() - t0
@@ -492,10 +673,9 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
     eps = run.eval_eps if run.eval_eps >= 0 else cfg.eps
     t1 = time.time()
     ev = quick_eval(defense, test.x, test.y, eps=eps, steps=run.eval_steps, adaptive_n=run.adaptive_n,
-                    seed=run.eval_seed, progress=progress)
+                    seed=run.eval_seed, progress=progress, shard=info)
     ev["seconds"] = round(time.time() - t1, 1)
     defense.metrics["test"] = ev
-    defense.save(out / FINAL_FILE)
     summary = {
         "kind": "pssr", "dataset": data_cfg.name, "command": command, "checkpoint": str(out / FINAL_FILE),
         "classifier_checkpoint": run.classifier, "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg),
@@ -503,7 +683,15 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
         "train_seconds_this_invocation": round(train_s, 1), "test": ev,
         "validation": {k: v for k, v in defense.metrics.items() if k != "test"}, "metadata": run_metadata(),
     }
-    atomic_write_json(out / "pssr-train.json", summary)
-    if results or run.results:
-        atomic_write_json(Path(results or run.results), summary)
+    if info.enabled:
+        summary["distributed"] = {"world_size": info.world_size, "backend": info.backend,
+                                  "seconds": "wall-clock of rank 0"}
+
+    def write() -> None:
+        defense.save(out / FINAL_FILE)
+        atomic_write_json(out / "pssr-train.json", summary)
+        if results or run.results:
+            atomic_write_json(Path(results or run.results), summary)
+
+    D.on_main(write, info)  # rank 0 writes; an error there raises on every rank
     return summary
