@@ -313,7 +313,9 @@ def run_from_config(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train from a parsed config (tables ``[data]`` and ``[adv_train]``; others ignored); write
-    ``out_dir/<method>.pt`` and ``out_dir/<method>.json`` (and a copy at ``summary_path``)."""
+    ``out_dir/<method>.pt`` and ``out_dir/<method>.json`` (and a copy at ``summary_path``). Under
+    torchrun every rank returns the summary and rank 0 alone writes the files."""
+    from pssr import distributed as D
     from pssr.config import build
     from pssr.train.loop import DataConfig, load_data, summarize
     from pssr.utils import atomic_write_json
@@ -334,9 +336,13 @@ def run_from_config(
                             "fp32, eval mode); see pssr.evaluation for the full adaptive evaluation",
         "wall_seconds_this_invocation": time.perf_counter() - t0,
     })
-    atomic_write_json(out_dir / f"{cfg.method}.json", summary)
-    if summary_path is not None:
-        atomic_write_json(summary_path, summary)
+
+    def write() -> None:
+        atomic_write_json(out_dir / f"{cfg.method}.json", summary)
+        if summary_path is not None:
+            atomic_write_json(summary_path, summary)
+
+    D.on_main(write, D.current())  # rank 0 writes (the checkpoint too, in fit); an error there raises on all
     return summary
 
 
