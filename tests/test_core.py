@@ -93,6 +93,15 @@ def test_checkpoint_with_code_objects_is_refused(tmp_path):
 def test_atomic_json_and_metadata(tmp_path):
     meta = run_metadata()
     assert {"pssr_version", "torch_version", "hardware", "git_revision"} <= set(meta)
+    from pssr.utils import meta as meta_mod
+
+    meta_mod._START.clear()
+    assert "git_revision_at_start" not in run_metadata()
+    meta_mod.note_start_revision()
+    meta_mod._START["git_revision"] = "abc"  # what the process started from, kept however HEAD moves
+    meta_mod.note_start_revision()  # a second call does not overwrite it
+    assert run_metadata()["git_revision_at_start"] == "abc"
+    meta_mod._START.clear()
     p = atomic_write_json(tmp_path / "m.json", {"meta": meta, "t": torch.tensor(1.5)})
     assert '"t": 1.5' in p.read_text()
 

@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from pssr.utils.meta import note_start_revision
+
+    note_start_revision()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

@@ -30,6 +30,16 @@ def git_revision(cwd: str | os.PathLike[str] | None = None) -> str | None:
     return rev + ("-dirty" if dirty else "")
 
 
+_START: dict[str, str | None] = {}
+
+
+def note_start_revision() -> None:
+    """Remember the git revision the process started from (the CLI calls this first), so that the
+    metadata of a result written hours later names the code that ran, not a later checkout."""
+    if "git_revision" not in _START:
+        _START["git_revision"] = git_revision()
+
+
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "machine": platform.machine(),
@@ -54,6 +64,7 @@ def run_metadata() -> dict[str, Any]:
         "platform": platform.platform(),
         "hardware": hardware(),
         "git_revision": git_revision(),
+        **({"git_revision_at_start": _START["git_revision"]} if "git_revision" in _START else {}),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(sys.argv),
     }
