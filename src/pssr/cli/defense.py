@@ -22,13 +22,11 @@ def _train_pssr(args: argparse.Namespace) -> int:
     from pssr.train.pssr_train import run_from_config
 
     mapping = apply_overrides(load_toml(args.config), list(args.overrides))
-    try:
-        s = run_from_config(mapping, args.out, results=args.results, resume=args.resume, progress=args.progress,
-                            command=shlex.join(["pssr", *sys.argv[1:]]))
-        if not D.current().is_main:  # under torchrun: rank 0 wrote the files and prints the summary
-            return 0
-    finally:
-        D.cleanup()
+    s, is_main = D.run_and_leave(lambda: run_from_config(
+        mapping, args.out, results=args.results, resume=args.resume, progress=args.progress,
+        command=shlex.join(["pssr", *sys.argv[1:]])))
+    if not is_main:  # under torchrun: rank 0 wrote the files and prints the summary
+        return 0
     t = s["test"]
     print(f"pssr on {s['dataset']} (n={t['n']}, Linf eps={t['eps']:.4g}, PGD-{t['steps']}): "
           f"clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; gray-box PGD {t['clf_pgd_acc']:.4f} -> "

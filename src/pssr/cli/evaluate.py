@@ -25,17 +25,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pssr.evaluation.checks import CheckConfig
     from pssr.evaluation.loading import evaluate_checkpoints
 
-    try:
-        report = evaluate_checkpoints(
-            args.checkpoint, args.out, data=args.data, data_dir=args.data_dir, split=args.split,
-            attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
-            subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
-            progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
-        )
-        if not D.current().is_main:  # under torchrun: rank 0 wrote the report and prints the summary
-            return 0
-    finally:
-        D.cleanup()
+    report, is_main = D.run_and_leave(lambda: evaluate_checkpoints(
+        args.checkpoint, args.out, data=args.data, data_dir=args.data_dir, split=args.split,
+        attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
+        subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
+    ))
+    if not is_main:  # under torchrun: rank 0 wrote the report and prints the summary
+        return 0
     d = report.to_dict()
     for name, info in d["models"].items():
         s = info["summary"]

@@ -64,13 +64,9 @@ def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
     group is left at the end."""
     from pssr import distributed as D
 
-    try:
-        summary = run()
-        if not D.current().is_main:
-            return 0
-    finally:
-        D.cleanup()
-    _print(summary)
+    summary, is_main = D.run_and_leave(run)
+    if is_main:
+        _print(summary)
     return 0
 
 
