@@ -132,11 +132,38 @@ def per_attack() -> list[str]:
     return out
 
 
+def benchmarks() -> list[str]:
+    """Speed tables of results/benchmarks.json (benchmarks/run_all.py)."""
+    d = _load("benchmarks.json")
+    if not d:
+        return []
+    env = d.get("environment", {})
+    pur = d["purification"]
+    out = [f"Purification, {pur['dataset']} {'x'.join(map(str, pur['image_shape']))}, whole forward pass (purify + "
+           f"classify), {env.get('cpu_model', 'CPU')}, {env.get('torch_threads', '?')} threads, load average "
+           f"{env.get('load_average_1min_start', '?')} -> {env.get('load_average_1min_end', 0):.1f}:", "",
+           "| model | fp32 batch 1 (ms) | fp32 batch 256 (img/s) | bf16 batch 1 (ms) | bf16 batch 256 (img/s) |",
+           "|---|---:|---:|---:|---:|"]
+    cell = {(r["model"], r["precision"], r["batch"]): r for r in pur["rows"]}
+    for m in dict.fromkeys(r["model"] for r in pur["rows"]):
+        def g(prec: str, batch: int, key: str, fmt: str) -> str:
+            r = cell.get((m, prec, batch))
+            return format(r[key], fmt) if r else "—"
+        out.append(f"| {m} | {g('fp32', 1, 'latency_ms', '.2f')} | {g('fp32', 256, 'images_per_s', '.0f')} | "
+                   f"{g('bf16', 1, 'latency_ms', '.2f')} | {g('bf16', 256, 'images_per_s', '.0f')} |")
+    out += ["", "Training, batch 128, random data (time per epoch extrapolated from timed steps):", "",
+            "| workload | model | precision | img/s | s per epoch (or once per run) |", "|---|---|---|---:|---:|"]
+    for r in d["training"]["rows"]:
+        per = r["seconds_per_epoch"] if r.get("seconds_per_epoch") is not None else r.get("seconds_once_per_run")
+        out.append(f"| {r['workload']} | {r['model']} | {r['precision']} | {r['images_per_s']:.0f} | {per:.0f} |")
+    return [*out, "", "Command: `.venv/bin/python benchmarks/run_all.py` (writes results/benchmarks.json)."]
+
+
 def main() -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
            "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "", *pssr(), "",
            "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations(), "",
-           "### Per-attack tables", "", *per_attack()]
+           "### Per-attack tables", "", *per_attack(), "", "### Speed (benchmarks)", "", *benchmarks()]
     print("\n".join(out))
     return 0
 
