@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, load_average, peak_memory, time_call  # noqa: E402
+from common import load_average, peak_memory, time_call, write_section  # noqa: E402
 
 from pssr.config import build, load_toml  # noqa: E402
 from pssr.defense.baselines import create_baseline  # noqa: E402
 from pssr.defense.pssr import PSSR, PSSRConfig  # noqa: E402
 from pssr.models import create_model  # noqa: E402
-from pssr.utils import atomic_write_json, autocast_context, default_device, run_metadata  # noqa: E402
+from pssr.utils import autocast_context, default_device  # noqa: E402
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "mnist-10k": (1, 28, 28), "fashion-mnist": (1, 28, 28),
           "cifar10-jpeg": (3, 32, 32), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     section = run_purification(args.config, device=device, checkpoint=args.checkpoint, repeats=args.repeats,
                                baselines=tuple(b for b in args.baselines.split(",") if b),
                                art_tvm=not args.no_art_tvm, quick=args.quick)
-    atomic_write_json(args.out, {"benchmark": "purification", "purification": section,
-                                 "environment": {**environment(device), "load_average_1min_start": load_start,
-                                                 "load_average_1min_end": load_average()},
-                                 "metadata": run_metadata()})
-    print(f"wrote {args.out}")
+    write_section(args.out, "purification", section, device, load_start)
     return 0
 
 

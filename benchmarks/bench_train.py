@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, load_average, time_steps  # noqa: E402
+from common import load_average, time_steps, write_section  # noqa: E402
 
 from pssr.config import build, load_toml  # noqa: E402
 from pssr.defense.pssr import PSSR, PSSRConfig  # noqa: E402
@@ -51,9 +51,8 @@ from pssr.models import create_model  # noqa: E402
 from pssr.train import losses  # noqa: E402
 from pssr.train.adversarial import AdvTrainConfig, pgd_at_loss  # noqa: E402
 from pssr.train.loop import TrainConfig, build_optimizer  # noqa: E402
-from pssr.train.pssr_train import _loss as pssr_loss  # noqa: E402
-from pssr.train.pssr_train import make_adversarial  # noqa: E402
-from pssr.utils import atomic_write_json, autocast_context, default_device, run_metadata  # noqa: E402
+from pssr.train.pssr_train import make_adversarial, tapped_loss  # noqa: E402
+from pssr.utils import autocast_context, default_device  # noqa: E402
 
 DATA_NOTE = "uniform random images and labels, fresh weights (speed does not depend on the data or the weights)"
 
@@ -151,14 +150,7 @@ def pssr_step(setting: Setting, batch: int, device: torch.device, bf16: bool
 
     def step() -> None:
         with FrozenEval(clf):
-            if tap is not None:
-                tap.__enter__()
-            try:
-                loss, _ = pssr_loss(defense, cfg, x, y, x_adv, target, tap)
-            finally:
-                if tap is not None:
-                    tap.__exit__()
-                    tap.outputs.clear()
+            loss, _ = tapped_loss(defense, cfg, x, y, x_adv, target, tap)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     section = run_training(device=device, steps=args.steps, batch=args.batch, warmup=args.warmup,
                            row_budget_s=args.row_budget or None, quick=args.quick,
                            workloads=tuple(w for w in args.workloads.split(",") if w))
-    atomic_write_json(args.out, {"benchmark": "training", "training": section,
-                                 "environment": {**environment(device), "load_average_1min_start": load_start,
-                                                 "load_average_1min_end": load_average()},
-                                 "metadata": run_metadata()})
-    print(f"wrote {args.out}")
+    write_section(args.out, "training", section, device, load_start)
     return 0
 
 

@@ -144,3 +144,16 @@ def environment(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def write_section(path: str, name: str, section: dict[str, object], device: torch.device,
+                  load_start: float | None) -> None:
+    """Write one benchmark's ``section`` to ``path`` (atomically) with the environment, the load
+    average at start and now, and the run metadata; used by the scripts run on their own."""
+    from pssr.utils import atomic_write_json, run_metadata
+
+    atomic_write_json(path, {"benchmark": name, name: section,
+                             "environment": {**environment(device), "load_average_1min_start": load_start,
+                                             "load_average_1min_end": load_average()},
+                             "metadata": run_metadata()})
+    print(f"wrote {path}")

@@ -280,6 +280,18 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
+def tapped_loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
+                tap: losses.FeatureTap | None, share: _Share | None = None) -> tuple[Tensor, dict[str, float]]:
+    """:func:`_loss` with the feature tap (if any) hooked in for this step only and emptied after."""
+    if tap is None:
+        return _loss(defense, cfg, x, y, x_adv, target, None, share)
+    with tap:
+        try:
+            return _loss(defense, cfg, x, y, x_adv, target, tap, share)
+        finally:
+            tap.outputs.clear()
+
+
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
     dev = next(model.parameters()).device
@@ -440,14 +452,7 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                 loss: Tensor | None = None
                 parts: dict[str, float] = {}
                 if len(idx) > 0:
-                    if tap is not None:
-                        tap.__enter__()
-                    try:
-                        loss, parts = _loss(defense, cfg, xb, yb, xa, tgt, tap, share)
-                    finally:
-                        if tap is not None:
-                            tap.__exit__()
-                            tap.outputs.clear()
+                    loss, parts = tapped_loss(defense, cfg, xb, yb, xa, tgt, tap, share)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                 else:  # a last global batch smaller than the world: nothing to do here but the collectives
