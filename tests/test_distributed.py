@@ -57,7 +57,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     if info.is_main:
         torch.save({"state": state, "merged": merged}, os.path.join(out_dir, "ddp.pt"))
     D.barrier(info)
-    D.cleanup()
+    D.cleanup(sync=True)
 
 
 def test_two_gloo_processes_match_single_process(tmp_path):
@@ -118,7 +118,7 @@ def _trainer_worker(rank: int, world: int, port: int, out_dir: str, kind: str = 
     state = _fit(os.path.join(out_dir, "ddp.pt"), kind)
     if rank == 0:
         torch.save(state, os.path.join(out_dir, "ddp-state.pt"))
-    D.cleanup()
+    D.cleanup(sync=True)
 
 
 def test_adversarial_training_runs_under_two_gloo_processes(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
                    os.path.join(out_dir, "states.pt"))
     D.barrier(D.current())
-    D.cleanup()
+    D.cleanup(sync=True)
 
 
 def test_resumed_two_process_training_equals_uninterrupted(tmp_path, monkeypatch):
@@ -235,7 +235,7 @@ def _trades_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     if info.is_main:
         torch.save({"worst": worst, "losses": losses}, os.path.join(out_dir, "trades-ddp.pt"))
     D.barrier(info)
-    D.cleanup()
+    D.cleanup(sync=True)
 
 
 def test_trades_under_two_gloo_processes_matches_one_process(tmp_path):
@@ -417,7 +417,7 @@ def _pssr_worker(rank: int, world: int, port: int, out_dir: str, clf_path: str) 
     if info.is_main:
         torch.save(res, os.path.join(out_dir, "pssr-ddp.pt"))
     D.barrier(info)
-    D.cleanup()
+    D.cleanup(sync=True)
 
 
 def test_pssr_training_under_two_gloo_processes_matches_one_process(tmp_path, monkeypatch, pssr_classifier):

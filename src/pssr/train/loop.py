@@ -19,6 +19,7 @@ for :mod:`pssr.train.classifier`, PGD-AT / TRADES for :mod:`pssr.train.adversari
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -487,6 +488,12 @@ def fit(
             metrics = _final(model, data, cfg, final_metrics)
         ck = save(max(start_epoch, cfg.epochs))
     opt.zero_grad(set_to_none=True)  # the last step's gradients would leak into the caller's code
+    if net is not model:
+        # Free the DDP wrapper now, not at some later garbage collection: one collected after the
+        # process group is destroyed can abort the process ("terminate called without an active
+        # exception").
+        del net
+        gc.collect()
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return FitResult(model, history, ck)
