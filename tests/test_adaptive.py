@@ -20,14 +20,7 @@ from pssr.attacks import (
     straight_through,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """8x8 models: one intra-op thread is fastest, and spares a shared 2-core CI box oversubscription."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

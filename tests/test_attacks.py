@@ -50,13 +50,7 @@ FAST: dict[str, dict] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """8x8 models: one intra-op thread is fastest, and spares a shared 2-core CI box oversubscription."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp_on_digits(seed: int = 0) -> tuple[nn.Module, pssr.data.Dataset]:

@@ -12,13 +12,7 @@ from pssr.defense.baselines import BASELINES, create_baseline, list_baselines
 NAMES = ["jpeg", "bit-depth", "median", "tvm", "identity"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread avoids thread start-up and contention costs (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Linear(nn.Module):

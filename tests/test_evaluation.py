@@ -121,13 +121,7 @@ for _cls in (_TPGD, _TPGDBPDA, _TFGSM, _TRandomSearch):
 CHECKS = CheckConfig(n=48, large_eps_attacks=("t-pgd", "t-pgd-bpda"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread avoids thread start-up and contention costs (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,15 +23,6 @@ def test_presets_are_registered_with_their_configs():
         PRESETS.create("imagenet")
 
 
-@pytest.fixture
-def one_thread():
-    # Several torch processes share CI's two cores; one thread each avoids oversubscription.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread):
     kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,

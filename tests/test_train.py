@@ -40,13 +40,7 @@ def small_digits(digits) -> pssr.data.Dataset:
     return dataclasses.replace(digits, train=digits.train.subset(400, seed=0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-exact comparisons need a fixed thread count; one thread also plays well with a busy CI box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
