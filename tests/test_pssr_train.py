@@ -47,6 +47,9 @@ def test_losses_basic_properties() -> None:
     t = torch.softmax(torch.randn(2, 16), 1).view(2, 1, 4, 4)
     best = losses.scorer_ce(t.log(), t)  # minimized when the softmax of the scores equals the target
     assert best < losses.scorer_ce(torch.zeros_like(t), t) and best < losses.scorer_ce(-t.log(), t)
+    assert losses.entropy(t) == pytest.approx(float(best), abs=1e-5)  # the floor is reached at the target
+    flat = torch.full((1, 1, 4, 4), 1 / 16)
+    assert losses.entropy(flat) == pytest.approx(float(torch.log(torch.tensor(16.0))), abs=1e-5)
     x, r = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     m = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     assert losses.pixel_l1(r, x) == pytest.approx(0.25) and losses.pixel_l1(r, x, m) == pytest.approx(0.5)
@@ -71,6 +74,8 @@ def test_same_seed_same_result(classifier, digits) -> None:
     c = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "seed": 1}), progress=False, classifier_spec=SPEC)
     assert not all(torch.equal(p, q) for p, q in zip(_weights(a), _weights(c)))
     assert all(p.requires_grad for p in clf.parameters()) and all(p.grad is None for p in clf.parameters())
+    h = a.metrics["history"][0]  # the learned scorer's loss is logged with its floor (target entropy)
+    assert 0 < h["loss_scorer_floor"] <= h["loss_scorer"]
 
 
 def test_resume_after_interrupt_equals_uninterrupted(classifier, digits, tmp_path) -> None:

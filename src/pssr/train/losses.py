@@ -51,6 +51,14 @@ def scorer_ce(scores: Tensor, target_share: Tensor) -> Tensor:
     return -(target_share.float().flatten(1) * logp).sum(1).mean()
 
 
+@torch.no_grad()
+def entropy(target_share: Tensor) -> Tensor:
+    """Entropy ``-sum_p t_p log t_p`` of each image's target distribution over pixels, batch mean: the
+    minimum of :func:`scorer_ce` for that target."""
+    t = target_share.float().flatten(1)
+    return -(t * t.clamp_min(1e-30).log()).sum(1).mean()
+
+
 class FeatureTap:
     """Records the output of ``model.<layer>`` on every forward (for the feature-MSE loss).
 

@@ -243,6 +243,9 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
     elif learned:
         s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
         parts["scorer"] = cfg.w_scorer * mean(losses.scorer_ce(s_adv, target))
+        # Logged, not optimized: the lowest value the scorer loss can reach (the target's entropy);
+        # loss_scorer - loss_scorer_floor is the KL the scorer has left to learn.
+        floor = cfg.w_scorer * mean(losses.entropy(target))
         m_adv = mask_of(s_adv)
         with torch.no_grad():
             m_clean = mask_of(defense.scorer(x, clf))
@@ -277,7 +280,10 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
     if not parts:
         return torch.zeros((), device=x.device), {}
     total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    logged = {k: float(v.detach()) for k, v in parts.items()}
+    if learned:
+        logged["scorer_floor"] = float(floor)
+    return total, logged
 
 
 def tapped_loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
