@@ -4,7 +4,7 @@ architectures (PreAct ResNet-18, He et al. 2016; WideResNet-28-10 / 34-10, Zagor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,18 +115,22 @@ class PreActBlock(nn.Module):
         return out + short
 
 
-class PreActResNet(nn.Module):
-    """Pre-activation ResNet (He et al., ECCV 2016); [2, 2, 2, 2] is PreAct ResNet-18 (11M parameters)."""
+class _PreActStack(nn.Module):
+    """Normalize -> 3x3 stem -> pre-activation blocks -> BN-ReLU -> global average pool -> linear.
 
-    def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    The trunk shared by :class:`PreActResNet` and :class:`WideResNet`; ``stages`` lists ``(channels,
+    blocks)`` per stage, the first block of every stage after the first down-sampling by 2.
+    """
+
+    def __init__(self, block: Callable[[int, int, int], nn.Module], stem_width: int, stages: Sequence[tuple[int, int]],
+                 num_classes: int, in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         super().__init__()
         self.normalize = Normalize(*_stats(in_channels, mean, std))
-        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        layers, cin = [], 64
-        for i, (nb, cout) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        self.stem = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
+        layers, cin = [], stem_width
+        for i, (cout, nb) in enumerate(stages):
             for j in range(nb):
-                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
@@ -135,6 +139,14 @@ class PreActResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn(self.layers(self.stem(self.normalize(x)))))
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class PreActResNet(_PreActStack):
+    """Pre-activation ResNet (He et al., ECCV 2016); [2, 2, 2, 2] is PreAct ResNet-18 (11M parameters)."""
+
+    def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__(PreActBlock, 64, list(zip((64, 128, 256, 512), blocks)), num_classes, in_channels, mean, std)
 
 
 @MODELS.register("preact-resnet18")
@@ -162,30 +174,16 @@ class WideBlock(nn.Module):
         return self.conv2(out) + short
 
 
-class WideResNet(nn.Module):
+class WideResNet(_PreActStack):
     """WideResNet-depth-k (Zagoruyko & Komodakis, BMVC 2016): 28-10 has 36.5M parameters."""
 
     def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got depth={depth}")
         n = (depth - 4) // 6
-        widths = (16, 16 * widen, 32 * widen, 64 * widen)
-        self.normalize = Normalize(*_stats(in_channels, mean, std))
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        layers, cin = [], widths[0]
-        for i, cout in enumerate(widths[1:]):
-            for j in range(n):
-                layers.append(WideBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, dropout))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(cin)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn(self.layers(self.stem(self.normalize(x)))))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        super().__init__(lambda cin, cout, stride: WideBlock(cin, cout, stride, dropout), 16,
+                         [(16 * widen, n), (32 * widen, n), (64 * widen, n)], num_classes, in_channels, mean, std)
 
 
 @MODELS.register("wrn-28-10")
