@@ -123,11 +123,14 @@ def load_models(specs: Sequence[str]) -> tuple[dict[str, nn.Module], dict[str, d
 
 
 def _checkpoint_data(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The [data] settings stored in the first training checkpoint that has them."""
+    """The [data] settings stored in the first checkpoint that has them (a training checkpoint's
+    ``data``; a PSSR checkpoint's ``metrics["data"]``, written by ``pssr train-pssr``)."""
     for info in infos.values():
-        d = info["checkpoint"].get("data")
-        if isinstance(d, dict) and d.get("name"):
-            return d
+        ck = info["checkpoint"]
+        metrics = ck.get("metrics")
+        for d in (ck.get("data"), metrics.get("data") if isinstance(metrics, dict) else None):
+            if isinstance(d, dict) and d.get("name"):
+                return d
     return {}
 
 

@@ -687,6 +687,9 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
                     seed=run.eval_seed, progress=progress, shard=info)
     ev["seconds"] = round(time.time() - t1, 1)
     defense.metrics["test"] = ev
+    # The dataset (name, split seed, validation fraction), as training checkpoints record it, so that
+    # `pssr evaluate --checkpoint pssr.pt` needs no --data.
+    defense.metrics["data"] = dataclasses.asdict(data_cfg)
     summary = {
         "kind": "pssr", "dataset": data_cfg.name, "command": command, "checkpoint": str(out / FINAL_FILE),
         "classifier_checkpoint": run.classifier, "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg),
