@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +47,55 @@ def adversarial() -> list[str]:
     return rows
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v) if v == "" or any(c in v for c in " ,=") else v
+    return repr(v)
+
+
+def pssr_command(d: dict) -> str:
+    """A ``pssr train-pssr`` command that reproduces the run of summary ``d`` with the configs as they are
+    *now*: its recorded command with the ``--set pssr.* / run.*`` overrides replaced by every setting
+    that differs from the config file's current values (configs change as better settings are found;
+    the recorded command alone would then train something else). Falls back to the recorded command."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from pssr.config import asdict, build, load_toml
+    from pssr.defense import PSSRConfig
+    from pssr.train.pssr_train import PSSRRunConfig
+
+    cmd = d.get("command") or ""
+    tokens = shlex.split(cmd)
+    if "--config" not in tokens or tokens.index("--config") + 1 >= len(tokens):
+        return cmd
+    cfg_path = ROOT / tokens[tokens.index("--config") + 1]
+    recorded = d.get("config", {})
+    if not cfg_path.is_file() or not {"pssr", "run"} <= set(recorded):
+        return cmd
+    mapping = load_toml(cfg_path)
+    keep: list[str] = []
+    it = iter(range(len(tokens)))
+    for i in it:
+        t = tokens[i]
+        if t == "--set" and i + 1 < len(tokens) and tokens[i + 1].split(".", 1)[0] in ("pssr", "run") \
+                and tokens[i + 1].split("=", 1)[0] not in ("run.out", "run.results"):
+            next(it)  # replaced by the differences below
+            continue
+        keep.append(t)
+    sets = []
+    for section, cls in (("pssr", PSSRConfig), ("run", PSSRRunConfig)):
+        now = asdict(build(cls, mapping.get(section), prefix=f"{section}."))
+        # A setting the run's code did not have yet ran as that setting's default (new options
+        # are added with the old behaviour as their default).
+        then = {**asdict(cls()), **recorded[section]}
+        for k, v in then.items():
+            if k in ("out", "results") or k not in now or now[k] == v:
+                continue
+            sets.append(f"--set {section}.{k}={_toml_value(v)}")
+    return shlex.join(keep) + ("" if not sets else " " + " ".join(sets))
+
+
 def pssr() -> list[str]:
     rows = ["| dataset | variant | classifier clean | PSSR clean | PGD on classifier, then purified (paper protocol) | adaptive worst (BPDA / mask-constant full gradient) | eps | n (adaptive n) | command |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -59,7 +110,7 @@ def pssr() -> list[str]:
         clf = _pct(t["clf_clean_acc"]) if not d.get("validation", {}).get("classifier_finetuned") else \
             f"{_pct(t['clf_clean_acc'])} (fine-tuned; original {_pct(orig)} on validation)"
         rows.append(f"| {d['dataset']} | {variant} | {clf} | {_pct(t['pssr_clean_acc'])} | {_pct(t['pssr_graybox_pgd_acc'])} | "
-                    f"{_pct(t.get('pssr_adaptive_worst_acc'))} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{d['command']}` |")
+                    f"{_pct(t.get('pssr_adaptive_worst_acc'))} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{pssr_command(d)}` |")
     return rows
 
 
@@ -146,7 +197,7 @@ def benchmarks() -> list[str]:
            "|---|---:|---:|---:|---:|"]
     cell = {(r["model"], r["precision"], r["batch"]): r for r in pur["rows"]}
     for m in dict.fromkeys(r["model"] for r in pur["rows"]):
-        def g(prec: str, batch: int, key: str, fmt: str) -> str:
+        def g(prec: str, batch: int, key: str, fmt: str, m: str = m) -> str:
             r = cell.get((m, prec, batch))
             return format(r[key], fmt) if r else "—"
         out.append(f"| {m} | {g('fp32', 1, 'latency_ms', '.2f')} | {g('fp32', 256, 'images_per_s', '.0f')} | "
@@ -161,7 +212,9 @@ def benchmarks() -> list[str]:
 
 def main() -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
-           "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "", *pssr(), "",
+           "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "",
+           "Each command reproduces its row with the configs as they are now: every setting of the run that differs "
+           "from the config file's current value is spelled out as `--set`.", "", *pssr(), "",
            "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations(), "",
            "### Per-attack tables", "", *per_attack(), "", "### Speed (benchmarks)", "", *benchmarks()]
     print("\n".join(out))
