@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -398,6 +399,16 @@ def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):
     assert (out / "report.md").read_text() == md and (out / "accuracy_vs_eps.png").is_file()
     with pytest.raises(FileNotFoundError):
         Report.load(tmp_path / "nowhere")
+    # committed results keep gzipped records: scripts/compress_records.py, read back by Report.load
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compress_records.py"
+    spec = importlib.util.spec_from_file_location("compress_records", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.compress(out)
+    assert not (out / "records.jsonl").exists() and (out / "records.jsonl.gz").is_file()
+    assert Report.load(out).records == rep.records and "records.jsonl.gz" in (out / "report.md").read_text()
 
 
 def test_no_checks_and_strict_json(clf, digits, tmp_path):

@@ -43,6 +43,8 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
             assert all(v <= s["clean_accuracy"] + 1e-9 for v in per_eps.values())
     # a rerun reuses every checkpoint and the saved evaluation state: identical results
     second = reproduce("digits", **kw)
+    trained = report["training"]["pssr"]  # its epochs and time over all epochs, also after the rerun
+    assert second["training"]["pssr"]["epochs"] == trained["epochs"] == 1 and trained["train_seconds"] > 0
     assert second["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
     assert second["evaluations"]["l2"]["results"] == first["evaluations"]["l2"]["results"]
 

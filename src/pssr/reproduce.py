@@ -224,7 +224,10 @@ def _strip_history(summary: Mapping[str, Any]) -> dict[str, Any]:
     s = copy.deepcopy(dict(summary))
     s.pop("history", None)
     if isinstance(s.get("validation"), dict):
-        s["validation"].pop("history", None)
+        hist = s["validation"].pop("history", None)
+        if hist:  # PSSR: epochs and training time over all epochs (a resumed invocation may have trained none)
+            s.setdefault("epochs", len(hist))
+            s.setdefault("train_seconds", round(sum(h.get("seconds", 0.0) for h in hist), 1))
     return s
 
 

@@ -195,7 +195,13 @@ class Report:
         rec_path = out / d.get("records_file", "records.jsonl")
         records = []
         if rec_path.exists():
-            records = [json.loads(line) for line in rec_path.read_text().splitlines() if line.strip()]
+            if rec_path.suffix == ".gz":  # committed results keep their records gzipped (scripts/compress_records.py)
+                import gzip
+
+                text = gzip.decompress(rec_path.read_bytes()).decode("utf-8")
+            else:
+                text = rec_path.read_text()
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
         models = {}
         for name, info in d["models"].items():
             info = dict(info)

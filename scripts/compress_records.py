@@ -1,0 +1,50 @@
+"""Gzip the per-example records of finished evaluation reports before committing them to results/.
+
+    .venv/bin/python scripts/compress_records.py results/digits/linf results/digits/l2
+
+For each report folder: records.jsonl -> records.jsonl.gz (deterministic: no timestamp in the gzip
+header), report.json's ``records_file`` (and report.md) pointed at it, then records.jsonl removed. ``Report.load`` reads
+either form. Folders already compressed are left alone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pssr.evaluation.report import render_markdown  # noqa: E402
+from pssr.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def compress(folder: Path) -> str:
+    report, plain = folder / "report.json", folder / "records.jsonl"
+    if not report.is_file():
+        raise SystemExit(f"{folder}: no report.json (not an evaluation report folder)")
+    if not plain.is_file():
+        return f"{folder}: nothing to do"
+    d = json.loads(report.read_text())
+    data = plain.read_bytes()
+    atomic_write_bytes(folder / "records.jsonl.gz", gzip.compress(data, compresslevel=9, mtime=0))
+    d["records_file"] = "records.jsonl.gz"
+    atomic_write_json(report, d)
+    atomic_write_text(folder / "report.md", render_markdown(d))  # it names the records file
+    plain.unlink()
+    return f"{folder}: {len(data) / 1e6:.1f} MB -> {(folder / 'records.jsonl.gz').stat().st_size / 1e6:.2f} MB"
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    for a in argv:
+        print(compress(Path(a)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
