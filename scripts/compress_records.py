@@ -3,8 +3,8 @@
     .venv/bin/python scripts/compress_records.py results/digits/linf results/digits/l2
 
 For each report folder: records.jsonl -> records.jsonl.gz (deterministic: no timestamp in the gzip
-header), report.json's ``records_file`` (and report.md) pointed at it, then records.jsonl removed. ``Report.load`` reads
-either form. Folders already compressed are left alone.
+header), report.json's ``records_file`` (and report.md) pointed at it, then records.jsonl removed.
+``Report.load`` reads either form. Folders already compressed are left alone.
 """
 
 from __future__ import annotations
