@@ -315,10 +315,8 @@ def run_from_config(
     """Train from a parsed config (tables ``[data]`` and ``[adv_train]``; others ignored); write
     ``out_dir/<method>.pt`` and ``out_dir/<method>.json`` (and a copy at ``summary_path``). Under
     torchrun every rank returns the summary and rank 0 alone writes the files."""
-    from pssr import distributed as D
     from pssr.config import build
-    from pssr.train.loop import DataConfig, load_data, summarize
-    from pssr.utils import atomic_write_json
+    from pssr.train.loop import DataConfig, load_data, summarize, write_summary
 
     t0 = time.perf_counter()
     data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
@@ -336,13 +334,7 @@ def run_from_config(
                             "fp32, eval mode); see pssr.evaluation for the full adaptive evaluation",
         "wall_seconds_this_invocation": time.perf_counter() - t0,
     })
-
-    def write() -> None:
-        atomic_write_json(out_dir / f"{cfg.method}.json", summary)
-        if summary_path is not None:
-            atomic_write_json(summary_path, summary)
-
-    D.on_main(write, D.current())  # rank 0 writes (the checkpoint too, in fit); an error there raises on all
+    write_summary(summary, out_dir / f"{cfg.method}.json", summary_path)
     return summary
 
 

@@ -176,10 +176,8 @@ def run_from_config(
     rank 0 alone writes the files."""
     import time
 
-    from pssr import distributed as D
     from pssr.config import build
-    from pssr.train.loop import DataConfig, load_data, summarize
-    from pssr.utils import atomic_write_json
+    from pssr.train.loop import DataConfig, load_data, summarize, write_summary
 
     t0 = time.perf_counter()
     data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
@@ -197,11 +195,5 @@ def run_from_config(
         "data_load_seconds": load_s,
         "wall_seconds_this_invocation": time.perf_counter() - t0,
     })
-
-    def write() -> None:
-        atomic_write_json(out_dir / "classifier.json", summary)
-        if summary_path is not None:
-            atomic_write_json(summary_path, summary)
-
-    D.on_main(write, D.current())  # rank 0 writes (the checkpoint too, in fit); an error there raises on all
+    write_summary(summary, out_dir / "classifier.json", summary_path)
     return summary

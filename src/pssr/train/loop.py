@@ -571,5 +571,19 @@ def summarize(ck: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def write_summary(summary: dict[str, Any], path: Path, copy_to: str | Path | None = None) -> None:
+    """Write a trainer's JSON summary to ``path`` (and a copy at ``copy_to``): by rank 0 alone under
+    torchrun (it also writes the checkpoint, in :func:`fit`); an error there raises on every rank."""
+    from pssr import distributed as D
+    from pssr.utils import atomic_write_json
+
+    def write() -> None:
+        atomic_write_json(path, summary)
+        if copy_to is not None:
+            atomic_write_json(copy_to, summary)
+
+    D.on_main(write, D.current())
+
+
 def config_fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
