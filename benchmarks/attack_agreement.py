@@ -8,7 +8,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
@@ -17,31 +16,15 @@ from art.estimators.classification import PyTorchClassifier
 from pyautoattack.square import SquareAttack
 from torch import nn
 
-import pssr.data
 from pssr.attacks import create_attack, project
-from pssr.models import create_model
+from pssr.testing import accuracy, digits_cnn
 
-torch.manual_seed(0)
-data = pssr.data.load("digits")
-model = create_model("tiny-cnn", num_classes=10, in_channels=1)
-opt = torch.optim.Adam(model.parameters(), 3e-3)
-gen = torch.Generator().manual_seed(0)
-for _ in range(15):
-    model.train()
-    perm = torch.randperm(len(data.train), generator=gen)
-    for i in range(0, len(perm), 128):
-        b = perm[i : i + 128]
-        loss = F.cross_entropy(model(data.train.x[b]), data.train.y[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-model.eval()
+model, data = digits_cnn()  # tiny-cnn, 15 epochs of Adam on the digits
 x, y = data.test.x, data.test.y
 
 
 def acc(xx, yy=y):
-    with torch.no_grad():
-        return (model(xx).argmax(1) == yy).float().mean().item()
+    return accuracy(model, xx, yy)
 
 
 print(f"clean accuracy on 359 test digits: {acc(x):.4f}")

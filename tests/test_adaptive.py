@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pssr.data
 from pssr.attacks import (
     EOT,
     PGD,
@@ -19,6 +18,7 @@ from pssr.attacks import (
     full_gradient_view,
     straight_through,
 )
+from pssr.testing import accuracy, digits_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,22 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def clf_data():
     """A 64-64-10 MLP trained full-batch on the embedded digits (under a second)."""
-    torch.manual_seed(0)
-    data = pssr.data.load("digits")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        loss = F.cross_entropy(model(data.train.x), data.train.y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval(), data
-
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+    return digits_mlp()
 
 
 def _quantize(x: torch.Tensor) -> torch.Tensor:
@@ -148,13 +133,13 @@ def test_bpda_breaks_gradient_masking_while_plain_pgd_fails(clf_data):
     clf, data = clf_data
     x, y = data.test.x[:150], data.test.y[:150]
     q = QuantizeDefense(clf)
-    clean = _acc(q, x, y)
+    clean = accuracy(q, x, y)
     assert clean > 0.85
     eps = 0.25
-    full = _acc(q, create_attack("pgd-full", q, eps=eps, steps=20)(x, y), y)
-    plain = _acc(q, create_attack("pgd", q, eps=eps, steps=20)(x, y), y)
-    via_bpda = _acc(q, create_attack("pgd-bpda", q, eps=eps, steps=20)(x, y), y)
-    square = _acc(q, create_attack("square", q, eps=eps, n_queries=200)(x, y), y)
+    full = accuracy(q, create_attack("pgd-full", q, eps=eps, steps=20)(x, y), y)
+    plain = accuracy(q, create_attack("pgd", q, eps=eps, steps=20)(x, y), y)
+    via_bpda = accuracy(q, create_attack("pgd-bpda", q, eps=eps, steps=20)(x, y), y)
+    square = accuracy(q, create_attack("square", q, eps=eps, n_queries=200)(x, y), y)
     assert full == plain and full > clean - 0.2  # zero gradients: only the random start moves
     assert via_bpda < full - 0.5
     assert square < full - 0.5
@@ -167,9 +152,9 @@ def test_detached_graph_does_not_crash_and_bpda_breaks_it(clf_data):
     clf, data = clf_data
     x, y = data.test.x[:100], data.test.y[:100]
     d = DetachDefense(clf)
-    full = _acc(d, create_attack("pgd", d, eps=0.2, steps=10, random_start=False)(x, y), y)
-    assert full == _acc(d, x, y)  # no gradient, no start noise: nothing moves
-    assert _acc(d, create_attack("pgd-bpda", d, eps=0.2, steps=10)(x, y), y) < full - 0.5
+    full = accuracy(d, create_attack("pgd", d, eps=0.2, steps=10, random_start=False)(x, y), y)
+    assert full == accuracy(d, x, y)  # no gradient, no start noise: nothing moves
+    assert accuracy(d, create_attack("pgd-bpda", d, eps=0.2, steps=10)(x, y), y) < full - 0.5
     for name in ("fgsm", "mifgsm", "ddn"):
         kw = {"norm": "l2", "eps": 1.0} if name == "ddn" else {"eps": 0.2}
         create_attack(name, d, **kw)(x[:8], y[:8])  # runs, finds nothing (or by luck), never raises
@@ -185,7 +170,7 @@ def test_success_is_judged_on_the_model_not_the_gradient_view(clf_data):
 
     atk = PGD(clf, eps=0.15, steps=10, random_start=False, grad_model=Biased())
     # if success were judged on the view, every example with y != 0 would "succeed" at x itself
-    assert _acc(clf, atk(x, y), y) < _acc(clf, x, y) - 0.3
+    assert accuracy(clf, atk(x, y), y) < accuracy(clf, x, y) - 0.3
 
 
 # ----------------------------------------------------------------------------------------- EOT
@@ -238,11 +223,11 @@ def test_eot_attack_beats_single_sample_attack_on_a_random_defense(clf_data):
             return nn.Sequential(BPDAWrapper(noisy_quantize), self.clf)
 
     d = NoisyQuantize()
-    plain = _acc(d, create_attack("pgd-full", d, eps=0.2, steps=10)(x, y), y)
+    plain = accuracy(d, create_attack("pgd-full", d, eps=0.2, steps=10)(x, y), y)
     eot = create_attack("pgd-bpda-eot", d, eps=0.2, steps=10, eot_samples=4)
     x_eot = eot(x, y)
     assert torch.equal(x_eot, create_attack("pgd-bpda-eot", d, eps=0.2, steps=10, eot_samples=4)(x, y))
-    assert _acc(d, x_eot, y) < plain - 0.3
+    assert accuracy(d, x_eot, y) < plain - 0.3
     assert eot.config()["eot_samples"] == 4
 
 
@@ -256,7 +241,7 @@ def test_identity_defense_scores_exactly_as_no_defense(name, clf_data):
     on_clf = create_attack("pgd" if "pgd" in name else name, clf, **kw)(x, y)
     on_def = create_attack(name, ident, **kw)(x, y)
     assert torch.allclose(on_clf, on_def)
-    assert _acc(clf, on_clf, y) == _acc(ident, on_def, y)
+    assert accuracy(clf, on_clf, y) == accuracy(ident, on_def, y)
 
 
 def test_autoattack_bpda_and_transfer_run_on_a_defense(clf_data):
@@ -264,8 +249,8 @@ def test_autoattack_bpda_and_transfer_run_on_a_defense(clf_data):
     x, y = data.test.x[:60], data.test.y[:60]
     q = QuantizeDefense(clf)
     aa = create_attack("autoattack-bpda", q, eps=0.25, version="custom", attacks=["apgd-ce"], n_iter=20)
-    assert _acc(q, aa(x, y), y) < _acc(q, x, y) - 0.5
+    assert accuracy(q, aa(x, y), y) < accuracy(q, x, y) - 0.5
     # gray-box transfer: crafted on the classifier, applied to the defense
     tr = create_attack("transfer", q, eps=0.25, surrogate=clf, attack="pgd", attack_kwargs={"steps": 10})
-    assert _acc(q, tr(x, y), y) < _acc(q, x, y) - 0.3
+    assert accuracy(q, tr(x, y), y) < accuracy(q, x, y) - 0.3
     assert tr.config()["attack_config"]["steps"] == 10

@@ -8,10 +8,8 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import pssr.data
 from pssr.attacks import (
     ATTACK_SETS,
     ATTACKS,
@@ -25,6 +23,7 @@ from pssr.attacks import (
     project,
 )
 from pssr.models import create_model
+from pssr.testing import accuracy, digits_cnn, digits_mlp
 
 EPS = {"linf": 0.1, "l2": 1.0}
 N_FAST = 24  # examples in the invariant tests
@@ -53,34 +52,15 @@ FAST: dict[str, dict] = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _mlp_on_digits(seed: int = 0) -> tuple[nn.Module, pssr.data.Dataset]:
-    torch.manual_seed(seed)
-    data = pssr.data.load("digits")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):  # full batch, < 1 s
-        loss = F.cross_entropy(model(data.train.x), data.train.y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval(), data
-
-
 @pytest.fixture(scope="module")
 def mlp_data():
-    return _mlp_on_digits()
+    return digits_mlp()
 
 
 @pytest.fixture(scope="module")
 def batch(mlp_data):
     _, data = mlp_data
     return data.test.x[:N_FAST], data.test.y[:N_FAST]
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
 
 
 def _build(name: str, model: nn.Module, norm: str, seed: int = 0, **extra) -> Attack:
@@ -95,7 +75,7 @@ _SURROGATES: dict[int, nn.Module] = {}
 
 def _surrogate(model: nn.Module) -> nn.Module:
     if id(model) not in _SURROGATES:
-        _SURROGATES[id(model)], _ = _mlp_on_digits(seed=1)
+        _SURROGATES[id(model)], _ = digits_mlp(seed=1)
     return _SURROGATES[id(model)]
 
 
@@ -132,7 +112,7 @@ def test_every_attack_keeps_range_budget_and_worst_case(name, norm, mlp_data, ba
     assert not x_adv.requires_grad
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert lp_norm(x_adv - x, norm).max() <= EPS[norm] * (1 + 1e-5) + 1e-6
-    assert _accuracy(model, x_adv, y) <= _accuracy(model, x, y)
+    assert accuracy(model, x_adv, y) <= accuracy(model, x, y)
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
     cfg = atk.config()
@@ -179,25 +159,25 @@ def test_modes_and_parameter_flags_are_restored():
 def test_attacks_lower_accuracy_of_a_trained_model(mlp_data):
     model, data = mlp_data
     x, y = data.test.x[:80], data.test.y[:80]
-    clean = _accuracy(model, x, y)
+    clean = accuracy(model, x, y)
     assert clean > 0.85
     for name, kw in [("fgsm", {}), ("pgd", {"steps": 10}), ("mifgsm", {}), ("cw-linf", {"steps": 10}),
                      ("square", {"n_queries": 100}), ("deepfool", {"norm": "l2", "eps": 1.0}),
                      ("ddn", {"norm": "l2", "eps": 1.0, "steps": 30}),
                      ("cw", {"norm": "l2", "eps": 1.0, "steps": 30, "binary_search_steps": 4})]:
         kw = {"eps": 0.1, **kw}
-        assert _accuracy(model, create_attack(name, model, **kw)(x, y), y) < clean - 0.15, name
+        assert accuracy(model, create_attack(name, model, **kw)(x, y), y) < clean - 0.15, name
 
 
 def test_restarts_and_early_stop_keep_worst_case(mlp_data):
     model, data = mlp_data
     x, y = data.test.x[:120], data.test.y[:120]
-    one = _accuracy(model, create_attack("pgd", model, eps=0.05, steps=5, restarts=1)(x, y), y)
-    three = _accuracy(model, create_attack("pgd", model, eps=0.05, steps=5, restarts=3)(x, y), y)
+    one = accuracy(model, create_attack("pgd", model, eps=0.05, steps=5, restarts=1)(x, y), y)
+    three = accuracy(model, create_attack("pgd", model, eps=0.05, steps=5, restarts=3)(x, y), y)
     assert three <= one  # restart 1 is identical; later restarts only add fooled examples
     fast = create_attack("pgd", model, eps=0.05, steps=10, random_start=False)(x, y)
     full = create_attack("pgd", model, eps=0.05, steps=10, random_start=False, early_stop=False)(x, y)
-    assert abs(_accuracy(model, fast, y) - _accuracy(model, full, y)) <= 1 / 120 + 1e-9
+    assert abs(accuracy(model, fast, y) - accuracy(model, full, y)) <= 1 / 120 + 1e-9
 
 
 def test_minimum_norm_attacks_without_early_stop_find_small_perturbations(mlp_data):
@@ -334,22 +314,8 @@ def test_attack_sets_build_and_respect_budgets(mlp_data, batch):
 @pytest.fixture(scope="module")
 def cnn_data():
     """tiny-cnn trained on digits (15 epochs of Adam, batch 128: about 2-3 s of CPU on one core)."""
-    torch.manual_seed(0)
-    data = pssr.data.load("digits")
-    model = create_model("tiny-cnn", num_classes=10, in_channels=1)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        model.train()
-        perm = torch.randperm(len(data.train), generator=gen)
-        for i in range(0, len(perm), 128):
-            b = perm[i:i + 128]
-            loss = F.cross_entropy(model(data.train.x[b]), data.train.y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    assert _accuracy(model, data.test.x, data.test.y) > 0.9
+    model, data = digits_cnn()
+    assert accuracy(model, data.test.x, data.test.y) > 0.9
     return model, data
 
 
@@ -361,7 +327,7 @@ def _art_classifier(model: nn.Module):
 
 def _art_acc(model, attack, x, y, eps, norm) -> float:
     x_adv = torch.from_numpy(attack.generate(x.numpy(), y=y.numpy())).float()
-    return _accuracy(model, project(x_adv, x, eps, norm), y)
+    return accuracy(model, project(x_adv, x, eps, norm), y)
 
 
 @pytest.mark.slow
@@ -389,8 +355,8 @@ def test_gradient_attacks_agree_with_art(cnn_data):
                           evasion.BasicIterativeMethod(clf, eps=eps, eps_step=1.25 * eps / 10, max_iter=10,
                                                        batch_size=512, verbose=False)))
         for ours, theirs in pairs:
-            a, b = _accuracy(model, ours(x, y), y), _art_acc(model, theirs, x, y, eps, norm)
-            assert a < _accuracy(model, x, y) - 0.2
+            a, b = accuracy(model, ours(x, y), y), _art_acc(model, theirs, x, y, eps, norm)
+            assert a < accuracy(model, x, y) - 0.2
             assert abs(a - b) <= 0.01, (ours, a, b)
 
 
@@ -403,13 +369,13 @@ def test_minimum_norm_attacks_agree_with_art(cnn_data):
     clf = _art_classifier(model)
     eps = 1.0
     x, y = data.test.x[:120], data.test.y[:120]
-    ours = _accuracy(model, create_attack("deepfool", model, eps=eps, norm="l2", steps=50)(x, y), y)
+    ours = accuracy(model, create_attack("deepfool", model, eps=eps, norm="l2", steps=50)(x, y), y)
     theirs = _art_acc(model, evasion.DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=512,
                                               verbose=False), x, y, eps, "l2")
     assert abs(ours - theirs) <= 0.06, (ours, theirs)
     x, y = data.test.x[:40], data.test.y[:40]
     cw = create_attack("cw", model, eps=eps, steps=30, binary_search_steps=4, c_init=0.1)
-    ours = _accuracy(model, cw(x, y), y)
+    ours = accuracy(model, cw(x, y), y)
     art_cw = evasion.CarliniL2Method(clf, confidence=0.0, learning_rate=0.01, binary_search_steps=4,
                                      max_iter=30, initial_const=0.1, batch_size=512, verbose=False)
     theirs = _art_acc(model, art_cw, x, y, eps, "l2")
@@ -427,13 +393,13 @@ def test_square_and_autoattack_against_pyautoattack(cnn_data):
     model, data = cnn_data
     x, y = data.test.x, data.test.y
     for norm, eps in (("linf", 0.1), ("l2", 1.0)):
-        ours = _accuracy(model, create_attack("square", model, eps=eps, norm=norm, n_queries=100)(x, y), y)
+        ours = accuracy(model, create_attack("square", model, eps=eps, norm=norm, n_queries=100)(x, y), y)
         ref = SquareAttack(model, p_init=0.8, n_queries=100, eps=eps, norm="Linf" if norm == "linf" else "L2",
                            seed=0, device="cpu", resc_schedule=True)
         with torch.random.fork_rng():
-            theirs = _accuracy(model, ref.perturb(x, y), y)
+            theirs = accuracy(model, ref.perturb(x, y), y)
         assert ours <= theirs + 0.02, (norm, ours, theirs)
-        assert ours < _accuracy(model, x, y) - 0.2
+        assert ours < accuracy(model, x, y) - 0.2
     xs, ys = x[:100], y[:100]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -442,6 +408,6 @@ def test_square_and_autoattack_against_pyautoattack(cnn_data):
         with torch.random.fork_rng():
             aa = AutoAttack(model, attacks=subset, device="cpu", eps=0.1, seed=0, version="custom")
             direct, _ = aa.run_standard_evaluation(xs, ys, batch_size=100)
-    assert _accuracy(model, ours_adv, ys) == _accuracy(model, direct, ys)
-    pgd = _accuracy(model, create_attack("pgd", model, eps=0.1, steps=10)(xs, ys), ys)
-    assert _accuracy(model, ours_adv, ys) <= pgd + 0.01
+    assert accuracy(model, ours_adv, ys) == accuracy(model, direct, ys)
+    pgd = accuracy(model, create_attack("pgd", model, eps=0.1, steps=10)(xs, ys), ys)
+    assert accuracy(model, ours_adv, ys) <= pgd + 0.01
