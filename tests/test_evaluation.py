@@ -479,3 +479,27 @@ def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
     assert sq["gradient_free"] and sq["threat_model"] == "adaptive" and sq["config"]["n_queries"] == 30
     for m in ("none", "jpeg"):
         assert rep.accuracy(m, "worst-case", "all", 0.1) <= rep.accuracy(m, "pgd", "paper", 0.1)
+
+
+def test_autoattack_bpda_on_a_plain_model_reuses_the_paper_autoattack(clf, digits, tmp_path):
+    """On a model without a BPDA view AutoAttack-BPDA is the paper column's AutoAttack: copied, not rerun."""
+    aa = {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 5}
+    attacks = [{"name": "autoattack", **aa}, {"name": "autoattack-bpda", "threat_model": "adaptive", **aa}]
+    rep = evaluate({"none": clf, "quant": Quantize(clf)}, digits.test, attacks=attacks, eps=0.1, n=40,
+                   batch_size=20, progress=False, checks=False, state_dir=tmp_path / "state")
+    rows = {(r["model"], r["threat_model"], r["attack"]): r for r in rep.results}
+    reused = rows[("none", "adaptive", "autoattack-bpda")]
+    assert reused["reused_from"] == "paper/autoattack" and reused["seconds"] == 0.0
+    assert reused["accuracy"] == rows[("none", "paper", "autoattack")]["accuracy"]
+    assert "reused_from" not in rows[("quant", "adaptive", "autoattack-bpda")]  # a BPDA view: a run of its own
+    assert rows[("quant", "adaptive", "autoattack-bpda")]["seconds"] > 0
+
+    def of(model, threat):
+        return [{k: v for k, v in r.items() if k not in ("threat_model", "attack")}
+                for r in rep.records if r["model"] == model and r["threat_model"] == threat]
+
+    assert of("none", "adaptive") == of("none", "paper")
+    assert "records of paper/autoattack" in render_markdown(rep.to_dict())
+    again = evaluate({"none": clf, "quant": Quantize(clf)}, digits.test, attacks=attacks, eps=0.1, n=40,
+                     batch_size=20, progress=False, checks=False, state_dir=tmp_path / "state")
+    assert again.records == rep.records  # resumed from the saved (copied) unit

@@ -82,6 +82,7 @@ def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str
                 "gradient_free": meta.get("gradient_free"), "black_box": meta.get("black_box"),
                 "name": meta.get("name", attack),
                 "target": meta.get("target"), "config": meta.get("config"),
+                **({"reused_from": meta["reused_from"]} if meta.get("reused_from") else {}),
             })
             for key in ((threat, eps), ("all", eps)):
                 w = worst[key]
@@ -378,7 +379,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     timed = [r for r in results if r.get("seconds") is not None and r["attack"] not in ("worst-case",)]
     if timed:
         lines += ["## Time per attack", ""]
-        rows = [[r["model"], r["threat_model"], r["attack"], f"{r['eps']:g}", f"{r['seconds']:.2f}",
+        rows = [[r["model"], r["threat_model"], r["attack"], f"{r['eps']:g}",
+                 f"records of {r['reused_from']}" if r.get("reused_from") else f"{r['seconds']:.2f}",
                  f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–"] for r in timed]
         lines += _table(["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows,
                         n_text=3) + [""]
