@@ -104,13 +104,18 @@ def pssr() -> list[str]:
         t = d.get("test")
         if not t:
             continue
-        variant = path.stem.removeprefix("pssr-train").lstrip("-") or "config default"
+        cmd = pssr_command(d)
+        suffix = path.stem.removeprefix("pssr-train").lstrip("-")
+        if "--set pssr." in cmd:  # trained with settings the config no longer has (spelled out in cmd)
+            variant = suffix or "earlier config"
+        else:
+            variant = f"{suffix} (config default)" if suffix else "config default"
         # clean accuracy of the classifier the user started from (a fine-tuned one is PSSR's own)
         orig = d.get("validation", {}).get("val_original_classifier_clean_acc")
         clf = _pct(t["clf_clean_acc"]) if not d.get("validation", {}).get("classifier_finetuned") else \
             f"{_pct(t['clf_clean_acc'])} (fine-tuned; original {_pct(orig)} on validation)"
         rows.append(f"| {d['dataset']} | {variant} | {clf} | {_pct(t['pssr_clean_acc'])} | {_pct(t['pssr_graybox_pgd_acc'])} | "
-                    f"{_pct(t.get('pssr_adaptive_worst_acc'))} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{pssr_command(d)}` |")
+                    f"{_pct(t.get('pssr_adaptive_worst_acc'))} | {t['eps']} | {t['n']} ({t['adaptive_n']}) | `{cmd}` |")
     return rows
 
 
