@@ -15,6 +15,7 @@ import pssr.data
 from pssr.attacks.base import ATTACKS, Attack
 from pssr.evaluation import CheckConfig, Report, evaluate, parse_attacks, render_markdown, rerender
 from pssr.evaluation import state as state_mod
+from pssr.testing import accuracy, digits_mlp
 
 # ------------------------------------------------------------------------------------------------
 # Tiny attacks, defined here so that these tests depend only on the Attack base interface.
@@ -130,15 +131,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 class Quantize(nn.Module):
     """A gradient-masking 'defense': 2-level quantization, zero input gradient; BPDA view available."""
 
@@ -188,16 +180,8 @@ def digits():
 
 @pytest.fixture(scope="module")
 def clf(digits):
-    torch.manual_seed(0)
-    model = MLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    acc = (model(digits.test.x).argmax(1) == digits.test.y).float().mean().item()
+    model, _ = digits_mlp()  # 64-64-10 MLP, 150 full-batch Adam steps
+    acc = accuracy(model, digits.test.x, digits.test.y)
     assert acc > 0.9, acc
     return model
 

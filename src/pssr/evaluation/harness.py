@@ -733,7 +733,7 @@ class _Run:
         bar.update(unit.chunks_done)
         if not unit.complete and self._reuse_twin(name, model, spec, eps, unit):
             bar.update(self.n_chunks - unit.chunks_done)
-            self._record_meta(name, spec, eps, unit)
+            self._finish_unit(name, spec, eps, unit)
             return
         source, source_kind = self.sources[name]
         target = model if spec.threat_model == "adaptive" else source
@@ -784,9 +784,10 @@ class _Run:
             return recs, seconds
 
         self._run_chunks(unit, work, bar)
-        self._record_meta(name, spec, eps, unit)
+        self._finish_unit(name, spec, eps, unit)
 
-    def _record_meta(self, name: str, spec: AttackSpec, eps: float, unit: UnitState) -> None:
+    def _finish_unit(self, name: str, spec: AttackSpec, eps: float, unit: UnitState) -> None:
+        """Add a finished attack unit to the run's records and its timing/config to ``unit_meta``."""
         self.units.append(unit)
         meta = self.unit_meta.setdefault((name, spec.threat_model, spec.label), {})
         meta.update({"gradient_free": unit.meta["gradient_free"], "black_box": unit.meta.get("black_box", False),
