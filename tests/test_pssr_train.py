@@ -152,7 +152,7 @@ def test_pipeline_attack_training_runs_and_is_validated(classifier, digits) -> N
     assert len(d.metrics["history"]) == 1 and all(p.grad is None for p in clf.parameters())
 
 
-def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path) -> None:
+def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path, capsys) -> None:
     from pssr.cli import main
 
     _, clf_path = classifier
@@ -173,6 +173,11 @@ def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path) -> N
 
     assert _checkpoint_data(load_models([str(tmp_path / "o" / "pssr.pt")])[1])["name"] == "digits"
     assert main(["train-pssr", "--config", str(cfg), "--set", "run.classifier=''"]) == 2  # clear error
+    # no adaptive attack asked for: the summary line says so instead of failing on the missing keys
+    assert main(["train-pssr", "--config", str(cfg), "--out", str(tmp_path / "o"), "--results", str(res),
+                 "--set", "pssr.ratio=0.1", "--set", "run.adaptive_n=0", "--no-progress"]) == 0
+    assert "no adaptive attack" in capsys.readouterr().out
+    assert json.loads(res.read_text())["test"]["adaptive_n"] == 0
 
 
 # ------------------------------------------------------------------ the real thing

@@ -28,11 +28,12 @@ def _train_pssr(args: argparse.Namespace) -> int:
     if not is_main:  # under torchrun: rank 0 wrote the files and prints the summary
         return 0
     t = s["test"]
+    adaptive = (f"adaptive (n={t['adaptive_n']}) bpda-identity {t['pssr_adaptive_pgd_identity_acc']:.4f}, "
+                f"mask-constant {t['pssr_adaptive_pgd_mask-constant_acc']:.4f}, worst {t['pssr_adaptive_worst_acc']:.4f}"
+                if t["adaptive_n"] else "no adaptive attack (run.adaptive_n = 0)")
     print(f"pssr on {s['dataset']} (n={t['n']}, Linf eps={t['eps']:.4g}, PGD-{t['steps']}): "
           f"clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; gray-box PGD {t['clf_pgd_acc']:.4f} -> "
-          f"{t['pssr_graybox_pgd_acc']:.4f}; adaptive (n={t['adaptive_n']}) bpda-identity "
-          f"{t['pssr_adaptive_pgd_identity_acc']:.4f}, mask-constant {t['pssr_adaptive_pgd_mask-constant_acc']:.4f}, "
-          f"worst {t['pssr_adaptive_worst_acc']:.4f}; checkpoint {s['checkpoint']}")
+          f"{t['pssr_graybox_pgd_acc']:.4f}; {adaptive}; checkpoint {s['checkpoint']}")
     return 0
 
 

@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +43,8 @@ from pssr.utils import autocast_context, default_device, load_checkpoint, run_me
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "pssr-train/1"
-LOG_EVERY_S = 120.0  # seconds between heartbeat log lines when there is no progress bar
+# seconds between heartbeat log lines when there is no progress bar ($PSSR_HEARTBEAT_S overrides)
+LOG_EVERY_S = float(os.environ.get("PSSR_HEARTBEAT_S", "120"))
 
 BatchLoss = Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 EpochCallback = Callable[[dict[str, Any]], None]
