@@ -3,15 +3,12 @@
 A GPU lease here is short (minutes), so this script sizes the runs to the budget instead of guessing:
 
 1. decode the dataset once (the cache is shared by every job);
-2. probe: start every job at once (PGD-AT, TRADES, PSSR and its four ablations), so the probe sees the
-   same contention as the real runs. Each PSSR variant trains one full epoch (its cosine schedule
-   starts at the base rate whatever the number of epochs, and the seeded per-epoch shuffles make
-   "1 epoch, then resume to E" the same run as "E epochs"), so the probe epoch is kept. The
-   adversarial trainers (one-cycle schedule: depends on the total) report their images/s through
-   heartbeat log lines and are stopped;
-3. from the measured epoch times, pick the epochs that fit what is left of the budget (PSSR variants
-   all get the same number, so the ablations compare like with like), resume the PSSR variants and
-   restart the adversarial trainers from the classifier;
+2. probe: start every job (PGD-AT, TRADES, PSSR; the four PSSR ablations as soon as PSSR has written
+   its adversarial-example cache, which they share), so the probe sees the contention of the real
+   runs; read each job's training images/s from its heartbeat log lines, then stop them all;
+3. from the measured rates, pick the epochs that fit what is left of the budget (the PSSR variants
+   all get the same number, so the ablations compare like with like) and restart every job from the
+   start (the adversarial trainers from the classifier; the PSSR variants keep the cache);
 4. stop whatever is still running at the deadline (each run checkpoints every epoch: a later
    session resumes it) and pack each run folder, without its adversarial-example cache, as
    ``OUT/<job>.tar.gz`` plus ``OUT/driver.log`` (the training state only of unfinished runs).
@@ -40,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = "runs/cifar10-jpeg/classifier.pt"
 N_TRAIN = 50_000
+SMOKE_SUBSET = 1024
+CACHE = "pssr-adv-cache.pt"
 ADV_JOBS = {"pgd-at": [], "trades": ["--set", "adv_train.method=trades"]}
 PSSR_JOBS = {
     "pssr": [],
@@ -65,7 +64,7 @@ def log(msg: str) -> None:
 def launch(name: str, argv: list[str], work: Path) -> subprocess.Popen:
     (work / name).mkdir(parents=True, exist_ok=True)
     out = open(work / f"{name}.log", "a")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PSSR_HEARTBEAT_S="10", PYTHONUNBUFFERED="1",
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PSSR_HEARTBEAT_S=os.environ.get("PSSR_HEARTBEAT_S", "10"), PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS=os.environ.get("JOB_THREADS", "2"))
     cmd = [sys.executable, "-m", "pssr", *argv]
     log(f"start {name}: {' '.join(cmd[2:])}")
@@ -94,18 +93,13 @@ def pssr_argv(name: str, work: Path, epochs: int, eval_n: int, adaptive_n: int, 
          "--results", str(work / name / "summary.json"), "--no-progress", "--set", f"run.classifier={CLASSIFIER}",
          "--set", f"pssr.epochs={epochs}", "--set", "pssr.bf16=true", "--set", f"run.eval_n={eval_n}",
          "--set", f"run.adaptive_n={adaptive_n}", *PSSR_JOBS[name]]
-    return a + (["--set", "pssr.train_subset=256", "--set", "pssr.val_size=100"] if smoke else [])
+    return a + (["--set", f"pssr.train_subset={SMOKE_SUBSET}", "--set", "pssr.val_size=100"] if smoke else [])
 
 
-def adv_rate(logfile: Path) -> float | None:
-    """The last heartbeat's images/s of an adversarial trainer (None before the first)."""
-    rates = re.findall(r"step \d+/\d+, (\d+) img/s", logfile.read_text(errors="replace"))
-    return float(rates[-1]) if len(rates) >= 2 else None  # the first includes warm-up
-
-
-def pssr_epoch_seconds(logfile: Path) -> float | None:
-    m = re.findall(r"epoch 1/\d+: .*?seconds=([\d.]+)", logfile.read_text(errors="replace"))
-    return float(m[-1]) if m else None
+def last_rate(logfile: Path) -> float | None:
+    """The last heartbeat's training images/s (None before the second: the first includes warm-up)."""
+    rates = re.findall(r"(?:step|batch) \d+/\d+, (\d+) img/s", logfile.read_text(errors="replace"))
+    return float(rates[-1]) if len(rates) >= 2 else None
 
 
 def dead(procs: dict[str, subprocess.Popen]) -> set[str]:
@@ -121,7 +115,7 @@ def pack(work: Path, out: Path, names: list[str]) -> None:
         with tarfile.open(tmp, "w:gz") as tar:
             for f in sorted(folder.iterdir()):
                 finished = (folder / "summary.json").is_file()
-                if f.name == "pssr-adv-cache.pt" or (finished and f.name == "pssr-train-state.pt"):
+                if f.name == CACHE or (finished and f.name == "pssr-train-state.pt"):
                     continue  # rebuilt in a minute / needed only to resume an unfinished run
                 tar.add(f, arcname=f"{name}/{f.name}")
             if (work / f"{name}.log").is_file():
@@ -154,26 +148,33 @@ def main() -> int:
                    cwd=ROOT, env=env, check=True, stdout=open(LOG, "a"), stderr=subprocess.STDOUT)
     log(f"data ready after {time.time() - t0:.0f} s")
 
-    # 2. probe, every job at once
+    # 2. probe: every job at once; the PSSR variants share the adversarial-example cache of the first
     only = set(args.only.split(",")) if args.only else set(ADV_JOBS) | set(PSSR_JOBS)
     adv_jobs = [n for n in ADV_JOBS if n in only]
     pssr_jobs = [n for n in PSSR_JOBS if n in only]
+    n_train = SMOKE_SUBSET if args.smoke else N_TRAIN
     procs = {n: launch(n, adv_argv(n, args.work, MAX_EPOCHS["adv"], args.smoke), args.work) for n in adv_jobs}
-    procs |= {n: launch(n, pssr_argv(n, args.work, 1, 100, 0, args.smoke), args.work) for n in pssr_jobs}
+    if pssr_jobs:
+        first = pssr_jobs[0]
+        procs[first] = launch(first, pssr_argv(first, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work)
     tp = time.time()
     rates: dict[str, float] = {}
-    pssr_s: dict[str, float] = {}
     while time.time() - tp < args.probe_timeout:
         time.sleep(3)
+        cache = args.work / pssr_jobs[0] / CACHE if pssr_jobs else None
+        if cache is not None and cache.is_file() and len(procs) < len(adv_jobs) + len(pssr_jobs):
+            log(f"adversarial-example cache ready after {time.time() - tp:.0f} s: shared with the ablations")
+            for n in pssr_jobs[1:]:
+                (args.work / n).mkdir(parents=True, exist_ok=True)
+                target = args.work / n / CACHE
+                target.unlink(missing_ok=True)
+                os.link(cache, target)  # same key (classifier, attack, data): same examples
+                procs[n] = launch(n, pssr_argv(n, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work)
         for n in procs:
-            lf = args.work / f"{n}.log"
-            if n in ADV_JOBS and (r := adv_rate(lf)) and rates.get(n) != r:
-                rates[n] = r  # kept running (the same contention as later) until the PSSR probes end
+            if (r := last_rate(args.work / f"{n}.log")) and rates.get(n) != r:
+                rates[n] = r  # kept running (the same contention as later) until every job has a rate
                 log(f"probe {n}: {r:.0f} img/s")
-            if n in PSSR_JOBS and n not in pssr_s and (s := pssr_epoch_seconds(lf)):
-                pssr_s[n] = s
-                log(f"probe {n}: first epoch {s:.0f} s")
-        if all(procs[n].poll() is not None for n in pssr_jobs) and set(rates) >= set(adv_jobs) - dead(procs):
+        if set(rates) | dead(procs) >= set(adv_jobs) | set(pssr_jobs):
             break
     for n, p in procs.items():
         stop(p)
@@ -182,29 +183,28 @@ def main() -> int:
             tail = (args.work / f"{n}.log").read_text(errors="replace").splitlines()[-15:]
             log("\n".join(tail))
 
-    # 3. sizes from the measurements
+    # 3. sizes from the measurements (the PSSR variants: one number for all, from the slowest)
     left = deadline - time.time()
     procs = {}
     plan: dict[str, int] = {}
-    n_train = 256 if args.smoke else N_TRAIN
-    if pssr_s:
-        epoch_s = max(pssr_s.values()) * SAFETY
-        e = int((left - STARTUP_S - EVAL_MARGIN_S["pssr"]) // epoch_s) + 1  # + the probe epoch already done
-        e = min(e, MAX_EPOCHS["pssr"])
+    pssr_rates = [rates[n] for n in pssr_jobs if n in rates]
+    if pssr_rates:
+        epoch_s = n_train / min(pssr_rates) * SAFETY
+        e = min(int((left - STARTUP_S - EVAL_MARGIN_S["pssr"]) // epoch_s), MAX_EPOCHS["pssr"])
         if e >= MIN_EPOCHS["pssr"]:
-            for n in pssr_s:
+            plan |= {n: e for n in pssr_jobs if (args.work / n / CACHE).is_file()}
+    for n in adv_jobs:
+        if n in rates:
+            e = min(int((left - STARTUP_S - EVAL_MARGIN_S["adv"]) // (N_TRAIN / rates[n] * SAFETY)), MAX_EPOCHS["adv"])
+            if e >= MIN_EPOCHS["adv"]:
                 plan[n] = e
-    for n, r in rates.items():
-        e = min(int((left - STARTUP_S - EVAL_MARGIN_S["adv"]) // (N_TRAIN / r * SAFETY)), MAX_EPOCHS["adv"])
-        if e >= MIN_EPOCHS["adv"]:
-            plan[n] = e
-    log(f"{left:.0f} s left; plan (epochs): {json.dumps(plan)}; pssr epoch {max(pssr_s.values(), default=0):.0f} s "
-        f"(n_train {n_train}), adv img/s {json.dumps(rates)}")
+    log(f"{left:.0f} s left; plan (epochs): {json.dumps(plan)}; images/s {json.dumps(rates)} (n_train {n_train})")
     for n, e in plan.items():
         if n in ADV_JOBS:
-            procs[n] = launch(n, adv_argv(n, args.work, e, args.smoke) + ["--no-resume"], args.work)
+            argv = adv_argv(n, args.work, e, args.smoke)
         else:
-            procs[n] = launch(n, pssr_argv(n, args.work, e, 300 if args.smoke else 0, 30 if args.smoke else 500, args.smoke), args.work)
+            argv = pssr_argv(n, args.work, e, 300 if args.smoke else 0, 30 if args.smoke else 500, args.smoke)
+        procs[n] = launch(n, argv + ["--no-resume"], args.work)  # the cache is kept: its key still matches
 
     # 4. wait for the deadline
     while time.time() < deadline and any(p.poll() is None for p in procs.values()):
