@@ -50,7 +50,7 @@ PSSR_JOBS = {
 EVAL_MARGIN_S = {"adv": 45.0, "pssr": 90.0}  # final evaluations (whole test set) after the last epoch
 STARTUP_S = 30.0  # a relaunched job: interpreter, data, cache, CUDA context
 SAFETY = 1.1  # measured epoch times are stretched by this (validation, checkpoints, noise)
-MAX_EPOCHS = {"adv": 30, "pssr": 30}
+MAX_EPOCHS = {"adv": 30, "pssr": 20}  # the configs' epochs
 MIN_EPOCHS = {"adv": 3, "pssr": 2}
 
 
