@@ -174,10 +174,20 @@ def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path, caps
     assert _checkpoint_data(load_models([str(tmp_path / "o" / "pssr.pt")])[1])["name"] == "digits"
     assert main(["train-pssr", "--config", str(cfg), "--set", "run.classifier=''"]) == 2  # clear error
     # no adaptive attack asked for: the summary line says so instead of failing on the missing keys
-    assert main(["train-pssr", "--config", str(cfg), "--out", str(tmp_path / "o"), "--results", str(res),
-                 "--set", "pssr.ratio=0.1", "--set", "run.adaptive_n=0", "--no-progress"]) == 0
+    args = ["train-pssr", "--config", str(cfg), "--out", str(tmp_path / "o"), "--results", str(res),
+            "--set", "pssr.ratio=0.1", "--set", "run.adaptive_n=0", "--no-progress"]
+    assert main([*args, "--no-resume"]) == 0
     assert "no adaptive attack" in capsys.readouterr().out
     assert json.loads(res.read_text())["test"]["adaptive_n"] == 0
+    # a finished run with the same training settings is reused as it is (no training, no evaluation),
+    # even when the evaluation settings differ; another training setting is refused, not mixed in
+    ck = tmp_path / "o" / "pssr.pt"
+    before = (ck.stat().st_mtime_ns, ck.read_bytes())
+    res.unlink()
+    assert main([*args[:-3], "--set", "run.eval_n=10", "--no-progress"]) == 0
+    assert (ck.stat().st_mtime_ns, ck.read_bytes()) == before
+    assert json.loads(res.read_text())["test"]["n"] == 40  # the stored evaluation, with its own settings
+    assert main([*args, "--set", "pssr.ratio=0.2"]) == 2
 
 
 # ------------------------------------------------------------------ the real thing

@@ -43,6 +43,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib
+import json
 import logging
 import math
 import time
@@ -162,12 +163,38 @@ def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfi
     return torch.cat(advs), torch.cat(targets)
 
 
-def _classifier_digest(model: nn.Module) -> str:
+def _classifier_digest(model: nn.Module | dict[str, Tensor]) -> str:
+    """Digest of a classifier's weights (a module or its state dict)."""
     h = hashlib.sha256()
-    for k, v in model.state_dict().items():
+    for k, v in (model if isinstance(model, dict) else model.state_dict()).items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _finished_run(out: Path, cfg: PSSRConfig, data_cfg: Any, classifier: nn.Module) -> dict[str, Any] | None:
+    """The stored summary of a finished run in ``out`` made with these training settings, this dataset
+    and this classifier; None when there is none (or any of them differs).
+
+    A rerun of a finished configuration (a preset run again, say) then costs no training and no
+    evaluation. The evaluation settings of ``[run]`` may differ: the stored quick evaluation is
+    returned with its own settings. A fine-tuned classifier (``classifier_lr > 0``) changes during
+    training, so such runs are never reused this way (they resume from their training state)."""
+    final, stored = out / FINAL_FILE, out / "pssr-train.json"
+    if cfg.classifier_lr > 0 or not (final.is_file() and stored.is_file()):
+        return None
+    try:
+        summary = json.loads(stored.read_text())
+        ck = load_checkpoint(final)
+    except (OSError, ValueError, RuntimeError, EOFError):
+        return None
+    plain = json.loads(json.dumps(asdict(cfg)))
+    saved = json.loads(json.dumps(ck.get("config", {})))
+    runtime = {"device"}
+    same = ({k: v for k, v in plain.items() if k not in runtime} == {k: v for k, v in saved.items() if k not in runtime}
+            and (summary.get("config") or {}).get("data") == json.loads(json.dumps(dataclasses.asdict(data_cfg)))
+            and _classifier_digest(ck["classifier"]["state_dict"]) == _classifier_digest(classifier))
+    return summary if same else None
 
 
 # ----------------------------------------------------------------------------- data
@@ -682,6 +709,13 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
     data = load_data(data_cfg)
     info = D.init_distributed(default_device(cfg.device))  # under torchrun; a no-op otherwise
     classifier, spec = load_classifier_checkpoint(run.classifier, device=D.device_for(info, default_device(cfg.device)))
+    done = _finished_run(out, cfg, data_cfg, classifier) if resume else None
+    if done is not None:
+        log.info("%s holds a finished run with these settings: reused (its quick evaluation included); "
+                 "resume=False / --no-resume trains again", out)
+        if results or run.results:
+            D.on_main(lambda: atomic_write_json(Path(results or run.results), done), info)
+        return done
     t0 = time.time()
     defense = train_pssr(classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec)
     train_s = time.time() - t0
