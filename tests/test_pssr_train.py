@@ -204,3 +204,16 @@ def test_training_improves_graybox_pgd_accuracy_on_digits(classifier, digits) ->
     assert r["clf_pgd_acc"] < 0.1, r
     assert r["pssr_graybox_pgd_acc"] > r["clf_pgd_acc"] + 0.25, r
     assert r["pssr_clean_acc"] > 0.6, r
+
+
+def test_pssr_training_logs_heartbeats_without_a_progress_bar(classifier, digits, monkeypatch, caplog) -> None:
+    import logging
+
+    from pssr.train import loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)
+    clf, _ = classifier
+    with caplog.at_level(logging.INFO, logger="pssr.train.pssr_train"):
+        train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1}), progress=False, classifier_spec=SPEC)
+    beats = [r.getMessage() for r in caplog.records if "since the last line" in r.getMessage()]
+    assert len(beats) >= 2 and beats[0].startswith("pssr epoch 1/1: batch 1/")

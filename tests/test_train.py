@@ -286,3 +286,17 @@ def test_shipped_configs_parse(path):
     build(ClassifierConfig, mapping.get("classifier"))
     if "adv_train" in mapping:
         build(AdvTrainConfig, mapping["adv_train"])
+
+
+def test_background_runs_log_heartbeats_with_the_recent_rate(digits, monkeypatch, caplog):
+    """Without a progress bar a run logs a heartbeat line (the GPU driver script sizes runs from the
+    rate since the previous line, which excludes the warm-up)."""
+    import logging
+
+    from pssr.train import loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="pssr.train.loop"):
+        train_classifier("tiny-cnn", digits, epochs=1, **FAST)
+    beats = [r.getMessage() for r in caplog.records if "since the last line" in r.getMessage()]
+    assert len(beats) >= 2 and all(" img/s (" in b for b in beats)

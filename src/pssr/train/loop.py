@@ -433,7 +433,7 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
-        last_note = t0
+        last_note, last_seen = t0, 0
         for i in bar:
             idx = batches[i]
             x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
@@ -455,10 +455,12 @@ def fit(
             if i % 20 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
             if isinstance(bar, _NoBar) and time.perf_counter() - last_note > LOG_EVERY_S:
-                # no progress bar (background run): a heartbeat line every LOG_EVERY_S seconds
-                last_note = time.perf_counter()
-                log.info("%s epoch %d/%d: step %d/%d, %.0f img/s", kind, epoch + 1, cfg.epochs, i + 1,
-                         steps_per_epoch, seen / (last_note - t0))
+                # no progress bar (background run): a heartbeat line every LOG_EVERY_S seconds, with the
+                # epoch's mean rate and the rate since the previous line (warm-up excluded)
+                now = time.perf_counter()
+                log.info("%s epoch %d/%d: step %d/%d, %.0f img/s (%.0f since the last line)", kind, epoch + 1,
+                         cfg.epochs, i + 1, steps_per_epoch, seen / (now - t0), (seen - last_seen) / (now - last_note))
+                last_note, last_seen = now, seen
         train_time = time.perf_counter() - t0
         if dist.enabled:  # epoch statistics over all ranks
             stats = D.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
