@@ -36,14 +36,16 @@ def classifiers() -> list[str]:
 
 def adversarial() -> list[str]:
     rows = ["| dataset | model | clean | PGD-20 robust (own trainer's eval) | eps | epochs | command |", "|---|---|---|---|---|---|---|"]
-    for ds in ("fashion-mnist", "mnist-10k"):
-        for m in ("pgd-at", "trades"):
-            d = _load(f"{ds}/{m}.json")
-            if not d:
-                continue
-            mt = d["metrics"]
-            rows.append(f"| {ds} | {m} | {_pct(mt['test_acc'])} | {_pct(mt.get('pgd20_robust_acc'))} (n={mt.get('pgd20_n')}) | "
-                        f"{mt.get('pgd20_eps')} | {d['epochs']} | `{d['command']}` |")
+    runs = [(ds, m, _load(f"{ds}/{m}.json")) for ds in ("fashion-mnist", "mnist-10k") for m in ("pgd-at", "trades")]
+    # runs made on a lent GPU (results/<dataset>/gpu/<method>-<epochs>ep.json)
+    runs += [(p.parent.parent.name, f"{p.stem} (GPU)", json.loads(p.read_text()))
+             for p in sorted((ROOT / "results").glob("*/gpu/*.json")) if p.stem.startswith(("pgd-at", "trades"))]
+    for ds, m, d in runs:
+        if not d:
+            continue
+        mt = d["metrics"]
+        rows.append(f"| {ds} | {m} | {_pct(mt['test_acc'])} | {_pct(mt.get('pgd20_robust_acc'))} (n={mt.get('pgd20_n')}) | "
+                    f"{mt.get('pgd20_eps')} | {d['epochs']} | `{d['command']}` |")
     return rows
 
 
@@ -99,13 +101,14 @@ def pssr_command(d: dict) -> str:
 def pssr() -> list[str]:
     rows = ["| dataset | variant | classifier clean | PSSR clean | PGD on classifier, then purified (paper protocol) | adaptive worst (BPDA / mask-constant full gradient) | eps | n (adaptive n) | command |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted((ROOT / "results").glob("*/pssr-train*.json")):
+    gpu = sorted((ROOT / "results").glob("*/gpu/pssr*.json"))  # runs made on a lent GPU
+    for path in sorted((ROOT / "results").glob("*/pssr-train*.json")) + gpu:
         d = json.loads(path.read_text())
         t = d.get("test")
         if not t:
             continue
         cmd = pssr_command(d)
-        suffix = path.stem.removeprefix("pssr-train").lstrip("-")
+        suffix = f"GPU {path.stem}" if path in gpu else path.stem.removeprefix("pssr-train").lstrip("-")
         if "--set pssr." in cmd:  # trained with settings the config no longer has (spelled out in cmd)
             variant = suffix or "earlier config"
         else:
