@@ -121,8 +121,13 @@ def reproduce(
     input_transforms: tuple[str, ...] = INPUT_TRANSFORMS,
     progress: bool = True,
     command: str | None = None,
+    device: str | None = "auto",
 ) -> dict[str, Any]:
     """Run preset ``preset`` end to end (resumable); return the combined report dict.
+
+    ``device`` is where the evaluation runs ("auto": CUDA when available); training runs where the
+    configs' ``device`` says (also "auto" by default). The evaluation's resumable state does not
+    depend on it: an evaluation begun on a CPU can be finished on a GPU and the other way round.
 
     ``attacks`` maps a norm to the harness's attack list for it (default: ``{"linf":
     "paper,adaptive", "l2": "paper"}``); ``overrides`` are ``section.key=value`` strings applied
@@ -190,7 +195,7 @@ def reproduce(
     for norm, names in attack_lists.items():
         log.info("[%s] 4/4 evaluation (%s, %s)", tag, norm, names)
         rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
-                       state_dir=runs / f"eval-{norm}", progress=progress, dataset=data.name)
+                       state_dir=runs / f"eval-{norm}", progress=progress, dataset=data.name, device=device)
         rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
 

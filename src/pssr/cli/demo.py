@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=None, help="results folder (default results/NAME)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
+    r.add_argument("--device", default="auto",
+                   help="where the evaluation runs: auto (CUDA when available), cpu, cuda (training: the configs' device)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=_reproduce)
 
@@ -45,7 +47,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     res = reproduce(args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick,
                     ablations=args.ablations, baselines=args.baselines, eval_n=args.n,
-                    overrides=tuple(args.overrides), progress=args.progress, command=_command())
+                    overrides=tuple(args.overrides), progress=args.progress, command=_command(), device=args.device)
     _print_summary(res)
     return 0
 
