@@ -42,9 +42,21 @@ def test_digits_contract_and_seeded_split():
     assert len(flat(d.train)) + len(flat(d.val)) + len(flat(d.test)) >= len(flat(d.train) | flat(d.val) | flat(d.test))
 
 
+def test_shared_data_dir_skips_folders_without_the_file(tmp_path, monkeypatch):
+    real = shared_data_dir("mnist-10k.npz")
+    if real is None:
+        pytest.skip("shared/data/mnist-10k.npz is not present on this machine")
+    (tmp_path / "shared" / "data").mkdir(parents=True)  # a partial copy nearer the working directory
+    monkeypatch.chdir(tmp_path)
+    assert shared_data_dir() == tmp_path / "shared" / "data"
+    found = shared_data_dir("mnist-10k.npz")
+    assert found != tmp_path / "shared" / "data" and (found / "mnist-10k.npz").is_file()
+    assert pdata.load("mnist-10k").test.x.shape == (2000, 1, 28, 28)
+
+
 def test_mnist_10k_contract():
-    base = shared_data_dir()
-    if base is None or not (base / "mnist-10k.npz").is_file():
+    base = shared_data_dir("mnist-10k.npz")
+    if base is None:
         pytest.skip("shared/data/mnist-10k.npz is not present on this machine")
     d = pdata.load("mnist-10k")
     check_contract(d, (1, 28, 28), (7000, 1000, 2000), 10)

@@ -55,12 +55,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PSSR_CACHE", Path.home() / ".cache" / "pssr"))
 
 
-def shared_data_dir() -> Path | None:
-    """The ``shared/data`` folder beside the project checkout, when there is one."""
+def shared_data_dir(name: str | None = None) -> Path | None:
+    """The ``shared/data`` folder beside the project checkout (or in it, or above the working
+    directory), when there is one; with ``name``, the first such folder that holds that file (a
+    partial copy, e.g. one archive copied into the checkout for a GPU machine, does not hide the rest)."""
     here = Path(__file__).resolve()
     for parent in [Path.cwd(), *Path.cwd().parents, *here.parents]:
         cand = parent / "shared" / "data"
-        if cand.is_dir():
+        if cand.is_dir() and (name is None or (cand / name).exists()):
             return cand
     return None
 
@@ -305,7 +307,7 @@ def cifar10_jpeg(data_dir: str | Path | None = None, val_fraction: float = 0.0, 
     """The CIFAR-10 JPEG archive (``shared/data/cifar10-jpeg.tar.gz``) read through ``image-folder``."""
     path = Path(data_dir) if data_dir else None
     if path is None or path.is_dir() and not (path / "train").is_dir():
-        base = path or shared_data_dir()
+        base = path or shared_data_dir("cifar10-jpeg.tar.gz")
         path = base / "cifar10-jpeg.tar.gz" if base else None
     if path is None or not path.exists():
         raise DataError("cifar10-jpeg: archive not found; pass --data-dir to cifar10-jpeg.tar.gz or its folder")
@@ -360,7 +362,7 @@ def mnist_10k(data_dir: str | Path | None = None, val_fraction: float = 0.1, see
     """The 10,000 real MNIST digits of ``shared/data/mnist-10k.npz`` with a seeded 70/10/20 split."""
     path = Path(data_dir) if data_dir else None
     if path is None or path.is_dir():
-        base = path or shared_data_dir()
+        base = path or shared_data_dir("mnist-10k.npz")
         path = base / "mnist-10k.npz" if base else None
     if path is None or not path.is_file():
         raise DataError("mnist-10k: mnist-10k.npz not found; pass --data-dir to the file or its folder")
