@@ -1,6 +1,7 @@
 """Gzip the per-example records of finished evaluation reports before committing them to results/.
 
     .venv/bin/python scripts/compress_records.py results/digits/linf results/digits/l2
+    .venv/bin/python scripts/compress_records.py results/digits      (a preset's folder: all of it)
 
 For each report folder: records.jsonl -> records.jsonl.gz (deterministic: no timestamp in the gzip
 header), report.json's ``records_file`` (and report.md) pointed at it, then records.jsonl removed.
@@ -37,12 +38,34 @@ def compress(folder: Path) -> str:
     return f"{folder}: {len(data) / 1e6:.1f} MB -> {(folder / 'records.jsonl.gz').stat().st_size / 1e6:.2f} MB"
 
 
+def compress_preset(folder: Path) -> list[str]:
+    """A preset's results folder (``report.json`` with one evaluation per norm in sub-folders): compress
+    each sub-folder, then point the combined report at the compressed files and re-render it."""
+    from pssr.reproduce import render_preset_markdown
+
+    d = json.loads((folder / "report.json").read_text())
+    lines = [compress(folder / norm) for norm in d["evaluations"] if (folder / norm / "report.json").is_file()]
+    changed = False
+    for norm, ev in d["evaluations"].items():
+        if (folder / norm / "records.jsonl.gz").is_file() and ev.get("records_file") != "records.jsonl.gz":
+            ev["records_file"] = "records.jsonl.gz"
+            changed = True
+    if changed:
+        atomic_write_json(folder / "report.json", d)
+    atomic_write_text(folder / "report.md", render_preset_markdown(d))  # re-rendered by the current code
+    return [*lines, f"{folder}: combined report {'pointed at the compressed records' if changed else 'already up to date'}"]
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
     for a in argv:
-        print(compress(Path(a)))
+        report = Path(a) / "report.json"
+        if report.is_file() and "evaluations" in json.loads(report.read_text()):
+            print("\n".join(compress_preset(Path(a))))
+        else:
+            print(compress(Path(a)))
     return 0
 
 

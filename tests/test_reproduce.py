@@ -34,6 +34,11 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     assert set(report["evaluations"]) == {"linf", "l2"}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "preset `digits`" in md and "pssr" in md
+    # the combined report's plot and records links resolve from its own folder
+    import re
+
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md) + re.findall(r"Per-example records: `([^`]+)`", md)
+    assert links and all((tmp_path / "out" / link).is_file() for link in links), links
     for norm in ("linf", "l2"):
         assert (tmp_path / "out" / norm / "report.json").is_file()
     # every model's worst case is at most its clean accuracy

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -257,5 +258,12 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     for norm, rep in combined.get("evaluations", {}).items():
         body = render_markdown(rep)
         lines += ["", f"## Evaluation, {norm}", ""]
-        lines += ["#" + ln if ln.startswith("#") else ln for ln in body.splitlines()]
+        for ln in body.splitlines():
+            if ln.startswith("#"):
+                ln = "#" + ln
+            elif ln.startswith("!["):  # plots and records live in the norm's own folder (results/NAME/<norm>/)
+                ln = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", rf"]({norm}/\1)", ln)
+            elif ln.startswith("Per-example records: `"):
+                ln = ln.replace("`", f"`{norm}/", 1)
+            lines.append(ln)
     return "\n".join(lines) + "\n"
