@@ -115,9 +115,9 @@ def pack(work: Path, out: Path, names: list[str]) -> None:
         if not folder.is_dir():
             continue
         tmp = out / f".{name}.tar.gz"
+        finished = (folder / "summary.json").is_file()
         with tarfile.open(tmp, "w:gz") as tar:
             for f in sorted(folder.iterdir()):
-                finished = (folder / "summary.json").is_file()
                 if f.name == CACHE or (finished and f.name == "pssr-train-state.pt"):
                     continue  # rebuilt in a minute / needed only to resume an unfinished run
                 tar.add(f, arcname=f"{name}/{f.name}")

@@ -433,7 +433,7 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
-        last_note, last_seen = t0, 0
+        heartbeat = Heartbeat(log)
         for i in bar:
             idx = batches[i]
             x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
@@ -454,13 +454,8 @@ def fit(
             seen += y.shape[0]
             if i % 20 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-            if isinstance(bar, _NoBar) and time.perf_counter() - last_note > LOG_EVERY_S:
-                # no progress bar (background run): a heartbeat line every LOG_EVERY_S seconds, with the
-                # epoch's mean rate and the rate since the previous line (warm-up excluded)
-                now = time.perf_counter()
-                log.info("%s epoch %d/%d: step %d/%d, %.0f img/s (%.0f since the last line)", kind, epoch + 1,
-                         cfg.epochs, i + 1, steps_per_epoch, seen / (now - t0), (seen - last_seen) / (now - last_note))
-                last_note, last_seen = now, seen
+            if isinstance(bar, _NoBar):  # no progress bar (background run)
+                heartbeat(seen, "%s epoch %d/%d: step %d/%d", kind, epoch + 1, cfg.epochs, i + 1, steps_per_epoch)
         train_time = time.perf_counter() - t0
         if dist.enabled:  # epoch statistics over all ranks
             stats = D.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
@@ -518,6 +513,25 @@ def _tqdm(it: range, desc: str, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class Heartbeat:
+    """Progress log lines for runs without a progress bar: called after every batch with the images
+    seen so far in the epoch, it logs at most one line every ``LOG_EVERY_S`` seconds, with the epoch's
+    mean rate and the rate since the previous line (which leaves the warm-up out). One per epoch."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.start = self.last = time.perf_counter()
+        self.last_seen = 0
+
+    def __call__(self, seen: int, msg: str, *args: Any) -> None:
+        now = time.perf_counter()
+        if now - self.last <= LOG_EVERY_S:
+            return
+        self.logger.info(msg + ", %.0f img/s (%.0f since the last line)", *args, seen / (now - self.start),
+                         (seen - self.last_seen) / (now - self.last))
+        self.last, self.last_seen = now, seen
 
 
 class _NoBar:

@@ -458,8 +458,8 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         tap = losses.FeatureTap(classifier, cfg.feature_layer) if cfg.w_semantic_feat > 0 and cfg.feature_layer else None
         attack_model = defense.bpda("mask-constant") if cfg.adv_target == "pipeline" else classifier
         for epoch in range(start_epoch, cfg.epochs):
-            te = last_note = time.time()
-            last_seen = 0
+            te = time.time()
+            heartbeat = _loop.Heartbeat(log)
             if opt is not None:  # cosine schedule from the epoch index (so resume needs no scheduler state)
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
@@ -500,12 +500,9 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                     sums[k] = sums.get(k, 0.0) + v
                 if progress and main and loss is not None:
                     bar.set_postfix({"loss" if share is None else "loss_rank0": f"{float(loss):.3f}"})
-                elif not progress and main and time.time() - last_note > _loop.LOG_EVERY_S:
-                    now, seen = time.time(), min(i + cfg.batch_size, len(order))  # a heartbeat line (no bar)
-                    log.info("pssr epoch %d/%d: batch %d/%d, %.0f img/s (%.0f since the last line)", epoch + 1,
-                             cfg.epochs, bi + 1, math.ceil(len(order) / cfg.batch_size), seen / (now - te),
-                             (seen - last_seen) / (now - last_note))
-                    last_note, last_seen = now, seen
+                elif not progress and main:  # no progress bar (background run)
+                    heartbeat(min(i + cfg.batch_size, len(order)), "pssr epoch %d/%d: batch %d/%d", epoch + 1,
+                              cfg.epochs, bi + 1, math.ceil(len(order) / cfg.batch_size))
             if info.enabled:  # the loss parts are per-rank contributions: their sum is the global batch's loss
                 sums = {k: sum(p.get(k, 0.0) for p in D.all_gather_objects(sums, info)) for k in sorted(sums)}
             rec: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - te, 1),
