@@ -221,7 +221,7 @@ def test_cli_train_classifier_end_to_end(tmp_path, capsys):
     s = json.loads(summary.read_text())
     assert s == json.loads((out / "classifier.json").read_text())
     assert s["epochs"] == 6 and s["seed"] == 2 and s["config"]["epochs"] == 6 and s["metrics"]["test_acc"] > 0.7
-    assert s["command"].startswith("pssr ") and s["images_per_second"] > 0 and "hardware" in s["metadata"]
+    assert s["command"].startswith("pssr train-") and s["images_per_second"] > 0 and "hardware" in s["metadata"]
     assert load_classifier(out / "classifier.pt") is not None
 
 

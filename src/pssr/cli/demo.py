@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 DEMO_ATTACKS = {
@@ -38,16 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-def _command() -> str:
-    return "pssr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
 
 def _reproduce(args: argparse.Namespace) -> int:
     from pssr.reproduce import reproduce
 
     res = reproduce(args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick,
                     ablations=args.ablations, baselines=args.baselines, eval_n=args.n,
-                    overrides=tuple(args.overrides), progress=args.progress, command=_command(), device=args.device)
+                    overrides=tuple(args.overrides), progress=args.progress, command=args.command_line, device=args.device)
     _print_summary(res)
     return 0
 
@@ -59,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     # AutoAttack (the slow parts on a CPU); `pssr reproduce --preset digits` runs everything.
     res = reproduce("digits", runs_dir=args.out, results_dir=args.out / "report", quick=True, ablations=False,
                     attacks=DEMO_ATTACKS, eval_n=args.n, input_transforms=("jpeg", "bit-depth", "median"),
-                    progress=args.progress, command=_command())
+                    progress=args.progress, command=args.command_line)
     _print_summary(res)
     print(f"report: {args.out / 'report' / 'report.md'}")
     return 0

@@ -10,8 +10,6 @@ docs/distributed.md).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,9 +41,6 @@ def _mapping(args: argparse.Namespace, section: str) -> dict[str, Any]:
     return apply_overrides(load_toml(args.config), sets)
 
 
-def _command() -> str:
-    return shlex.join(["pssr", *sys.argv[1:]])
-
 
 def _out(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -74,14 +69,14 @@ def _train_classifier(args: argparse.Namespace) -> int:
     from pssr.train.classifier import run_from_config
 
     return _run_and_print(lambda: run_from_config(_mapping(args, "classifier"), _out(args), summary_path=args.summary,
-                                                  resume=args.resume, progress=args.progress, command=_command()))
+                                                  resume=args.resume, progress=args.progress, command=args.command_line))
 
 
 def _train_adversarial(args: argparse.Namespace) -> int:
     from pssr.train.adversarial import run_from_config
 
     return _run_and_print(lambda: run_from_config(_mapping(args, "adv_train"), _out(args), summary_path=args.summary,
-                                                  resume=args.resume, progress=args.progress, command=_command()))
+                                                  resume=args.resume, progress=args.progress, command=args.command_line))
 
 
 def register(subparsers: Any) -> None:

@@ -1,0 +1,197 @@
+"""Choose PSSR's inference-time removal ratio on its validation split.
+
+The removal ratio (``PSSRConfig.ratio``, the share of pixels Pixel Surgery removes) is fixed while
+training, but the scorer and the regenerator work for any ratio, and the ratio trades clean accuracy
+(every removed pixel of a clean image is a pixel the regenerator has to guess) against the share of
+the attack that is cut out. :func:`calibrate_ratio` measures that trade-off on the images PSSR
+held out of its own training (the validation split of :func:`pssr.train.pssr_train._splits`, the
+same seed and size) and picks a ratio by a rule fixed in advance, so the test split never takes
+part in the choice:
+
+* gray-box (the paper's protocol): Linf PGD on the bare classifier, made once, then purified with
+  each candidate ratio;
+* the chosen ratio has the highest gray-box accuracy among those whose clean accuracy is at most
+  ``max_clean_drop`` below the bare classifier's on the same images (ties: the smaller clean drop,
+  then the larger ratio); when no ratio meets the bound, the one with the highest clean accuracy,
+  with ``constraint_met = False``.
+
+What it does not measure: adaptive attacks (they see the whole defense and, on every model we
+trained, get through at every ratio); run the harness (``pssr evaluate``) on the calibrated
+checkpoint. The classifier's validation accuracy is measured on images it may have trained on
+(PSSR's validation split comes out of the training split when the dataset has no validation split),
+so the clean-drop bound is optimistic there; the test-split evaluation says what it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pssr.defense.pssr import PSSR, eval_mode
+from pssr.train.pssr_train import _splits, pgd
+
+log = logging.getLogger(__name__)
+
+
+def _accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """Per-example correctness (N,) bool, on the CPU."""
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def graybox_examples(classifier: torch.nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
+                     alpha: float | None = None, seed: int = 0, batch_size: int = 250) -> Tensor:
+    """Linf PGD (random start, ``steps`` iterations of ``alpha``, default ``2.5 * eps / steps``) on the
+    bare classifier, batch by batch with a generator seeded by ``seed`` and the batch index."""
+    alpha = alpha if alpha is not None else 2.5 * eps / steps
+    dev = next(classifier.parameters()).device
+    parts = []
+    for b, i in enumerate(range(0, len(x), batch_size)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        parts.append(pgd(classifier, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), eps, alpha, steps,
+                         generator=g).cpu())
+    return torch.cat(parts) if parts else x.clone()
+
+
+def _check_ratios(ratios: Sequence[float]) -> list[float]:
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence) or len(ratios) == 0:
+        raise ValueError(f"ratios must be a non-empty sequence of numbers in [0, 1], got {ratios!r}")
+    out = []
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 <= r <= 1.0:
+            raise ValueError(f"every ratio must be a number in [0, 1], got {r!r}")
+        out.append(float(r))
+    if len(set(out)) != len(out):
+        raise ValueError(f"ratios has duplicates: {ratios!r}")
+    return out
+
+
+def choose(rows: list[dict[str, Any]], clf_clean: float, max_clean_drop: float) -> tuple[dict[str, Any], bool]:
+    """The rule of the module docstring: (chosen row, whether it meets the clean-drop bound)."""
+    ok = [r for r in rows if clf_clean - r["clean_acc"] <= max_clean_drop + 1e-12]
+    if ok:
+        return max(ok, key=lambda r: (r["graybox_acc"], r["clean_acc"], r["ratio"])), True
+    return max(rows, key=lambda r: (r["clean_acc"], r["graybox_acc"], r["ratio"])), False
+
+
+def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_clean_drop: float = 0.03,
+                    eps: float | None = None, steps: int = 20, seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+    """Measure clean and gray-box accuracy of ``defense`` on its validation split for each ratio.
+
+    ``data``: the dataset PSSR was trained on (``pssr.data.load(...)``), from which the validation
+    split is rebuilt with ``defense.config.seed`` and ``val_size``. ``max_clean_drop``: a fraction
+    (0.03 = 3 points). ``eps`` defaults to the training budget ``defense.config.eps``. Returns a
+    JSON-ready dict with one row per ratio, the classifier's accuracies and the ``chosen`` ratio;
+    ``defense`` is left with its original configuration (see :func:`with_ratio`).
+    """
+    if not isinstance(defense, PSSR):
+        raise TypeError(f"defense must be a pssr.PSSR, got {type(defense).__name__}")
+    cfg = defense.config
+    if not cfg.use_surgery:
+        raise ValueError("this PSSR removes no pixels (use_surgery=False, regeneration only): there is no ratio to calibrate")
+    if cfg.mask_mode != "topk":
+        raise ValueError(f"calibrate_ratio needs mask_mode='topk' (a ratio); this PSSR uses {cfg.mask_mode!r}")
+    ratios = _check_ratios(ratios)
+    if not (isinstance(max_clean_drop, (int, float)) and 0.0 <= max_clean_drop <= 1.0):
+        raise ValueError(f"max_clean_drop must be a fraction in [0, 1] (0.03 = 3 points), got {max_clean_drop!r}")
+    eps = cfg.eps if eps is None else eps
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _, _, xv, yv = _splits(data, cfg)
+    if len(xv) == 0:
+        raise ValueError("the validation split is empty (pssr.val_size = 0?): nothing to calibrate on")
+    clf = defense.classifier
+    with eval_mode(defense):
+        xa = graybox_examples(clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size)
+        clf_clean = float(_accuracy(clf, xv, yv, batch_size).float().mean())
+        clf_adv = float(_accuracy(clf, xa, yv, batch_size).float().mean())
+        rows = []
+        try:
+            for r in ratios:
+                defense.config = dataclasses.replace(cfg, ratio=r)
+                row = {"ratio": r, "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
+                       "clean_acc": float(_accuracy(defense, xv, yv, batch_size).float().mean()),
+                       "graybox_acc": float(_accuracy(defense, xa, yv, batch_size).float().mean())}
+                rows.append(row)
+                log.info("ratio %.4g: clean %.4f, gray-box PGD-%d %.4f", r, row["clean_acc"], steps, row["graybox_acc"])
+        finally:
+            defense.config = cfg
+    best, met = choose(rows, clf_clean, max_clean_drop)
+    return {"split": "validation (held out of PSSR training)", "n": len(xv), "eps": float(eps), "steps": steps,
+            "seed": seed, "trained_ratio": cfg.ratio, "max_clean_drop": max_clean_drop,
+            "classifier_clean_acc": clf_clean, "classifier_graybox_acc": clf_adv, "rows": rows,
+            "chosen": best["ratio"], "constraint_met": met,
+            "rule": "highest gray-box accuracy among ratios with clean drop <= max_clean_drop "
+                    "(ties: smaller drop, then larger ratio); else the highest clean accuracy"}
+
+
+def with_ratio(defense: PSSR, ratio: float) -> PSSR:
+    """``defense`` itself, its config's ``ratio`` set to ``ratio`` (in place; returned for chaining)."""
+    (r,) = _check_ratios([ratio])
+    defense.config = dataclasses.replace(defense.config, ratio=r)
+    return defense
+
+
+def calibrate_checkpoint(checkpoint: str, ratios: Sequence[float], *, out: str | None = None, results: str | None = None,
+                         max_clean_drop: float = 0.03, eps: float | None = None, steps: int = 20, seed: int = 0,
+                         data: str | None = None, data_dir: str | None = None, test_n: int = 0, adaptive_n: int = 0,
+                         device: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """``pssr calibrate``: :func:`calibrate_ratio` on a saved PSSR, then (``out``) save it with the
+    chosen ratio and (``test_n`` > 0, or -1 for the whole test split) a quick evaluation of it on the
+    test split (:func:`pssr.train.pssr_train.quick_eval`, PGD-``steps``, ``adaptive_n`` images
+    attacked through the BPDA views). The dataset is the one recorded in the checkpoint unless
+    ``data`` names another. Returns the summary also written to ``results`` (JSON)."""
+    from pathlib import Path
+
+    from pssr.train.loop import DataConfig, load_data
+    from pssr.train.pssr_train import quick_eval
+    from pssr.utils import atomic_write_json, run_metadata
+    from pssr.utils.runtime import default_device
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no PSSR checkpoint at {checkpoint}")
+    if test_n < -1 or adaptive_n < 0:
+        raise ValueError(f"test_n must be >= -1 (-1 = whole test split) and adaptive_n >= 0, got {test_n}, {adaptive_n}")
+    defense = PSSR.load(checkpoint, device=default_device(device))
+    stored = defense.metrics.get("data") if isinstance(defense.metrics.get("data"), dict) else {}
+    if data is None and not stored.get("name"):
+        raise ValueError(f"{checkpoint} records no dataset; pass --data NAME")
+    if data is not None and data != stored.get("name"):
+        stored = {"name": data}
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    data_cfg = DataConfig(**{k: v for k, v in stored.items() if k in fields})
+    if data_dir is not None:
+        data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
+    ds = load_data(data_cfg)
+    cal = calibrate_ratio(defense, ds, ratios, max_clean_drop=max_clean_drop, eps=eps, steps=steps, seed=seed)
+    summary: dict[str, Any] = {"kind": "pssr-calibration", "command": command, "checkpoint": str(checkpoint),
+                               "dataset": data_cfg.name, "data": dataclasses.asdict(data_cfg), "calibration": cal}
+    with_ratio(defense, cal["chosen"])
+    if test_n:
+        test = ds.test if test_n == -1 else ds.test.subset(test_n, seed=seed)
+        ev = quick_eval(defense, test.x, test.y, eps=cal["eps"], steps=steps, adaptive_n=adaptive_n, seed=seed)
+        summary["test"] = {"ratio": cal["chosen"], **ev}
+    summary["metadata"] = run_metadata()
+    if out is not None:
+        if "test" in defense.metrics:  # measured at the trained ratio: keep it, under a name that says so
+            defense.metrics["test_at_trained_ratio"] = defense.metrics.pop("test")
+        if "test" in summary:
+            defense.metrics["test"] = summary["test"]
+        defense.metrics["calibration"] = cal
+        defense.save(out)
+        summary["calibrated_checkpoint"] = str(out)
+    if results is not None:
+        atomic_write_json(Path(results), summary)
+    return summary
