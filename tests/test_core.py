@@ -104,6 +104,10 @@ def test_atomic_json_and_metadata(tmp_path):
     meta_mod._START.clear()
     p = atomic_write_json(tmp_path / "m.json", {"meta": meta, "t": torch.tensor(1.5)})
     assert '"t": 1.5' in p.read_text()
+    # the file gets the mode an ordinary open() would give it, not mkstemp's private 0600
+    ref = tmp_path / "plain.txt"
+    ref.write_text("x")
+    assert p.stat().st_mode & 0o777 == ref.stat().st_mode & 0o777
 
 
 def test_seed_everything_validates_and_repeats():
