@@ -218,11 +218,32 @@ def benchmarks() -> list[str]:
     return [*out, "", "Command: `.venv/bin/python benchmarks/run_all.py` (writes results/benchmarks.json)."]
 
 
+def calibrations() -> list[str]:
+    """``pssr calibrate`` runs (results/<dataset>/calibrated/*.json): the ratio chosen on validation, then test."""
+    rows = ["| dataset | checkpoint | validation (n): ratio -> clean / gray-box | trained -> chosen ratio | "
+            "test n | classifier clean | PSSR clean | gray-box PGD | adaptive worst (n) | command |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted((ROOT / "results").glob("*/calibrated/*.json")):
+        d = json.loads(p.read_text())
+        c, t = d["calibration"], d.get("test")
+        val = "; ".join(f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}" for r in c["rows"])
+        val = f"({c['n']}, classifier {100 * c['classifier_clean_acc']:.1f}) {val}"
+        test = (f"{t['n']} | {_pct(t['clf_clean_acc'])} | {_pct(t['pssr_clean_acc'])} | {_pct(t['pssr_graybox_pgd_acc'])} | "
+                f"{_pct(t.get('pssr_adaptive_worst_acc'))} ({t['adaptive_n']})" if t else "— | — | — | — | —")
+        rows.append(f"| [{d['dataset']}]({p.relative_to(ROOT)}) | `{d['checkpoint']}` | {val} | {c['trained_ratio']:g} -> "
+                    f"**{c['chosen']:g}**{'' if c['constraint_met'] else ' (bound not met)'} | {test} | `{d['command']}` |")
+    return rows
+
+
 def main() -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
            "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "",
            "Each command reproduces its row with the configs as they are now: every setting of the run that differs "
            "from the config file's current value is spelled out as `--set`.", "", *pssr(), "",
+           "### Inference removal ratio chosen on validation (`pssr calibrate`, gray-box PGD-20, L-inf)", "",
+           "The ratio with the best gray-box accuracy on PSSR's own validation split within 3 points of the classifier's "
+           "clean accuracy there (else the most accurate on clean images); then the whole test split with that ratio.",
+           "", *calibrations(), "",
            "### Harness evaluations (paper protocol vs adaptive, worst case per example)", "", *evaluations(), "",
            "### Per-attack tables", "", *per_attack(), "", "### Speed (benchmarks)", "", *benchmarks()]
     print("\n".join(out))
