@@ -24,6 +24,7 @@ _SUBMODULES = {"data", "models", "attacks", "defense", "evaluation", "train", "c
 _LAZY = {
     "train_classifier": ("pssr.train.classifier", "train_classifier"),
     "train_pssr": ("pssr.train.pssr_train", "train_pssr"),
+    "calibrate_ratio": ("pssr.train.calibrate", "calibrate_ratio"),
     "PSSR": ("pssr.defense.pssr", "PSSR"),
     "evaluate": ("pssr.evaluation.harness", "evaluate"),
     "create_model": ("pssr.models", "create_model"),
@@ -42,4 +43,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'pssr' has no attribute {name!r}")
 
 
-__all__ = ["PSSR", "__version__", "create_attack", "create_model", "evaluate", "train_classifier", "train_pssr"]
+__all__ = ["PSSR", "__version__", "calibrate_ratio", "create_attack", "create_model", "evaluate", "train_classifier", "train_pssr"]
