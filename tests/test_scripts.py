@@ -1,4 +1,4 @@
-"""scripts/results_table.py: the README's PSSR commands are rebuilt against the configs as they are now."""
+"""scripts/: the README's PSSR commands rebuilt against the configs as they are now; calibration table and plot."""
 
 from __future__ import annotations
 
@@ -46,3 +46,33 @@ def test_pssr_command_of_a_run_with_todays_settings_has_no_pssr_overrides():
     assert "--set pssr." not in cmd
     # without a config file to compare with, the recorded command is all there is
     assert rt.pssr_command({"command": "pssr train-pssr --set pssr.epochs=3"}) == "pssr train-pssr --set pssr.epochs=3"
+
+
+def _calibration(chosen: float, met: bool) -> dict:
+    rows = [{"ratio": r, "removed_pixels": int(r * 64), "clean_acc": 0.9 - r, "graybox_acc": 0.5 + r} for r in (0.0, 0.1, 0.2)]
+    return {"kind": "pssr-calibration", "command": "pssr calibrate --checkpoint ck.pt --ratios 0,0.1,0.2",
+            "checkpoint": "ck.pt", "dataset": "digits",
+            "calibration": {"n": 96, "steps": 20, "trained_ratio": 0.1, "chosen": chosen, "constraint_met": met,
+                            "classifier_clean_acc": 0.95, "rows": rows},
+            "test": {"n": 359, "ratio": chosen, "clf_clean_acc": 0.97, "pssr_clean_acc": 0.9, "pssr_graybox_pgd_acc": 0.6,
+                     "adaptive_n": 50, "pssr_adaptive_worst_acc": 0.02}}
+
+
+def test_calibration_table_and_plot_render_from_the_json(tmp_path):
+    import json
+
+    (tmp_path / "results" / "digits" / "calibrated").mkdir(parents=True)
+    (tmp_path / "results" / "digits" / "calibrated" / "a.json").write_text(json.dumps(_calibration(0.2, False)))
+    rt = _results_table()
+    rt.ROOT = tmp_path
+    rows = rt.calibrations()
+    assert len(rows) == 3  # header, rule, one run
+    assert "0.1 -> **0.2** (bound not met)" in rows[2] and "0.2: 70.0 / 70.0" in rows[2]
+    assert "| 359 | 97.00% | 90.00% | 60.00% | 2.00% (50) |" in rows[2]
+    spec = importlib.util.spec_from_file_location("plot_calibration", ROOT / "scripts" / "plot_calibration.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "fig.png"
+    assert mod.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert mod.main(["--results", str(tmp_path / "empty"), "--out", str(out)]) == 1
