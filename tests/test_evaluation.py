@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -344,9 +345,56 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
     # rerunning a finished state recomputes nothing and gives the same records again
     again = evaluate(models, digits.test, state_dir=str(state_dir), **kw)
     assert again.records == full.records
-    # other settings are refused instead of mixed in
-    with pytest.raises(ValueError, match="different settings"):
-        evaluate(models, digits.test, state_dir=str(state_dir), **{**kw, "eps": [0.3]})
+    # other settings reuse what they share (checks, clean passes) and compute the rest
+    saved = []
+    monkeypatch.setattr(state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit)))
+    other = evaluate(models, digits.test, state_dir=str(state_dir), **{**kw, "eps": [0.3]})
+    assert saved and all(k.startswith("attack|") and k.endswith("|0.3") for k in saved)
+    assert other.records == evaluate(models, digits.test, **{**kw, "eps": [0.3]}).records
+
+
+@dataclasses.dataclass
+class _Level:
+    level: float = 0.5
+
+
+class Threshold(Quantize):
+    """Quantize with its threshold in a ``config`` dataclass: a setting the weights do not show."""
+
+    def __init__(self, classifier: nn.Module, level: float) -> None:
+        super().__init__(classifier)
+        self.config = _Level(level)
+
+    def purify(self, x: Tensor) -> Tensor:
+        return (x.detach() > self.config.level).float()
+
+
+def test_state_is_reused_unit_by_unit_never_across_changed_inputs(clf, digits, tmp_path, monkeypatch):
+    kw = dict(attacks=["t-fgsm", "t-pgd-bpda@adaptive"], eps=[0.1], n=40, batch_size=20, progress=False, checks=CHECKS)
+    state = str(tmp_path / "state")
+    orig = state_mod.StateStore.save
+    saved: list[str] = []
+    monkeypatch.setattr(state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit)))
+
+    def run(models):
+        saved.clear()
+        rep = evaluate(models, digits.test, state_dir=state, **kw)
+        computed = {k.split("|")[1] for k in saved}
+        assert rep.records == evaluate(models, digits.test, **kw).records  # as a fresh evaluation
+        return computed
+
+    assert run({"none": clf}) == {"none"}
+    assert run({"none": clf, "q": Threshold(clf, 0.5)}) == {"q"}  # a model added: the other one reused
+    assert run({"none": clf, "q": Threshold(clf, 0.3)}) == {"q"}  # same weights, other config: recomputed
+    assert run({"none": clf, "q": Threshold(clf, 0.5)}) == set()  # back again: both kept in the folder
+    # a version-1 state (units without fingerprints) is resumed only with its own settings
+    idx_path = tmp_path / "state" / "state.json"
+    idx = json.loads(idx_path.read_text())
+    idx["version"] = 1
+    idx["units"] = {k: {kk: vv for kk, vv in v.items() if kk != "fp"} for k, v in idx["units"].items()}
+    idx_path.write_text(json.dumps(idx))
+    with pytest.raises(ValueError, match="no fingerprints"):
+        evaluate({"none": clf}, digits.test, state_dir=state, **kw)
 
 
 def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):

@@ -39,6 +39,7 @@ on ``cuda:LOCAL_RANK``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -58,7 +59,7 @@ from pssr.data import Dataset, Split
 from pssr.evaluation import checks as checks_mod
 from pssr.evaluation.checks import CheckConfig
 from pssr.evaluation.report import Report, summarize, worst_case_table
-from pssr.evaluation.state import StateStore, UnitState
+from pssr.evaluation.state import StateStore, UnitState, unit_fingerprint
 from pssr.utils import run_metadata
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,21 @@ def _describe(model: nn.Module, source_kind: str) -> dict[str, Any]:
     return d
 
 
+def _model_config(model: nn.Module) -> Any:
+    """The settings of a model that its weights do not show (a PSSR's removal ratio, a baseline's
+    JPEG quality): a dataclass ``config`` attribute or a ``config()`` mapping, JSON-able; else None.
+    Part of every unit's fingerprint, so that the same weights with another ratio are a new model."""
+    cfg = getattr(model, "config", None)
+    if callable(cfg):
+        try:
+            cfg = cfg()
+        except TypeError:
+            return None
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    return _jsonable(cfg) if isinstance(cfg, Mapping) else None
+
+
 def _gray_box_source(name: str, model: nn.Module, given: Mapping[str, nn.Module] | None) -> tuple[nn.Module, str]:
     if given and name in given:
         return given[name], "user"
@@ -541,8 +557,12 @@ def evaluate(
     cuda_devs = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=cuda_devs):
+            # what every unit of a model depends on besides its attack and eps (see state.unit_fingerprint)
+            common = {k: settings[k] for k in ("data", "index", "norm", "seed", "batch_size", "checks")}
+            unit_inputs = {name: {**common, "model": settings["models"][name], "source": settings["sources"][name],
+                                  "model_config": _model_config(m)} for name, m in models.items()}
             run = _Run(models, sources, x_all, y_all, index, specs, eps_list, norm, batch_size, seed, dev, store,
-                       progress and info.is_main, check_cfg, n_examples, info)
+                       progress and info.is_main, check_cfg, n_examples, info, unit_inputs)
             run.execute()
     finally:
         random.setstate(py_state)
@@ -594,13 +614,15 @@ class _Run:
     def __init__(self, models: Mapping[str, nn.Module], sources: dict[str, tuple[nn.Module, str]], x: Tensor,
                  y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
                  batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
-                 check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None) -> None:
+                 check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None,
+                 unit_inputs: dict[str, dict[str, Any]] | None = None) -> None:
         self.models, self.sources = models, sources
         self.x, self.y, self.index = x, y, index
         self.specs, self.eps_list, self.norm = specs, eps_list, norm
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.store, self.progress, self.check_cfg, self.n_examples = store, progress, check_cfg, n_examples
         self.info = info or D.DistInfo()
+        self.unit_inputs = unit_inputs or {}
         self.n = x.shape[0]
         self.n_chunks = max(1, math.ceil(self.n / batch_size))
         self.units: list[UnitState] = []
@@ -612,12 +634,23 @@ class _Run:
     def records(self) -> list[dict[str, Any]]:
         return [r for u in self.units for r in u.records]
 
-    def _load(self, key: str) -> UnitState:
-        """Unit ``key``'s saved progress: read by rank 0 (the only rank with a state folder), the
-        same copy on every rank."""
+    def _fp(self, name: str, spec: AttackSpec | None = None, eps: float | None = None) -> str:
+        """Fingerprint of a unit of model ``name`` (of attack ``spec`` at ``eps`` when given)."""
+        extra: dict[str, Any] = {}
+        if spec is not None:
+            attack = spec.to_dict()
+            for k, v in spec.kwargs.items():  # a model among the kwargs (a surrogate): its weights, not its repr
+                if isinstance(v, nn.Module):
+                    attack["kwargs"][k] = _model_fingerprint(v)
+            extra = {"attack": attack, "eps": eps}
+        return unit_fingerprint({**self.unit_inputs.get(name, {"model": name}), **extra})
+
+    def _load(self, key: str, fp: str) -> UnitState:
+        """Unit ``key``'s saved progress (if saved with inputs ``fp``): read by rank 0 (the only rank
+        with a state folder), the same copy on every rank."""
         if not self.info.enabled:
-            return self.store.load(key)
-        return D.on_main(lambda: self.store.load(key), self.info)
+            return self.store.load(key, fp)
+        return D.on_main(lambda: self.store.load(key, fp), self.info)
 
     def _slice(self, c: int) -> slice:
         return slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
@@ -675,7 +708,7 @@ class _Run:
         assert cfg is not None
 
         def run() -> dict[str, Any]:
-            unit = self.store.load(f"checks|{name}")
+            unit = self.store.load(f"checks|{name}", self._fp(name))
             if not unit.complete:
                 k = min(cfg.n, self.n)
                 x, y = self.x[:k].to(dev), self.y[:k].to(dev)
@@ -695,7 +728,7 @@ class _Run:
         self.pre_checks[name] = (meta["results"], meta["flags"])
 
     def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor:
-        unit = self._load(f"clean|{name}")
+        unit = self._load(f"clean|{name}", self._fp(name))
         unit.n_chunks = self.n_chunks
         bar.update(unit.chunks_done)
 
@@ -728,7 +761,7 @@ class _Run:
             self.skipped.setdefault(name, {})[f"{spec.threat_model}/{spec.label}"] = reason
             bar.update(self.n_chunks)
             return
-        unit = self._load(key)
+        unit = self._load(key, self._fp(name, spec, eps))
         unit.n_chunks = self.n_chunks
         bar.update(unit.chunks_done)
         if not unit.complete and self._reuse_twin(name, model, spec, eps, unit):
@@ -815,7 +848,7 @@ class _Run:
                      and t.kwargs == spec.kwargs), None)
         if twin is None:
             return False
-        done = self._load(f"attack|{name}|{twin.threat_model}|{twin.label}|{eps!r}")
+        done = self._load(f"attack|{name}|{twin.threat_model}|{twin.label}|{eps!r}", self._fp(name, twin, eps))
         if not done.complete or not done.meta:
             return False
         unit.records = [dict(r, threat_model=spec.threat_model, attack=spec.label) for r in done.records]
@@ -858,7 +891,7 @@ class _Run:
             if rs:
                 acc[(rs[0]["threat_model"], rs[0]["attack"])] = sum(r["correct"] for r in rs) / len(rs)
         spec = min(runnable, key=lambda s: (s.threat_model != "adaptive", acc.get((s.threat_model, s.label), 2.0)))
-        key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
+        key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}#{self._fp(name, spec, eps)}"
         # Rank 0 alone makes (or reloads) the example images; every rank gets the arrays.
         arrays = D.on_main(lambda: self._example_arrays(key, name, model, spec, eps, clean_pred, dev), self.info)
         if arrays is not None:
