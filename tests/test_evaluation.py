@@ -387,14 +387,20 @@ def test_state_is_reused_unit_by_unit_never_across_changed_inputs(clf, digits, t
     assert run({"none": clf, "q": Threshold(clf, 0.5)}) == {"q"}  # a model added: the other one reused
     assert run({"none": clf, "q": Threshold(clf, 0.3)}) == {"q"}  # same weights, other config: recomputed
     assert run({"none": clf, "q": Threshold(clf, 0.5)}) == set()  # back again: both kept in the folder
-    # a version-1 state (units without fingerprints) is resumed only with its own settings
-    idx_path = tmp_path / "state" / "state.json"
+    # a version-1 state (units without fingerprints) is resumed only with its own settings ...
+    state = str(tmp_path / "v1")
+    assert run({"none": clf}) == {"none"}
+    idx_path = tmp_path / "v1" / "state.json"
     idx = json.loads(idx_path.read_text())
     idx["version"] = 1
     idx["units"] = {k: {kk: vv for kk, vv in v.items() if kk != "fp"} for k, v in idx["units"].items()}
     idx_path.write_text(json.dumps(idx))
     with pytest.raises(ValueError, match="no fingerprints"):
-        evaluate({"none": clf}, digits.test, state_dir=state, **kw)
+        evaluate({"none": clf, "q": Threshold(clf, 0.5)}, digits.test, state_dir=state, **kw)
+    # ... which stamps its units, after which other settings reuse them
+    assert run({"none": clf}) == set()
+    assert all(v.get("fp") for v in json.loads(idx_path.read_text())["units"].values())
+    assert run({"none": clf, "q": Threshold(clf, 0.5)}) == {"q"}
 
 
 def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):

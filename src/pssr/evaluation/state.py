@@ -169,7 +169,14 @@ class StateStore:
             if entry is None:
                 continue
             saved = entry.get("fp", "")
-            if saved == fp or (not saved and self._trust_unfingerprinted):
+            if saved == fp:
+                return entry
+            if not saved and self._trust_unfingerprinted and fp:
+                # a version-1 unit under its own settings: stamp it, so that a later run with other
+                # settings can reuse it too
+                entry["fp"] = fp
+                if self.dir is not None:
+                    atomic_write_json(self.dir / "state.json", dataclasses.asdict(self.state))
                 return entry
         return None
 
