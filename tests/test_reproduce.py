@@ -24,16 +24,20 @@ def test_presets_are_registered_with_their_configs():
 
 
 @pytest.mark.slow
-def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread):
+def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread, monkeypatch):
     kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,
-              eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False)
+              eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False,
+              calibrate=(0.0, 0.25))
     first = reproduce("digits", **kw)
     models = set(first["evaluations"]["linf"]["models"])
-    assert models == {"none", "pgd-at", "trades", "jpeg", "median", "pssr"}
+    assert models == {"none", "pgd-at", "trades", "jpeg", "median", "pssr", "pssr-calibrated"}
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["evaluations"]) == {"linf", "l2"}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "preset `digits`" in md and "pssr" in md
+    cal = report["training"]["pssr-calibrated"]
+    assert cal["chosen_ratio"] in (0.0, 0.25) and f"removal ratio **{cal['chosen_ratio']:g}**" in md
+    assert (tmp_path / "runs" / "pssr-calibrated.json").is_file()
     # the combined report's plot and records links resolve from its own folder
     import re
 
@@ -48,11 +52,18 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
             assert all(v <= s["clean_accuracy"] + 1e-9 for v in per_eps.values())
     # a rerun reuses every checkpoint and the saved evaluation state: identical results (the state
     # does not depend on the evaluation device, named here instead of "auto")
+    import pssr.train.calibrate
+
+    def no_recalibration(*a, **k):
+        raise AssertionError("the saved calibration should be reused")
+
+    monkeypatch.setattr(pssr.train.calibrate, "calibrate_ratio", no_recalibration)
     second = reproduce("digits", **kw, device="cpu")
     trained = report["training"]["pssr"]  # its epochs and time over all epochs, also after the rerun
     assert second["training"]["pssr"]["epochs"] == trained["epochs"] == 1 and trained["train_seconds"] > 0
     assert second["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
     assert second["evaluations"]["l2"]["results"] == first["evaluations"]["l2"]["results"]
+    assert second["training"]["pssr-calibrated"] == cal
 
 
 def test_cli_reproduce_rejects_unknown_preset(capsys):

@@ -7,7 +7,9 @@
    classifier), and the input-transformation baselines (JPEG, bit depth, median, TV minimization)
    wrapped around the classifier;
 3. PSSR (``configs/pssr-NAME.toml``) and its ablations: surgery only, regeneration only, without
-   adversarial R-drop, random mask;
+   adversarial R-drop, random mask; with ``calibrate`` (``--calibrate 0,0.05,0.1``) also PSSR with
+   its inference removal ratio chosen on its validation split (``pssr-calibrated``,
+   :mod:`pssr.train.calibrate`);
 4. the evaluation: an L-inf run with the paper's protocol (attacks made on the classifier, then
    purified) and the adaptive attacks on each whole defense, and an L2 run of the paper's
    minimum-norm attacks (CW, DeepFool, DDN), over the same examples;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -123,6 +126,7 @@ def reproduce(
     progress: bool = True,
     command: str | None = None,
     device: str | None = "auto",
+    calibrate: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Run preset ``preset`` end to end (resumable); return the combined report dict.
 
@@ -133,7 +137,9 @@ def reproduce(
     ``attacks`` maps a norm to the harness's attack list for it (default: ``{"linf":
     "paper,adaptive", "l2": "paper"}``); ``overrides`` are ``section.key=value`` strings applied
     to both config files; ``input_transforms`` picks the input-transformation baselines (all four
-    by default, quick runs included: TV minimization runs batched in torch).
+    by default, quick runs included: TV minimization runs batched in torch). ``calibrate``: candidate
+    removal ratios; when given, the PSSR with the ratio its validation split prefers is evaluated too,
+    as ``pssr-calibrated`` (same weights as ``pssr``).
     """
     from pssr.defense.baselines import create_baseline
     from pssr.defense.pssr import PSSR
@@ -187,6 +193,9 @@ def reproduce(
         pm["run"] = run
         steps[name] = pssr_train.run_from_config(pm, progress=progress, command=command)
         models[name] = PSSR.load(runs / name / "pssr.pt")
+    if calibrate:
+        log.info("[%s] 3/4 pssr-calibrated (ratios %s)", tag, ", ".join(f"{r:g}" for r in calibrate))
+        steps["pssr-calibrated"], models["pssr-calibrated"] = _calibrated(runs, data, tuple(calibrate))
 
     # 4. evaluation: L-inf (paper + adaptive) and L2 (paper's minimum-norm attacks), same examples
     n = eval_n if eval_n is not None else (p.quick_eval_n if quick else p.eval_n)
@@ -215,6 +224,33 @@ def reproduce(
     atomic_write_text(out / "report.md", render_preset_markdown(combined))
     log.info("[%s] done: %s", tag, out)
     return combined
+
+
+def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...]) -> tuple[dict[str, Any], Any]:
+    """PSSR of ``runs/pssr`` with the removal ratio chosen on its validation split: computed once per
+    checkpoint and candidate list (``runs/pssr-calibrated.json``), reused afterwards."""
+    from pssr.data.download import file_digest
+    from pssr.defense.pssr import PSSR
+    from pssr.train.calibrate import calibrate_ratio, with_ratio
+
+    src = runs / "pssr" / "pssr.pt"
+    key = {"checkpoint_sha256": file_digest(src, "sha256"), "ratios": list(ratios)}
+    path = runs / "pssr-calibrated.json"
+    defense = PSSR.load(src)
+    try:
+        done = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        done = None
+    if not (isinstance(done, dict) and done.get("key") == key):
+        done = {"key": key, "calibration": calibrate_ratio(defense, data, ratios)}
+        atomic_write_json(path, done)
+    cal = done["calibration"]
+    with_ratio(defense, cal["chosen"])
+    defense.metrics["calibration"] = cal
+    clean = next(r["clean_acc"] for r in cal["rows"] if r["ratio"] == cal["chosen"])
+    summary = {"kind": "pssr-calibration", "chosen_ratio": cal["chosen"], "calibration": cal,
+               "validation_clean_acc": clean}
+    return summary, defense
 
 
 def _toml(v: Any) -> str:
@@ -249,6 +285,12 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
               f"hardware {meta.get('hardware')}", ""]
     lines += ["## Training", "", "| model | test accuracy (clean) | epochs | train seconds |", "|---|---|---|---|"]
     for name, s in combined.get("training", {}).items():
+        if s.get("kind") == "pssr-calibration":
+            sweep = ", ".join(f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}"
+                              for r in s["calibration"]["rows"])
+            lines.append(f"| {name} | weights of pssr; removal ratio **{s['chosen_ratio']:g}** chosen on its validation "
+                         f"split (ratio: clean / gray-box %: {sweep}) | | |")
+            continue
         acc = (s.get("metrics") or {}).get("test_acc")
         if acc is None:
             acc = (s.get("test") or {}).get("pssr_clean_acc")

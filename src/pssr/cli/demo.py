@@ -11,6 +11,12 @@ DEMO_ATTACKS = {
 }
 
 
+def _ratio_list(text: str) -> tuple[float, ...]:
+    from pssr.cli.defense import _ratios
+
+    return tuple(_ratios(text))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from pssr.reproduce import list_presets
 
@@ -24,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=None, help="results folder (default results/NAME)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
+    r.add_argument("--calibrate", type=_ratio_list, default=(), metavar="RATIOS",
+                   help="also evaluate PSSR with the removal ratio (of these, e.g. 0,0.05,0.1) its validation split prefers")
     r.add_argument("--device", default="auto",
                    help="where the evaluation runs: auto (CUDA when available), cpu, cuda (training: the configs' device)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
@@ -36,13 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-
 def _reproduce(args: argparse.Namespace) -> int:
     from pssr.reproduce import reproduce
 
     res = reproduce(args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick,
                     ablations=args.ablations, baselines=args.baselines, eval_n=args.n,
-                    overrides=tuple(args.overrides), progress=args.progress, command=args.command_line, device=args.device)
+                    overrides=tuple(args.overrides), progress=args.progress, command=args.command_line, device=args.device,
+                    calibrate=args.calibrate)
     _print_summary(res)
     return 0
 
