@@ -89,6 +89,10 @@ def test_calibrate_rejects_bad_arguments(defense, digits) -> None:
     regen_only = PSSR(defense.classifier, PSSRConfig(**{**TINY, "use_surgery": False}), image_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="no ratio to calibrate"):
         calibrate_ratio(regen_only, digits, [0.1])
+    with pytest.raises(ValueError, match="no ratio to calibrate"):
+        with_ratio(regen_only, 0.1)
+    with pytest.raises(ValueError, match="ratio"):
+        with_ratio(defense, -0.1)
 
 
 def test_cli_calibrate_writes_checkpoint_and_summary(defense, tmp_path, capsys) -> None:

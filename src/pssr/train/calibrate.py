@@ -76,6 +76,15 @@ def _check_ratios(ratios: Sequence[float]) -> list[float]:
     return out
 
 
+def _check_has_ratio(defense: PSSR) -> None:
+    if not isinstance(defense, PSSR):
+        raise TypeError(f"defense must be a pssr.PSSR, got {type(defense).__name__}")
+    if not defense.config.use_surgery:
+        raise ValueError("this PSSR removes no pixels (use_surgery=False, regeneration only): there is no ratio to calibrate")
+    if defense.config.mask_mode != "topk":
+        raise ValueError(f"a removal ratio needs mask_mode='topk'; this PSSR uses {defense.config.mask_mode!r}")
+
+
 def choose(rows: list[dict[str, Any]], clf_clean: float, max_clean_drop: float) -> tuple[dict[str, Any], bool]:
     """The rule of the module docstring: (chosen row, whether it meets the clean-drop bound)."""
     ok = [r for r in rows if clf_clean - r["clean_acc"] <= max_clean_drop + 1e-12]
@@ -94,13 +103,8 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
     JSON-ready dict with one row per ratio, the classifier's accuracies and the ``chosen`` ratio;
     ``defense`` is left with its original configuration (see :func:`with_ratio`).
     """
-    if not isinstance(defense, PSSR):
-        raise TypeError(f"defense must be a pssr.PSSR, got {type(defense).__name__}")
+    _check_has_ratio(defense)
     cfg = defense.config
-    if not cfg.use_surgery:
-        raise ValueError("this PSSR removes no pixels (use_surgery=False, regeneration only): there is no ratio to calibrate")
-    if cfg.mask_mode != "topk":
-        raise ValueError(f"calibrate_ratio needs mask_mode='topk' (a ratio); this PSSR uses {cfg.mask_mode!r}")
     ratios = _check_ratios(ratios)
     if not (isinstance(max_clean_drop, (int, float)) and 0.0 <= max_clean_drop <= 1.0):
         raise ValueError(f"max_clean_drop must be a fraction in [0, 1] (0.03 = 3 points), got {max_clean_drop!r}")
@@ -139,6 +143,7 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
 
 def with_ratio(defense: PSSR, ratio: float) -> PSSR:
     """``defense`` itself, its config's ``ratio`` set to ``ratio`` (in place; returned for chaining)."""
+    _check_has_ratio(defense)
     (r,) = _check_ratios([ratio])
     defense.config = dataclasses.replace(defense.config, ratio=r)
     return defense
