@@ -20,8 +20,9 @@ state folder written with *other* settings is reused unit by unit: adding a mode
 eps to a long evaluation, or retraining one model, recomputes only the units whose inputs changed,
 and a unit is never reused unless everything it depends on is the same. The folder keeps the units
 of both runs (the file name includes the unit's fingerprint), so going back to the first settings
-recomputes nothing. A version-1 state (written before units had fingerprints) can only be resumed
-with its own settings; other settings are refused with an error rather than silently mixed in.
+recomputes nothing. A version-1 state (written before units had fingerprints) is resumed with its
+own settings, which stamps each unit it loads with its fingerprint; with other settings it is refused
+with an error (until every unit is stamped) rather than silently mixed in.
 """
 
 from __future__ import annotations
