@@ -41,7 +41,6 @@ def _mapping(args: argparse.Namespace, section: str) -> dict[str, Any]:
     return apply_overrides(load_toml(args.config), sets)
 
 
-
 def _out(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / Path(args.config).stem
 

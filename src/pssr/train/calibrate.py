@@ -33,20 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pssr.defense.pssr import PSSR, eval_mode
-from pssr.train.pssr_train import _splits, pgd
+from pssr.defense.pssr import PSSR
+from pssr.train.pssr_train import _accuracy, _splits, pgd
 
 log = logging.getLogger(__name__)
-
-
-def _accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """Per-example correctness (N,) bool, on the CPU."""
-    dev = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out.append(model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size])
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 def graybox_examples(classifier: torch.nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
@@ -117,17 +107,17 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
     if len(xv) == 0:
         raise ValueError("the validation split is empty (pssr.val_size = 0?): nothing to calibrate on")
     clf = defense.classifier
-    with eval_mode(defense):
-        xa = graybox_examples(clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size)
-        clf_clean = float(_accuracy(clf, xv, yv, batch_size).float().mean())
-        clf_adv = float(_accuracy(clf, xa, yv, batch_size).float().mean())
+    xa = graybox_examples(clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size)  # pgd: eval, frozen
+    with torch.no_grad():  # _accuracy puts each model in eval mode and restores it
+        clf_clean = _accuracy(clf, xv, yv, batch_size)
+        clf_adv = _accuracy(clf, xa, yv, batch_size)
         rows = []
         try:
             for r in ratios:
                 defense.config = dataclasses.replace(cfg, ratio=r)
                 row = {"ratio": r, "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
-                       "clean_acc": float(_accuracy(defense, xv, yv, batch_size).float().mean()),
-                       "graybox_acc": float(_accuracy(defense, xa, yv, batch_size).float().mean())}
+                       "clean_acc": _accuracy(defense, xv, yv, batch_size),
+                       "graybox_acc": _accuracy(defense, xa, yv, batch_size)}
                 rows.append(row)
                 log.info("ratio %.4g: clean %.4f, gray-box PGD-%d %.4f", r, row["clean_acc"], steps, row["graybox_acc"])
         finally:
