@@ -596,3 +596,48 @@ def test_train_classifier_cli_writes_and_prints_on_rank_0_only(tmp_path, monkeyp
     assert rc == "0" and printed.startswith("classifier tiny-cnn on digits")
     summary = json.loads((tmp_path / "clf" / "classifier.json").read_text())
     assert summary["epochs"] == 1 and "test_acc" in summary["metrics"]
+
+
+def _reproduce_kw(tmp: str, results: str) -> dict:
+    from pathlib import Path
+
+    return dict(runs_dir=Path(tmp) / "runs", results_dir=Path(tmp) / results, quick=True, ablations=False,
+                baselines=False, eval_n=24, progress=False, device="cpu", attacks={"linf": "fgsm,pgd-bpda"},
+                overrides=("classifier.epochs=1", "pssr.epochs=1", "pssr.pgd_steps=2", "pssr.train_subset=120",
+                           "pssr.val_size=40", "run.eval_n=20", "run.adaptive_n=10", "run.eval_steps=2"))
+
+
+def _reproduce_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import pssr.reproduce as R
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    if rank == 1:  # the results are rank 0's to write
+        def refuse(*args, **kwargs):
+            raise AssertionError("rank 1 wrote the preset's report")
+
+        R.atomic_write_json = R.atomic_write_text = refuse
+    res, is_main = D.run_and_leave(lambda: R.reproduce("digits", **_reproduce_kw(out_dir, "ddp")))
+    assert is_main == (rank == 0)
+    assert set(res["evaluations"]["linf"]["models"]) == {"none", "pssr"}
+
+
+@pytest.mark.slow
+def test_reproduce_under_two_gloo_processes_shards_the_evaluation(tmp_path, monkeypatch, one_thread):
+    """A preset's evaluation under torchrun: every model and attack over the ranks, the report
+    written once (rank 0) and equal to a one-process run's; the training steps are reused."""
+    import json
+    import shutil
+
+    from pssr.reproduce import reproduce
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    reproduce("digits", **_reproduce_kw(str(tmp_path), "one"))
+    shutil.rmtree(tmp_path / "runs" / "eval-linf")  # the two ranks evaluate from scratch
+    mp.spawn(_reproduce_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "ddp"))
+    assert one["training"].keys() == two["training"].keys()
+    for name, info in one["evaluations"]["linf"]["models"].items():
+        assert two["evaluations"]["linf"]["models"][name]["summary"] == info["summary"], name
+    assert (tmp_path / "ddp" / "linf" / "report.json").is_file()

@@ -141,6 +141,7 @@ def reproduce(
     removal ratios; when given, the PSSR with the ratio its validation split prefers is evaluated too,
     as ``pssr-calibrated`` (same weights as ``pssr``).
     """
+    from pssr import distributed as D
     from pssr.defense.baselines import create_baseline
     from pssr.defense.pssr import PSSR
     from pssr.evaluation.harness import evaluate
@@ -206,7 +207,8 @@ def reproduce(
         log.info("[%s] 4/4 evaluation (%s, %s)", tag, norm, names)
         rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
                        state_dir=runs / f"eval-{norm}", progress=progress, dataset=data.name, device=device)
-        rep.save(out / norm)
+        if D.current().is_main:  # under torchrun every rank holds the report; rank 0 writes it
+            rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
 
     combined = {
@@ -220,9 +222,10 @@ def reproduce(
         "wall_seconds_this_invocation": time.perf_counter() - t0,
         "metadata": run_metadata(),
     }
-    atomic_write_json(out / "report.json", combined)
-    atomic_write_text(out / "report.md", render_preset_markdown(combined))
-    log.info("[%s] done: %s", tag, out)
+    if D.current().is_main:
+        atomic_write_json(out / "report.json", combined)
+        atomic_write_text(out / "report.md", render_preset_markdown(combined))
+        log.info("[%s] done: %s", tag, out)
     return combined
 
 

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quick", action="store_true", help="smoke run: few epochs and examples (not a result)")
     r.add_argument("--no-ablations", dest="ablations", action="store_false", help="skip the PSSR ablations")
     r.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the baseline defenses")
-    r.add_argument("--n", type=int, default=None, help="test examples to evaluate (0 = all; default: the preset's)")
+    # --num-examples: torchrun's parser rejects "--n" anywhere on its command line (see cli/evaluate.py)
+    r.add_argument("--n", "--num-examples", dest="n", type=int, default=None,
+                   help="test examples to evaluate (0 = all; default: the preset's); under torchrun write --num-examples")
     r.add_argument("--runs", type=Path, default=None, help="checkpoints folder (default runs/NAME)")
     r.add_argument("--out", type=Path, default=None, help="results folder (default results/NAME)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -45,12 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from pssr import distributed as D
     from pssr.reproduce import reproduce
 
-    res = reproduce(args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick,
-                    ablations=args.ablations, baselines=args.baselines, eval_n=args.n,
-                    overrides=tuple(args.overrides), progress=args.progress, command=args.command_line, device=args.device,
-                    calibrate=args.calibrate)
+    # Under torchrun the evaluation is sharded over the ranks (training steps are reused or run as
+    # the configs say); rank 0 writes the results and prints the summary.
+    res, is_main = D.run_and_leave(lambda: reproduce(
+        args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick, ablations=args.ablations,
+        baselines=args.baselines, eval_n=args.n, overrides=tuple(args.overrides), progress=args.progress,
+        command=args.command_line, device=args.device, calibrate=args.calibrate))
+    if not is_main:
+        return 0
     _print_summary(res)
     return 0
 

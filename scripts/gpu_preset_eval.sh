@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Finish a preset's evaluation on a lent GPU, inside a time budget.
+#
+# The presets' models are trained (on this CPU, or for cifar10-jpeg on a GPU: scripts/gpu_cifar10_jpeg.py,
+# results/cifar10-jpeg/gpu/) and sit in runs/PRESET/; evaluating them (n=500, L-inf paper + adaptive
+# suite, L2) is hours on this project's 2-core CPU (about ten for cifar10-jpeg). The device tool carries
+# at most 8 ignored paths (64 MiB), so each preset's checkpoints and resumable evaluation state travel
+# as one tar, and the data the preset reads must sit in ./shared/data (the ../shared beside a checkout
+# does not travel):
+#
+#   here, once:    bash scripts/gpu_preset_eval.sh deps                 # -> .whl/ (see below)
+#   here:          bash scripts/gpu_preset_eval.sh pack PRESET          # -> runs/PRESET-carry.tar.gz
+#   on the GPU:    bash scripts/gpu_preset_eval.sh run "$OUT" 480 PRESET [PRESET...]   (carry .whl and the tar.gz files)
+#   back here:     bash scripts/gpu_preset_eval.sh unpack FILES_AT/PRESET-preset.tar.gz
+#
+# The GPU machine's image has torch, numpy, scipy, scikit-learn, tqdm, pillow, matplotlib but not the
+# `attacks` extra (adversarial-robustness-toolbox for the JPEG / bit-depth / median / TV baselines,
+# pyautoattack for AutoAttack), and it cannot reach PyPI: `deps` puts the ART wheel and pyautoattack's
+# code (without its 42 MB of example models) in .whl/, which `run` installs into /tmp/site first.
+# Size: the device tool sends the tracked tree (~21 MB), ./shared (the CIFAR archive is 20 MB) and the
+# carried paths, 64 MiB in all, so one cifar10-jpeg carry (20 MB) fits with .whl (1 MB) but not a
+# second preset's beside it.
+# Several presets given to `run` are evaluated side by side (one process each, same GPU).
+# (PSSR_DEVICE=cpu runs the same steps here, as a check of the script.)
+# `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
+# `run` or a CPU `pssr reproduce` with the same arguments continues it) and packs the state, the
+# calibration and whatever results/PRESET/ the preset wrote into OUT/PRESET-preset.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+args() {  # the preset's `pssr reproduce` arguments (the ones its CPU runs use, so the state is shared)
+  case "$1" in
+    cifar10-jpeg) echo --preset cifar10-jpeg --set pssr.epochs=6 --set pssr.bf16=true --set adv_train.epochs=6 \
+                       --set adv_train.bf16=true --calibrate 0,0.02,0.05,0.1 --no-progress ;;
+    mnist-10k)    echo --preset mnist-10k --n 500 --calibrate 0,0.02,0.05,0.1 --no-progress ;;
+    *) echo "no evaluation arguments recorded for preset '$1'" >&2; return 1 ;;
+  esac
+}
+
+state_paths() {  # what the evaluation writes, that travels back
+  ls -d runs/"$1"/eval-linf runs/"$1"/eval-l2 runs/"$1"/pssr-calibrated.json results/"$1"/report.json \
+        results/"$1"/report.md results/"$1"/linf results/"$1"/l2 2>/dev/null
+}
+
+case "${1:-}" in
+  deps)
+    mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+    py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+    "$py" -m pip download -q --no-deps --only-binary=:all: -d .whl adversarial-robustness-toolbox==1.20.1 || exit 1
+    site=$("$py" -c "import pyautoattack, os; print(os.path.dirname(os.path.dirname(pyautoattack.__file__)))") || {
+      echo "deps: pyautoattack is not installed here (bash scripts/install.sh --test)" >&2; exit 1; }
+    tar czf .whl/pyautoattack.tgz --exclude=examples --exclude=__pycache__ -C "$site" pyautoattack || exit 1
+    ls -la .whl ;;
+  pack)
+    preset=${2:?usage: pack PRESET}; r=runs/$preset
+    args "$preset" > /dev/null || exit 2
+    # checkpoints and summaries of the preset's runs, without the (regenerable) adversarial-example caches
+    tar czf "runs/$preset-carry.tar.gz" --exclude='*adv-cache*' --exclude='*train-state*' \
+        "$r"/classifier.{pt,json} "$r"/{pgd-at,trades}.{pt,json} "$r"/pssr $(ls -d "$r"/pssr-{surgery-only,regeneration-only,no-rdrop,random-mask} 2>/dev/null) \
+        $(ls -d "$r"/eval-linf "$r"/eval-l2 "$r"/pssr-calibrated.json 2>/dev/null) || exit 1
+    ls -la "runs/$preset-carry.tar.gz" ;;
+  run)
+    out=${2:?usage: run OUT BUDGET_SECONDS PRESET...}; budget=${3:?budget}; shift 3
+    mkdir -p "$out"
+    export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+    py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+    if ! "$py" -c "import art, pyautoattack" 2>/dev/null; then
+      ls .whl/*.whl .whl/pyautoattack.tgz > /dev/null || { echo "run: no ART / pyautoattack here: run 'deps' and carry .whl" >&2; exit 2; }
+      "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+        && tar xzf .whl/pyautoattack.tgz -C /tmp/site || exit 1
+      export PYTHONPATH=$PYTHONPATH:/tmp/site
+      "$py" -c "import art, pyautoattack" || exit 1
+    fi
+    for preset in "$@"; do
+      tar xzf "runs/$preset-carry.tar.gz" || exit 1
+      read -ra a <<< "$(args "$preset")" || exit 2
+      # SIGINT: the CLI stops between batches' saves like a Ctrl-C; KILL 20 s later if it does not
+      ( timeout --signal=INT --kill-after=20 "$budget" "$py" -m pssr reproduce "${a[@]}" --device "${PSSR_DEVICE:-cuda}" \
+          > "$out/$preset.log" 2>&1
+        echo "exit status $? (124: stopped at the budget; rerun to continue)" >> "$out/$preset.log"
+        tar czf "$out/$preset-preset.tar.gz" $(state_paths "$preset") ) &
+    done
+    wait
+    ls -la "$out" ;;
+  unpack)
+    tar xzf "${2:?usage: unpack PRESET-preset.tar.gz}" && echo "unpacked; finish or re-render with the preset's pssr reproduce command" ;;
+  *)
+    echo "usage: $0 deps | pack PRESET | run OUT BUDGET_SECONDS PRESET... | unpack TAR.GZ" >&2; exit 2 ;;
+esac
