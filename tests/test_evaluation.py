@@ -313,7 +313,7 @@ def test_identity_defense_scores_as_no_defense(clf, digits):
     assert rep.flags("identity") == [] and rep.flags("none") == []
 
 
-def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path, monkeypatch, caplog):
     models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
     kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1, 0.2], n=50, batch_size=16, progress=False,
               checks=CHECKS, seed=3)
@@ -338,13 +338,23 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
     partial = [k for k, v in idx["units"].items() if k.startswith("attack|") and not v["complete"]]
     assert len(partial) == 1  # one attack unit stopped after its first chunk
 
+    caplog.set_level("INFO", logger="pssr.evaluation.harness")
+    caplog.clear()
     resumed = evaluate(models, digits.test, state_dir=str(state_dir), **kw)
     assert resumed.records == full.records
+    # a log line per unit computed (long runs go without a progress bar): the partial one says where it resumed
+    lines = [r.getMessage() for r in caplog.records if ": accuracy " in r.getMessage()]
+    assert [m for m in lines if "(resumed at batch 2)" in m] == [m for m in lines if m.startswith(partial[0] + ":")]
+    logged = [m.split(": accuracy ")[0] for m in lines]
+    done_before = {k for k, v in idx["units"].items() if v["complete"]}
+    assert partial[0] in logged and len(logged) == len(set(logged)) and not set(logged) & done_before
     strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
     assert strip(resumed.results) == strip(full.results)
     # rerunning a finished state recomputes nothing and gives the same records again
+    caplog.clear()
     again = evaluate(models, digits.test, state_dir=str(state_dir), **kw)
     assert again.records == full.records
+    assert not [r for r in caplog.records if ": accuracy " in r.getMessage()]
     # other settings reuse what they share (checks, clean passes) and compute the rest
     saved = []
     monkeypatch.setattr(state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit)))

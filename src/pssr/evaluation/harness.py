@@ -664,7 +664,7 @@ class _Run:
         disk by rank 0 only; the other ranks' stores are in memory).
         """
         world = self.info.world_size
-        c = unit.chunks_done
+        c = start = unit.chunks_done
         while c < self.n_chunks:
             stop = min(self.n_chunks, c + world)
             if self.info.enabled:
@@ -680,6 +680,10 @@ class _Run:
             self.store.save(unit)
             bar.update(stop - c)
             c = stop
+        if c > start and self.info.is_main:  # a line per unit computed: long runs go with --no-progress
+            acc = sum(bool(r["correct"]) for r in unit.records) / max(1, len(unit.records))
+            log.info("%s: accuracy %.1f%% (n=%d), %.0f s%s", unit.key, 100 * acc,
+                     len(unit.records), unit.seconds, "" if start == 0 else f" (resumed at batch {start + 1})")
 
     def _bar(self, total: int) -> Any:
         from tqdm.auto import tqdm
