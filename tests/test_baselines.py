@@ -251,7 +251,9 @@ def test_tv_minimize_matches_art_total_var_min_on_the_same_problem_and_digits():
                          for i in range(n)]).permute(0, 3, 1, 2).float()
     r = (m * (z_art - x) ** 2).flatten(1).sum(1).sqrt()  # (N,)
     lam = 2 * lam_art * r
-    z = torch.cat([tv_minimize(x[i:i + 1], m[i:i + 1], float(lam[i]), norm=1, iters=300) for i in range(n)])
+    # 1000 iterations: near convergence on every image (at 300 one of the first 32 test digits was
+    # still 0.002 above ART's energy)
+    z = torch.cat([tv_minimize(x[i:i + 1], m[i:i + 1], float(lam[i]), norm=1, iters=1000) for i in range(n)])
 
     e_ours, e_art = _tv_energy(z, x, m, lam, 1), _tv_energy(z_art, x, m, lam, 1)
     assert (e_ours <= e_art + 1e-3).all()

@@ -82,6 +82,24 @@ def test_split_validation_and_subset():
         s.subset(0)
 
 
+def test_evaluation_splits_of_a_class_sorted_source_are_in_random_order():
+    """A source stored class by class (mnist-10k.npz, an image folder) must not give a first n of one
+    class: evaluations take the first n of a split. Train keeps the source's order."""
+    from pssr.data.base import shuffled, split_train_val, three_way_split
+
+    y = torch.arange(10).repeat_interleave(100)  # sorted by label
+    x = torch.rand(1000, 1, 4, 4)
+    train, val, test = three_way_split(x, y, 0.2, 0.1, seed=0)
+    assert len(set(test.y[:50].tolist())) >= 8 and len(set(val.y[:50].tolist())) >= 8
+    assert torch.equal(train.y, train.y.sort().values)  # position-based hold-outs of training stay valid
+    assert sorted(test.y.tolist() + val.y.tolist() + train.y.tolist()) == y.tolist()
+    tr2, va2 = split_train_val(x, y, 0.2, seed=1)
+    assert len(set(va2.y[:30].tolist())) >= 8 and torch.equal(tr2.y, tr2.y.sort().values)
+    sh = shuffled(Split(x, y), seed=3)
+    assert len(set(sh.y[:30].tolist())) >= 8 and torch.equal(shuffled(Split(x, y), seed=3).x, sh.x)
+    assert sorted(sh.y.tolist()) == y.tolist()
+
+
 # --- IDX ---------------------------------------------------------------------------------------
 def _idx_bytes(arr: np.ndarray) -> bytes:
     assert arr.dtype == np.uint8
@@ -185,10 +203,15 @@ def test_image_folder_loads_pngs(tmp_path, monkeypatch):
     d = pdata.load("image-folder", root=tmp_path / "imgs", val_fraction=0.0)
     check_contract(d, (3, 8, 8), (10, 0, 4), 2)
     assert d.classes == ("cat", "dog")
-    # test split is read in class order then file order: PNG is lossless, so pixels match exactly
+    # test split: read in class order then file order, then put in the seeded random order of
+    # pssr.data.base.shuffled; PNG is lossless, so pixels match exactly
+    from pssr.data.base import shuffled
+
     expect = np.stack(made["test/cat"] + made["test/dog"])  # (4, 8, 8, 3)
-    assert torch.equal(d.test.x, torch.from_numpy(expect).permute(0, 3, 1, 2).float() / 255)
-    assert d.test.y.tolist() == [0, 0, 1, 1]
+    in_folder_order = Split(torch.from_numpy(expect).permute(0, 3, 1, 2).float() / 255, torch.tensor([0, 0, 1, 1]))
+    want = shuffled(in_folder_order, 0)
+    assert torch.equal(d.test.x, want.x) and torch.equal(d.test.y, want.y)
+    assert sorted(d.test.y.tolist()) == [0, 0, 1, 1]
 
 
 def test_image_folder_archive_and_corrupt_archive(tmp_path, monkeypatch):

@@ -551,3 +551,22 @@ def test_autoattack_bpda_on_a_plain_model_reuses_the_paper_autoattack(clf, digit
     again = evaluate({"none": clf, "quant": Quantize(clf)}, digits.test, attacks=attacks, eps=0.1, n=40,
                      batch_size=20, progress=False, checks=False, state_dir=tmp_path / "state")
     assert again.records == rep.records  # resumed from the saved (copied) unit
+
+
+def test_a_class_sorted_first_n_is_reported(clf, digits, caplog):
+    """Evaluating the first n of a split stored class by class covers a class or two: the report says so."""
+    from pssr.data import Split
+
+    order = digits.test.y.argsort(stable=True)
+    sorted_split = Split(digits.test.x[order], digits.test.y[order])
+    caplog.set_level("WARNING", logger="pssr.evaluation.harness")
+    rep = evaluate({"none": clf}, sorted_split, attacks=["t-fgsm"], eps=0.1, n=20, progress=False, checks=False)
+    cov = rep.config["classes"]
+    assert cov["in_subset"] == 1 and cov["in_split"] == 10 and cov["missing"] == list(range(1, 10))
+    assert any("1 of the split's 10 classes" in r.getMessage() for r in caplog.records)
+    assert "1 of 10 classes" in render_markdown(rep.to_dict())
+    # a random subset (or the loaders' shuffled splits) covers them
+    caplog.clear()
+    rep = evaluate({"none": clf}, sorted_split, attacks=["t-fgsm"], eps=0.1, n=60, subset_seed=0, progress=False,
+                   checks=False)
+    assert rep.config["classes"]["missing"] == [] and "classes" not in caplog.text

@@ -90,14 +90,30 @@ def to_float_nchw(images: np.ndarray, layout: str) -> Tensor:
 def split_train_val(
     x: Tensor, y: Tensor, val_fraction: float, seed: int
 ) -> tuple[Split, Split]:
-    """Seeded, stratification-free split of a training set into train / validation."""
+    """Seeded, stratification-free split of a training set into train / validation.
+
+    The training part keeps the source's order (training draws its own permutations, and PSSR's
+    held-out images are chosen by position in it); the validation part comes in the seeded random
+    order, so that its first ``n`` images are a random sample even when the source is sorted by class
+    (see :func:`shuffled`)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n = x.shape[0]
     n_val = int(round(val_fraction * n))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, tr_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    val_idx, tr_idx = perm[:n_val], perm[n_val:].sort().values
     return Split(x[tr_idx], y[tr_idx]), Split(x[val_idx], y[val_idx])
+
+
+def shuffled(split: Split, seed: int) -> Split:
+    """``split`` in a seeded random order.
+
+    Evaluations take the first ``n`` images of a split (``Split.subset``, ``evaluate(n=...)``,
+    quick evaluations): on a source stored class by class (an image folder, an array file sorted by
+    label) those would all be of the first class or two. Loaders give their evaluation splits in a
+    random order for that reason."""
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 104729))
+    return Split(split.x[perm], split.y[perm])
 
 
 def three_way_split(
@@ -109,6 +125,6 @@ def three_way_split(
     n = x.shape[0]
     n_test = int(round(test_fraction * n))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-    te, rest = perm[:n_test].sort().values, perm[n_test:].sort().values
+    te, rest = perm[:n_test], perm[n_test:].sort().values  # test in random order (see split_train_val)
     train, val = split_train_val(x[rest], y[rest], val_fraction / (1 - test_fraction), seed)
     return train, val, Split(x[te], y[te])

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pssr.data.base import DataError, Dataset, Split, split_train_val, three_way_split, to_float_nchw
+from pssr.data.base import (
+    DataError,
+    Dataset,
+    Split,
+    shuffled,
+    split_train_val,
+    three_way_split,
+    to_float_nchw,
+)
 from pssr.data.download import download
 from pssr.data.idx import read_idx
 from pssr.registry import Registry
@@ -298,7 +306,8 @@ def image_folder(root: str | Path | None = None, data_dir: str | Path | None = N
             atomic_write_bytes(cache, buf.getvalue())
     layout = "NHW" if xtr.ndim == 3 else "NHWC"
     train, val = split_train_val(to_float_nchw(xtr, layout), torch.from_numpy(ytr), val_fraction, seed)
-    test = Split(to_float_nchw(xte, layout), torch.from_numpy(yte))
+    # class folders are read one after the other: the test split comes in a seeded random order
+    test = shuffled(Split(to_float_nchw(xte, layout), torch.from_numpy(yte)), seed)
     return Dataset(root.name, train, val, test, classes, {"source": str(root)})
 
 

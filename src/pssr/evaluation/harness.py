@@ -316,6 +316,12 @@ def _data_fingerprint(x: Tensor, y: Tensor) -> str:
     return h.hexdigest()[:24]
 
 
+def _class_coverage(split_y: Tensor, y: Tensor) -> dict[str, Any]:
+    """How many of the split's classes the evaluated examples hold (and which are missing)."""
+    have, full = set(y.tolist()), set(split_y.tolist())
+    return {"in_subset": len(have), "in_split": len(full), "missing": sorted(full - have)}
+
+
 def _lp(d: Tensor, norm: str) -> Tensor:
     flat = d.flatten(1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
@@ -510,6 +516,11 @@ def evaluate(
         idx = torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval].sort().values
     x_all, y_all = split.x[idx], split.y[idx]
     index = idx.tolist()
+    coverage = _class_coverage(split.y, y_all)
+    if coverage["missing"] and info.is_main:
+        log.warning("the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
+                    "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
+                    n_eval, coverage["in_subset"], coverage["in_split"], coverage["missing"])
 
     sources = {name: _gray_box_source(name, m, gray_box_source) for name, m in models.items()}
     descriptions = {name: _describe(m, sources[name][1]) for name, m in models.items()}
@@ -539,6 +550,7 @@ def evaluate(
         "n": n_eval,
         "n_available": n_total,
         "subset_seed": subset_seed,
+        "classes": coverage,
         "eps": eps_list,
         "norm": norm,
         "seed": seed,

@@ -313,7 +313,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# pssr evaluation report", ""]
     lines += [
         f"- dataset: **{cfg.get('dataset') or 'unnamed split'}**, n = {cfg.get('n')} of {cfg.get('n_available')} "
-        f"examples ({'first n' if cfg.get('subset_seed') is None else 'random subset, seed ' + str(cfg.get('subset_seed'))})",
+        f"examples ({'first n' if cfg.get('subset_seed') is None else 'random subset, seed ' + str(cfg.get('subset_seed'))})"
+        + (f"; ⚠ **{cfg['classes']['in_subset']} of {cfg['classes']['in_split']} classes** (missing "
+           f"{', '.join(map(str, cfg['classes']['missing']))}): not a sample of the whole split"
+           if (cfg.get("classes") or {}).get("missing") else ""),
         f"- threat budget: {cfg.get('norm')} eps = {', '.join(f'{e:g}' for e in eps_list)}; attack seed {cfg.get('seed')}",
         f"- pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, python {meta.get('python_version')}, "
         f"git {meta.get('git_revision')}",
