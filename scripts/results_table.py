@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shlex
 import sys
@@ -122,17 +123,35 @@ def pssr() -> list[str]:
     return rows
 
 
+def _labels(report_dir: Path, d: dict) -> set[int]:
+    """The labels of the examples a report evaluated (from its per-example records)."""
+    f = report_dir / str(d.get("records_file") or "records.jsonl")
+    if not f.is_file():
+        return set()
+    with (gzip.open(f, "rt") if f.suffix == ".gz" else f.open()) as fh:
+        return {json.loads(line)["label"] for line in fh if line.strip()}
+
+
 def evaluations() -> list[str]:
-    """Summary rows of every harness report under results/<dataset>/<name>/report.json."""
+    """Summary rows of every harness report under results/<dataset>/<name>/report.json.
+
+    ``n`` says how many classes the examples cover when that is fewer than the dataset's (the most any
+    report of the same dataset folder covers): a first n of a split stored class by class is biased."""
     rows = ["| report | model | clean | paper protocol worst | adaptive worst | flagged | n |",
             "|---|---|---|---|---|---|---|"]
     commands = []
-    for path in sorted((ROOT / "results").glob("*/*/report.json")):
-        d = json.loads(path.read_text())
-        if "models" not in d:
-            continue
+    reports = [(p, json.loads(p.read_text())) for p in sorted((ROOT / "results").glob("*/*/report.json"))]
+    reports = [(p, d) for p, d in reports if "models" in d]
+    labels = {p: _labels(p.parent, d) for p, d in reports}
+    most: dict[Path, int] = {}
+    for p, ls in labels.items():
+        most[p.parent.parent] = max(most.get(p.parent.parent, 0), len(ls))
+    for path, d in reports:
         rel = path.parent.relative_to(ROOT)
         n = d.get("config", {}).get("n")
+        k, full = len(labels[path]), most[path.parent.parent]
+        if 0 < k < full:
+            n = f"{n} (⚠ {k} of {full} classes)"
         commands.append(f"- `{rel}`: `{d.get('metadata', {}).get('command', '')}`")
         for name, info in d["models"].items():
             s = info["summary"]

@@ -76,3 +76,26 @@ def test_calibration_table_and_plot_render_from_the_json(tmp_path):
     assert mod.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert mod.main(["--results", str(tmp_path / "empty"), "--out", str(out)]) == 1
+
+
+def test_evaluations_table_flags_reports_that_cover_few_classes(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    rt = _results_table()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+
+    def report(name: str, labels: list[int], gz: bool) -> None:
+        d = tmp_path / "results" / "ds" / name
+        d.mkdir(parents=True)
+        recs = "".join(json.dumps({"label": lab, "correct": True}) + "\n" for lab in labels)
+        fname = "records.jsonl.gz" if gz else "records.jsonl"
+        (d / fname).write_bytes(gzip.compress(recs.encode()) if gz else recs.encode())
+        summary = {"clean_accuracy": 1.0, "worst_case": {}, "flagged": False}
+        (d / "report.json").write_text(json.dumps({"models": {"m": {"summary": summary}}, "records_file": fname,
+                                                   "config": {"n": len(labels)}}))
+
+    report("all", list(range(10)) * 3, gz=True)
+    report("sorted", [0] * 30, gz=False)
+    rows = [r for r in rt.evaluations() if r.startswith("| [results/ds/")]
+    assert rows[0].endswith("| 30 |") and rows[1].endswith("| 30 (⚠ 1 of 10 classes) |")
