@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import shlex
 import sys
@@ -125,11 +124,10 @@ def pssr() -> list[str]:
 
 def _labels(report_dir: Path, d: dict) -> set[int]:
     """The labels of the examples a report evaluated (from its per-example records)."""
-    f = report_dir / str(d.get("records_file") or "records.jsonl")
-    if not f.is_file():
-        return set()
-    with (gzip.open(f, "rt") if f.suffix == ".gz" else f.open()) as fh:
-        return {json.loads(line)["label"] for line in fh if line.strip()}
+    sys.path.insert(0, str(ROOT / "src"))
+    from pssr.evaluation.report import read_records
+
+    return {r["label"] for r in read_records(report_dir, d)}
 
 
 def evaluations() -> list[str]:

@@ -193,16 +193,7 @@ class Report:
     def load(cls, out_dir: str | Path) -> Report:
         out = Path(out_dir)
         d = _read_report_json(out)
-        rec_path = out / d.get("records_file", "records.jsonl")
-        records = []
-        if rec_path.exists():
-            if rec_path.suffix == ".gz":  # committed results keep their records gzipped (scripts/compress_records.py)
-                import gzip
-
-                text = gzip.decompress(rec_path.read_bytes()).decode("utf-8")
-            else:
-                text = rec_path.read_text()
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = read_records(out, d)
         models = {}
         for name, info in d["models"].items():
             info = dict(info)
@@ -211,6 +202,20 @@ class Report:
             models[name] = info
         return cls(config=d["config"], models=models, results=d["results"], records=records,
                    metadata=d.get("metadata", {}), examples=load_examples(out, d), plots=list(d.get("plots", [])))
+
+
+def read_records(out: str | Path, d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-example records of the report ``d`` saved in ``out`` (``[]`` when the file is absent)."""
+    rec_path = Path(out) / d.get("records_file", "records.jsonl")
+    if not rec_path.exists():
+        return []
+    if rec_path.suffix == ".gz":  # committed results keep their records gzipped (scripts/compress_records.py)
+        import gzip
+
+        text = gzip.decompress(rec_path.read_bytes()).decode("utf-8")
+    else:
+        text = rec_path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _read_report_json(out: Path) -> dict[str, Any]:
@@ -409,4 +414,4 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Report", "load_examples", "render_markdown", "rerender", "safe_name", "summarize", "worst_case_table"]
+__all__ = ["Report", "load_examples", "read_records", "render_markdown", "rerender", "safe_name", "summarize", "worst_case_table"]
