@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import pssr.data
 from pssr.attacks.base import ATTACKS, Attack
 from pssr.evaluation import CheckConfig, Report, evaluate, parse_attacks, render_markdown, rerender
+from pssr.evaluation import harness as harness_mod
 from pssr.evaluation import state as state_mod
 from pssr.testing import accuracy, digits_mlp
 
@@ -361,6 +362,54 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
     other = evaluate(models, digits.test, state_dir=str(state_dir), **{**kw, "eps": [0.3]})
     assert saved and all(k.startswith("attack|") and k.endswith("|0.3") for k in saved)
     assert other.records == evaluate(models, digits.test, **{**kw, "eps": [0.3]}).records
+
+
+def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_path, monkeypatch):
+    models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
+    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1], n=50, batch_size=16, progress=False,
+              checks=CHECKS, seed=3)
+    state_dir = tmp_path / "state"
+    with pytest.raises(ValueError, match="holds none"):
+        evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
+    orig = state_mod.StateStore.save
+    attack_saves = []
+
+    def failing_save(self, unit):
+        orig(self, unit)
+        if unit.key.startswith("attack|"):
+            attack_saves.append(unit.key)
+            if len(attack_saves) == 6:  # none: t-fgsm done (4 batches), t-pgd stopped after 2 of 4
+                raise KeyboardInterrupt("injected")
+
+    monkeypatch.setattr(state_mod.StateStore, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(models, digits.test, state_dir=state_dir, **kw)
+    monkeypatch.setattr(state_mod.StateStore, "save", orig)
+
+    def no_attacks(*a, **k):
+        raise AssertionError("report-only mode ran an attack")
+
+    with monkeypatch.context() as m:
+        m.setattr(harness_mod, "_create_attack", no_attacks)
+        m.setattr(harness_mod.checks_mod, "run_pre_checks", no_attacks)
+        rep = evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
+    assert rep.config["complete"] is False
+    assert rep.models["none"]["pending"] == {"adaptive/t-pgd": "2 of 4 batches saved"}
+    assert set(rep.models["noisy"]["pending"]) >= {"paper/t-fgsm", "adaptive/t-pgd"}
+    full = evaluate(models, digits.test, **kw)
+    assert {(r["model"], r["attack"]) for r in rep.records} == {("none", "clean"), ("none", "t-fgsm")}
+    assert [r for r in rep.records if r["model"] == "none"] == [
+        r for r in full.records if r["model"] == "none" and r["attack"] != "t-pgd"]
+    # a worst case over fewer attacks than its threat model's would be an upper bound: left out
+    worst = {(r["model"], r["threat_model"]) for r in rep.results if r["attack"] == "worst-case"}
+    assert worst == {("none", "paper")}
+    md = render_markdown(rep.to_dict())
+    assert "Partial report" in md and "pending: adaptive/t-pgd (2 of 4 batches saved)" in md
+    # finished, the report-only view is the whole report
+    evaluate(models, digits.test, state_dir=state_dir, **kw)
+    done = evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
+    assert done.config["complete"] is True and done.records == full.records
+    assert "Partial report" not in render_markdown(done.to_dict())
 
 
 @dataclasses.dataclass

@@ -28,6 +28,8 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,
               eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False,
               calibrate=(0.0, 0.25))
+    with pytest.raises(ValueError, match="classifier is not trained yet"):
+        reproduce("digits", **kw, report_only=True)
     first = reproduce("digits", **kw)
     models = set(first["evaluations"]["linf"]["models"])
     assert models == {"none", "pgd-at", "trades", "jpeg", "median", "pssr", "pssr-calibrated"}
@@ -64,6 +66,18 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     assert second["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
     assert second["evaluations"]["l2"]["results"] == first["evaluations"]["l2"]["results"]
     assert second["training"]["pssr-calibrated"] == cal
+    # --report-only computes nothing: the finished run's report again; without the L2 state, a partial one
+    import shutil
+
+    import pssr.evaluation.harness as harness
+
+    monkeypatch.setattr(harness, "_create_attack", no_recalibration)
+    only = reproduce("digits", **kw, report_only=True)
+    assert only["complete"] is True and only["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
+    shutil.rmtree(tmp_path / "runs" / "eval-l2")
+    partial = reproduce("digits", **kw, report_only=True)
+    assert partial["complete"] is False and set(partial["evaluations"]) == {"linf"}
+    assert "Partial report" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_cli_reproduce_rejects_unknown_preset(capsys):

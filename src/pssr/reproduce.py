@@ -18,7 +18,9 @@
 
 Every step writes atomic checkpoints and skips or resumes what an earlier, interrupted run left,
 so rerunning the same command continues where it stopped. ``quick=True`` shrinks epochs and
-example counts for a smoke run (its numbers are not results).
+example counts for a smoke run (its numbers are not results). ``report_only=True``
+(``--report-only``) trains and computes nothing and writes the report of what is saved so far,
+marked partial while the evaluation is unfinished.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def reproduce(
     command: str | None = None,
     device: str | None = "auto",
     calibrate: tuple[float, ...] = (),
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run preset ``preset`` end to end (resumable); return the combined report dict.
 
@@ -140,6 +143,12 @@ def reproduce(
     by default, quick runs included: TV minimization runs batched in torch). ``calibrate``: candidate
     removal ratios; when given, the PSSR with the ratio its validation split prefers is evaluated too,
     as ``pssr-calibrated`` (same weights as ``pssr``).
+
+    ``report_only``: train and compute nothing; write ``results/NAME/`` from what the runs folder
+    holds (the trained models and the evaluations' saved state), e.g. while a long evaluation is
+    unfinished or was cut off: a model not trained yet is an error, pending evaluation units are
+    listed and leave their cells empty (see :func:`pssr.evaluation.evaluate`, ``compute=False``).
+    The combined report says ``"complete": false`` until everything is done.
     """
     from pssr import distributed as D
     from pssr.defense.baselines import create_baseline
@@ -165,7 +174,14 @@ def reproduce(
     # 1. classifier
     base = cfg(p.config)
     log.info("[%s] 1/4 classifier", tag)
-    steps["classifier"] = classifier.run_from_config(base, runs, progress=progress, command=command)
+
+    def train(what: str, ckpt: Path, epochs: Any, fn: Any, *a: Any) -> dict[str, Any]:
+        if not report_only:
+            return fn(*a, progress=progress, command=command)
+        return _finished_summary(what, ckpt, epochs)
+
+    steps["classifier"] = train("classifier", runs / "classifier.pt", base["classifier"].get("epochs"),
+                                classifier.run_from_config, base, runs)
     clf = load_classifier(runs / "classifier.pt")
     from pssr.config import build
 
@@ -177,7 +193,8 @@ def reproduce(
         for method in p.adv_methods:
             log.info("[%s] 2/4 adversarial training: %s", tag, method)
             m = apply_overrides(_adv_defaults(base, runs), [f'adv_train.method="{method}"'])
-            steps[method] = adversarial.run_from_config(m, runs, progress=progress, command=command)
+            steps[method] = train(method, runs / f"{method}.pt", m["adv_train"].get("epochs"),
+                                  adversarial.run_from_config, m, runs)
             models[method] = load_classifier(runs / f"{method}.pt")
         for name in input_transforms:
             models[name] = create_baseline(name, clf)
@@ -192,11 +209,12 @@ def reproduce(
         run = dict(pm.get("run") or {})
         run.update(classifier=str(runs / "classifier.pt"), out=str(runs / name), results="")
         pm["run"] = run
-        steps[name] = pssr_train.run_from_config(pm, progress=progress, command=command)
+        steps[name] = train(name, runs / name / "pssr.pt", (pm.get("pssr") or {}).get("epochs"),
+                            pssr_train.run_from_config, pm)
         models[name] = PSSR.load(runs / name / "pssr.pt")
     if calibrate:
         log.info("[%s] 3/4 pssr-calibrated (ratios %s)", tag, ", ".join(f"{r:g}" for r in calibrate))
-        steps["pssr-calibrated"], models["pssr-calibrated"] = _calibrated(runs, data, tuple(calibrate))
+        steps["pssr-calibrated"], models["pssr-calibrated"] = _calibrated(runs, data, tuple(calibrate), report_only)
 
     # 4. evaluation: L-inf (paper + adaptive) and L2 (paper's minimum-norm attacks), same examples
     n = eval_n if eval_n is not None else (p.quick_eval_n if quick else p.eval_n)
@@ -205,8 +223,12 @@ def reproduce(
     attack_lists = dict(attacks) if attacks is not None else {"linf": "paper,adaptive", "l2": "paper"}
     for norm, names in attack_lists.items():
         log.info("[%s] 4/4 evaluation (%s, %s)", tag, norm, names)
+        state = runs / f"eval-{norm}"
+        if report_only and not (state / "state.json").is_file():
+            log.info("[%s] no %s evaluation saved in %s yet: left out of the report", tag, norm, state)
+            continue
         rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
-                       state_dir=runs / f"eval-{norm}", progress=progress, dataset=data.name, device=device)
+                       state_dir=state, progress=progress, dataset=data.name, device=device, compute=not report_only)
         if D.current().is_main:  # under torchrun every rank holds the report; rank 0 writes it
             rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
@@ -219,6 +241,9 @@ def reproduce(
         "eval_n": n,
         "training": {k: _strip_history(v) for k, v in steps.items()},
         "evaluations": evaluations,
+        "report_only": report_only,
+        "complete": set(evaluations) == set(attack_lists) and all(e["config"].get("complete", True)
+                                                                    for e in evaluations.values()),
         "wall_seconds_this_invocation": time.perf_counter() - t0,
         "metadata": run_metadata(),
     }
@@ -229,7 +254,27 @@ def reproduce(
     return combined
 
 
-def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...]) -> tuple[dict[str, Any], Any]:
+def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
+    """Report-only: the training summary of a finished run (its checkpoint at its last epoch)."""
+    from pssr.utils import load_checkpoint
+
+    if not ckpt.is_file():
+        raise ValueError(f"report only: {what} is not trained yet ({ckpt} is missing); run the preset's command "
+                         "without --report-only to train it")
+    ck = load_checkpoint(ckpt)
+    done = ck.get("epoch", ck.get("epochs_done"))
+    if isinstance(epochs, int) and isinstance(done, int) and done < epochs:
+        raise ValueError(f"report only: {what} is trained {done} of {epochs} epochs ({ckpt}); run the preset's "
+                         "command without --report-only to finish it")
+    summary_file = ckpt.with_suffix(".json") if ckpt.name != "pssr.pt" else ckpt.with_name("pssr-train.json")
+    try:
+        return json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        return {"checkpoint": str(ckpt), "note": f"no readable training summary at {summary_file}"}
+
+
+def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...], report_only: bool = False
+                ) -> tuple[dict[str, Any], Any]:
     """PSSR of ``runs/pssr`` with the removal ratio chosen on its validation split: computed once per
     checkpoint and candidate list (``runs/pssr-calibrated.json``), reused afterwards."""
     from pssr.data.download import file_digest
@@ -245,6 +290,9 @@ def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...]) -> tuple[dict[
     except (OSError, ValueError):
         done = None
     if not (isinstance(done, dict) and done.get("key") == key):
+        if report_only:
+            raise ValueError(f"report only: PSSR's removal ratio is not calibrated yet for ratios {list(ratios)} "
+                             f"({path}); run the preset's command without --report-only")
         done = {"key": key, "calibration": calibrate_ratio(defense, data, ratios)}
         atomic_write_json(path, done)
     cal = done["calibration"]
@@ -281,6 +329,16 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     from pssr.evaluation.report import render_markdown
 
     lines = [f"# pssr reproduction: preset `{combined['preset']}`" + (" (quick smoke run: not a result)" if combined.get("quick") else ""), ""]
+    if combined.get("complete") is False:
+        missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
+        lines += ["**⚠ Partial report** (written with `--report-only` while the preset's evaluation is unfinished): "
+                  "empty cells are pending, not zero" + (f"; not started: {', '.join(missing)} evaluation" if missing
+                                                        else "") + ". Run the command without `--report-only` to "
+                  "finish it.", ""]
+    if combined.get("report_only"):
+        lines += ["Written with `--report-only` from saved evaluation state: the versions and hardware below are "
+                  "those of the machine that wrote the report; the units (and their timings) may have been computed "
+                  "elsewhere (a GPU, say).", ""]
     if combined.get("command"):
         lines += ["Command:", "", f"    {combined['command']}", ""]
     meta = combined.get("metadata", {})

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also evaluate PSSR with the removal ratio (of these, e.g. 0,0.05,0.1) its validation split prefers")
     r.add_argument("--device", default="auto",
                    help="where the evaluation runs: auto (CUDA when available), cpu, cuda (training: the configs' device)")
+    r.add_argument("--report-only", action="store_true",
+                   help="train and compute nothing: write results/NAME/ from the models and saved evaluation state in "
+                        "the runs folder (a partial report while an evaluation is unfinished; pending cells stay empty)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=_reproduce)
 
@@ -55,10 +58,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     res, is_main = D.run_and_leave(lambda: reproduce(
         args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick, ablations=args.ablations,
         baselines=args.baselines, eval_n=args.n, overrides=tuple(args.overrides), progress=args.progress,
-        command=args.command_line, device=args.device, calibrate=args.calibrate))
+        command=args.command_line, device=args.device, calibrate=args.calibrate, report_only=args.report_only))
     if not is_main:
         return 0
     _print_summary(res)
+    if res.get("complete") is False:
+        print("\npartial report: the evaluation is unfinished (pending units in report.md); rerun without "
+              "--report-only to finish it")
     return 0
 
 

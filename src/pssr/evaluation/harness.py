@@ -48,6 +48,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -429,6 +430,7 @@ def evaluate(
     dataset: str | None = None,
     subset_seed: int | None = None,
     n_examples: int = 8,
+    compute: bool = True,
 ) -> Report:
     """Evaluate ``models`` on ``data`` under ``attacks``; return a :class:`Report`.
 
@@ -454,6 +456,10 @@ def evaluate(
         dataset: dataset name for default budgets / hyper-parameters when ``data`` is a Split.
         subset_seed: with ``n``, draw a seeded random subset instead of the first ``n``.
         n_examples: images kept per purification defense for the report's example grid (0 = none).
+        compute: False computes nothing: the report holds what ``state_dir`` has saved so far (a
+            report of an unfinished evaluation). Units not complete are listed per model as
+            ``pending`` (``config["complete"]`` is False), and a model's worst-case rows of a threat
+            model with a pending attack are left out: over fewer attacks they would be upper bounds.
     """
     # ---- validate -------------------------------------------------------------------------------
     if isinstance(models, nn.Module):
@@ -485,6 +491,9 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not compute and (state_dir is None or not Path(state_dir, "state.json").is_file()):
+        raise ValueError("compute=False reports what an evaluation saved in its state folder; "
+                         + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)"))
     check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
     if checks is not False and check_cfg is None:
         raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
@@ -574,7 +583,7 @@ def evaluate(
             unit_inputs = {name: {**common, "model": settings["models"][name], "source": settings["sources"][name],
                                   "model_config": _model_config(m)} for name, m in models.items()}
             run = _Run(models, sources, x_all, y_all, index, specs, eps_list, norm, batch_size, seed, dev, store,
-                       progress and info.is_main, check_cfg, n_examples, info, unit_inputs)
+                       progress and info.is_main, check_cfg, n_examples, info, unit_inputs, compute)
             run.execute()
     finally:
         random.setstate(py_state)
@@ -583,6 +592,11 @@ def evaluate(
     # ---- assemble the report --------------------------------------------------------------------
     records = run.records()
     results = summarize(records, run.unit_meta)
+    if run.pending:  # a worst case over fewer attacks than the threat model's is an upper bound: left out
+        partial = {(m, p.split("/", 1)[0]) for m, units in run.pending.items() for p in units if "/" in p}
+        partial |= {(m, "all") for m, _ in partial}
+        results = [r for r in results if not (r["attack"] == "worst-case" and (r["model"], r["threat_model"]) in partial)]
+    config["complete"] = not run.pending
     model_info: dict[str, Any] = {}
     for name in models:
         info = dict(descriptions[name])
@@ -591,6 +605,8 @@ def evaluate(
         info["checks"] = {**c, **post_c} if check_cfg else None
         info["flags"] = list(f) + list(post_f)
         info["skipped_attacks"] = run.skipped.get(name, {})
+        if run.pending.get(name):
+            info["pending"] = run.pending[name]
         model_info[name] = info
     return Report(config=config, models=model_info, results=results, records=records, metadata=run_metadata(),
                   examples=run.examples)
@@ -627,7 +643,7 @@ class _Run:
                  y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
                  batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
                  check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None,
-                 unit_inputs: dict[str, dict[str, Any]] | None = None) -> None:
+                 unit_inputs: dict[str, dict[str, Any]] | None = None, compute: bool = True) -> None:
         self.models, self.sources = models, sources
         self.x, self.y, self.index = x, y, index
         self.specs, self.eps_list, self.norm = specs, eps_list, norm
@@ -642,6 +658,8 @@ class _Run:
         self.pre_checks: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self.examples: dict[str, dict[str, np.ndarray]] = {}
         self.skipped: dict[str, dict[str, str]] = {}  # model -> {"threat/label": reason}
+        self.compute = compute  # False: nothing is computed, units not saved complete are pending
+        self.pending: dict[str, dict[str, str]] = {}  # model -> {"threat/label": what is missing}
 
     def records(self) -> list[dict[str, Any]]:
         return [r for u in self.units for r in u.records]
@@ -713,11 +731,25 @@ class _Run:
                     clean_pred = self._clean(name, model, dev, bar)
                     for eps in self.eps_list:
                         for spec in self.specs:
-                            self._attack(name, model, spec, eps, clean_pred, dev, bar)
-                    if self.n_examples > 0 and callable(getattr(model, "purify", None)) and self.specs:
+                            if clean_pred is None:  # report-only, clean predictions not saved yet
+                                self._pend(name, f"{spec.threat_model}/{spec.label}", "needs the clean predictions")
+                            else:
+                                self._attack(name, model, spec, eps, clean_pred, dev, bar)
+                    if self.compute and self.n_examples > 0 and callable(getattr(model, "purify", None)) and self.specs:
                         self._examples(name, model, clean_pred, dev)
 
     # -- units ------------------------------------------------------------------------------------
+
+    def _pend(self, name: str, what: str, why: str) -> None:
+        self.pending.setdefault(name, {})[what] = why
+
+    def _unsaved(self, name: str, what: str, unit: UnitState) -> bool:
+        """Report-only mode and ``unit`` not saved complete: list it as pending, True."""
+        if self.compute or unit.complete:
+            return False
+        done = f"{unit.chunks_done} of {self.n_chunks} batches saved" if unit.chunks_done else "not started"
+        self._pend(name, what, done)
+        return True
 
     def _checks(self, name: str, model: nn.Module, dev: torch.device) -> None:
         cfg = self.check_cfg
@@ -725,6 +757,8 @@ class _Run:
 
         def run() -> dict[str, Any]:
             unit = self.store.load(f"checks|{name}", self._fp(name))
+            if not unit.complete and not self.compute:
+                return {"results": {}, "flags": [], "pending": True}
             if not unit.complete:
                 k = min(cfg.n, self.n)
                 x, y = self.x[:k].to(dev), self.y[:k].to(dev)
@@ -741,12 +775,16 @@ class _Run:
         # Rank 0 alone runs the checks (they look at the first cfg.n examples); every rank gets the
         # results, which decide e.g. whether the EOT attacks run.
         meta = D.on_main(run, self.info)
+        if meta.get("pending"):
+            self._pend(name, "checks", "not started")
         self.pre_checks[name] = (meta["results"], meta["flags"])
 
-    def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor:
+    def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor | None:
         unit = self._load(f"clean|{name}", self._fp(name))
         unit.n_chunks = self.n_chunks
         bar.update(unit.chunks_done)
+        if self._unsaved(name, "clean", unit):
+            return None
 
         def work(c: int) -> tuple[list[dict[str, Any]], float]:
             sl = self._slice(c)
@@ -772,6 +810,9 @@ class _Run:
     def _attack(self, name: str, model: nn.Module, spec: AttackSpec, eps: float, clean_pred: Tensor,
                 dev: torch.device, bar: Any) -> None:
         key = f"attack|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
+        if spec.for_randomized and "checks" in self.pending.get(name, {}):
+            self._pend(name, f"{spec.threat_model}/{spec.label}", "runs or not as the checks find (not saved yet)")
+            return
         reason = self._skip_reason(name, model, spec)
         if reason:
             self.skipped.setdefault(name, {})[f"{spec.threat_model}/{spec.label}"] = reason
@@ -783,6 +824,9 @@ class _Run:
         if not unit.complete and self._reuse_twin(name, model, spec, eps, unit):
             bar.update(self.n_chunks - unit.chunks_done)
             self._finish_unit(name, spec, eps, unit)
+            return
+        if self._unsaved(name, f"{spec.threat_model}/{spec.label}" + (f"@{eps:g}" if len(self.eps_list) > 1 else ""),
+                         unit):
             return
         source, source_kind = self.sources[name]
         target = model if spec.threat_model == "adaptive" else source

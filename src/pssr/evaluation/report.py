@@ -333,6 +333,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "never robust. ⚠ marks a model with check flags (see below): its robust accuracies may be upper bounds.",
         "",
     ]
+    pending = {m: models[m]["pending"] for m in names if models[m].get("pending")}
+    if cfg.get("complete") is False or pending:
+        n_units = sum(len(p) for p in pending.values())
+        lines += [f"**⚠ Partial report: the evaluation is unfinished** ({n_units} units of {len(pending)} models not "
+                  "computed yet, listed under Checks). A cell \"–\" is pending; a model's worst-case column is left "
+                  "out while an attack of its threat model is pending (over fewer attacks it would be an upper "
+                  "bound). Rerun the evaluation's command to finish it.", ""]
     # ---- headline ----
     header = ["model", "clean"] + [f"{t} worst @{e:g}" for e in eps_list for t in ("paper", "adaptive", "all")
                                    if any(r["threat_model"] == t for r in results)]
@@ -381,6 +388,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{m}** ({'; '.join(facts) or 'no checks'}): " + ("no flags" if not fl else ""))
         lines += [f"  - ⚠ `{f['name']}`: {f['message']}" for f in fl]
         lines += [f"  - not run: {a} ({why})" for a, why in (models[m].get("skipped_attacks") or {}).items()]
+        lines += [f"  - pending: {a} ({why})" for a, why in (models[m].get("pending") or {}).items()]
     lines.append("")
 
     # ---- timings ----
