@@ -518,7 +518,7 @@ def test_no_checks_and_strict_json(clf, digits, tmp_path):
                                                            if r["attack"] == "clean") / 10)
 
 
-def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path):
+def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path, capsys):
     from pssr.cli import main
     from pssr.train.classifier import train_classifier
 
@@ -538,6 +538,12 @@ def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path):
     first = strip(d["results"])
     assert main(argv) == 0
     assert strip(json.loads((out / "report.json").read_text())["results"]) == first
+    # --report-only with a model added: the saved units reported, the new model's pending
+    capsys.readouterr()
+    assert main([*argv, "--checkpoint", f"bits=bit-depth@{ck}", "--report-only"]) == 0
+    d = json.loads((out / "report.json").read_text())
+    assert d["config"]["complete"] is False and "clean" in d["models"]["bits"]["pending"]
+    assert "partial report" in capsys.readouterr().out
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file()

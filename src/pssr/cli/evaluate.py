@@ -30,6 +30,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
         subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
         progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
+        compute=not args.report_only,
     ))
     if not is_main:  # under torchrun: rank 0 wrote the report and prints the summary
         return 0
@@ -39,7 +40,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         worst = "; ".join(f"{t} worst " + ", ".join(f"{100 * v:.1f}% @{e}" for e, v in by_eps.items())
                           for t, by_eps in s["worst_case"].items() if t != "all")
         flags = ", ".join(f["name"] for f in info.get("flags", []))
-        print(f"{name}: clean {100 * s['clean_accuracy']:.1f}%; {worst}" + (f"  [flags: {flags}]" if flags else ""))
+        clean = s["clean_accuracy"]
+        clean_text = "pending" if clean is None or clean != clean else f"{100 * clean:.1f}%"
+        pending = f"  [{len(info['pending'])} pending]" if info.get("pending") else ""
+        print(f"{name}: clean {clean_text}; {worst}" + (f"  [flags: {flags}]" if flags else "") + pending)
+    if d["config"].get("complete") is False:
+        print("partial report: the evaluation is unfinished; run the command without --report-only to finish it")
     print(f"report: {args.out}/report.md")
     return 0
 
@@ -87,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true",
                    help="require an existing state in OUT/state (a plain rerun resumes too)")
     g.add_argument("--fresh", action="store_true", help="discard OUT/state and start over")
+    g.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the report of what OUT/state holds (partial while unfinished)")
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity checks")
     p.add_argument("--check-n", type=int, default=64, help="examples used by the sanity checks")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
