@@ -130,6 +130,20 @@ def _labels(report_dir: Path, d: dict) -> set[int]:
     return {r["label"] for r in read_records(report_dir, d)}
 
 
+def _command(d: dict) -> str:
+    """The command that computes report ``d`` (a partial one was written with ``--report-only``)."""
+    cmd = d.get("metadata", {}).get("command", "") or ""
+    return cmd.replace(" --report-only", "")
+
+
+def _partial(d: dict) -> str:
+    """'' for a finished evaluation; else a note saying the report is partial and how many units pend."""
+    if d.get("config", {}).get("complete") is not False:
+        return ""
+    k = sum(len(info.get("pending") or {}) for info in d["models"].values())
+    return f"partial: {k} units pending"
+
+
 def evaluations() -> list[str]:
     """Summary rows of every harness report under results/<dataset>/<name>/report.json.
 
@@ -150,8 +164,16 @@ def evaluations() -> list[str]:
         k, full = len(labels[path]), most[path.parent.parent]
         if 0 < k < full:
             n = f"{n} (⚠ {k} of {full} classes)"
-        commands.append(f"- `{rel}`: `{d.get('metadata', {}).get('command', '')}`")
+        partial = _partial(d)
+        waiting = [m for m, info in d["models"].items() if "clean" in (info.get("pending") or {})]
+        if partial:
+            n = f"{n} (partial)"
+        commands.append(f"- `{rel}`: `{_command(d)}`" + (
+            f" ({partial}" + (f", models not started: {', '.join(waiting)}" if waiting else "")
+            + "; this command finishes it, with --report-only it re-renders what is saved)" if partial else ""))
         for name, info in d["models"].items():
+            if "clean" in (info.get("pending") or {}):
+                continue
             s = info["summary"]
             wc = s.get("worst_case", {})
             paper = "; ".join(f"{_pct(v)} @{e}" for e, v in wc.get("paper", {}).items()) or "—"
@@ -191,7 +213,10 @@ def attack_tables(d: dict, title: str) -> list[str]:
                 flag = " (flagged)" if d["models"][m]["summary"].get("flagged") else ""
                 out.append(f"| {m}{flag} | {_pct(clean.get(m))} | " + " | ".join(cells) + f" | {_pct(w)} |")
             ns = sorted({r["n"] for r in cell.values()})
-            out += ["", f"n = {', '.join(map(str, ns))} test examples; command: `{d.get('metadata', {}).get('command', '')}`", ""]
+            partial = _partial(d)
+            note = (f" **{partial}**: \"—\" is not computed yet, and a worst case is left out while an attack of its "
+                    "threat model is pending" if partial else "")
+            out += ["", f"n = {', '.join(map(str, ns))} test examples; command: `{_command(d)}`{note}", ""]
     return out
 
 

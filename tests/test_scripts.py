@@ -99,3 +99,24 @@ def test_evaluations_table_flags_reports_that_cover_few_classes(tmp_path, monkey
     report("sorted", [0] * 30, gz=False)
     rows = [r for r in rt.evaluations() if r.startswith("| [results/ds/")]
     assert rows[0].endswith("| 30 |") and rows[1].endswith("| 30 (⚠ 1 of 10 classes) |")
+
+
+def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command(tmp_path, monkeypatch):
+    import json
+
+    rt = _results_table()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    d = tmp_path / "results" / "ds" / "p"
+    d.mkdir(parents=True)
+    (d / "records.jsonl").write_text(json.dumps({"label": 0, "correct": True}) + "\n")
+    summary = {"clean_accuracy": 1.0, "worst_case": {}, "flagged": False}
+    models = {"done": {"summary": summary}, "late": {"summary": {**summary, "clean_accuracy": None},
+                                                     "pending": {"clean": "not started", "paper/pgd": "x"}}}
+    (d / "report.json").write_text(json.dumps({
+        "models": models, "records_file": "records.jsonl", "config": {"n": 1, "complete": False},
+        "metadata": {"command": "pssr evaluate --out r --report-only"}}))
+    lines = rt.evaluations()
+    rows = [r for r in lines if r.startswith("| [results/ds/")]
+    assert len(rows) == 1 and "| done |" in rows[0] and rows[0].endswith("| 1 (partial) |")
+    cmd = next(r for r in lines if r.startswith("- `results/ds/p`"))
+    assert "`pssr evaluate --out r`" in cmd and "partial: 2 units pending" in cmd and "not started: late" in cmd
