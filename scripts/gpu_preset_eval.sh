@@ -22,7 +22,8 @@
 # second preset's beside it.
 # Several presets given to `run` are evaluated side by side (one process each, same GPU).
 # (PSSR_DEVICE=cpu runs the same steps here, as a check of the script.)
-# `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
+# A second `run` on the still-warm machine (carrying only .whl, or the same tar) continues from the state
+# the first left there. `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
 # `run` or a CPU `pssr reproduce` with the same arguments continues it) and packs the state, the
 # calibration and whatever results/PRESET/ the preset wrote into OUT/PRESET-preset.tar.gz.
 set -uo pipefail
@@ -72,7 +73,14 @@ case "${1:-}" in
       "$py" -c "import art, pyautoattack" || exit 1
     fi
     for preset in "$@"; do
-      tar xzf "runs/$preset-carry.tar.gz" || exit 1
+      # A warm machine keeps runs/ between calls: unpacking the same carry again would put its older
+      # evaluation state back over what the last call saved, so it is unpacked once per tar's content.
+      sum=$(sha256sum "runs/$preset-carry.tar.gz" | cut -d' ' -f1)
+      if [ "$(cat "runs/$preset/.carried" 2>/dev/null)" != "$sum" ]; then
+        tar xzf "runs/$preset-carry.tar.gz" && echo "$sum" > "runs/$preset/.carried" || exit 1
+      else
+        echo "runs/$preset: this carry was unpacked by an earlier call on this machine; continuing its state"
+      fi
       read -ra a <<< "$(args "$preset")" || exit 2
       # SIGINT: the CLI stops between batches' saves like a Ctrl-C; KILL 20 s later if it does not
       ( timeout --signal=INT --kill-after=20 "$budget" "$py" -m pssr reproduce "${a[@]}" --device "${PSSR_DEVICE:-cuda}" \
