@@ -94,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="require an existing state in OUT/state (a plain rerun resumes too)")
     g.add_argument("--fresh", action="store_true", help="discard OUT/state and start over")
     g.add_argument("--report-only", action="store_true",
-                   help="compute nothing: write the report of what OUT/state holds (partial while unfinished)")
+                   help="compute nothing: write the report of what OUT/state holds (partial while unfinished; "
+                        "without the example images, which need an attack)")
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity checks")
     p.add_argument("--check-n", type=int, default=64, help="examples used by the sanity checks")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -460,6 +460,7 @@ def evaluate(
             report of an unfinished evaluation). Units not complete are listed per model as
             ``pending`` (``config["complete"]`` is False), and a model's worst-case rows of a threat
             model with a pending attack are left out: over fewer attacks they would be upper bounds.
+            The example-image grid (made by attacking a few images) is left out too.
     """
     # ---- validate -------------------------------------------------------------------------------
     if isinstance(models, nn.Module):
