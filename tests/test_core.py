@@ -110,6 +110,21 @@ def test_atomic_json_and_metadata(tmp_path):
     assert p.stat().st_mode & 0o777 == ref.stat().st_mode & 0o777
 
 
+def test_recorded_command_reads_as_typed(monkeypatch):
+    from pssr.utils.meta import command_line
+
+    for env in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(env, raising=False)
+    assert command_line([".venv/bin/pssr", "evaluate", "--set", "a.b=\"x y\""]) == "pssr evaluate --set 'a.b=\"x y\"'"
+    module = ["/work/src/pssr/__main__.py", "reproduce", "--preset", "mnist-10k"]
+    assert command_line(module) == "pssr reproduce --preset mnist-10k"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert command_line(module) == "torchrun --nproc_per_node=2 --nnodes=2 -m pssr reproduce --preset mnist-10k"
+    assert command_line(["train.py", "--x"]) == "train.py --x"  # not the CLI: left as it is
+
+
 def test_seed_everything_validates_and_repeats():
     seed_everything(3)
     a = torch.rand(3)

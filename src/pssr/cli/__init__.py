@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from collections.abc import Sequence
 
 from pssr._version import __version__
+from pssr.utils.meta import command_line
 
 # Modules that contribute subcommands; each has register(subparsers).
 _COMMAND_MODULES = ("pssr.cli.train", "pssr.cli.defense", "pssr.cli.evaluate", "pssr.cli.demo")
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     # what the run records as its command (also when main() is called with a list, as in tests)
-    args.command_line = shlex.join(["pssr", *argv])
+    args.command_line = command_line(["pssr", *argv])  # with its torchrun launcher under torchrun
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -66,5 +67,20 @@ def run_metadata() -> dict[str, Any]:
         "git_revision": git_revision(),
         **({"git_revision_at_start": _START["git_revision"]} if "git_revision" in _START else {}),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """This process's command as a user would type it: ``pssr ...`` for the CLI (whether started as the
+    console script, a venv path to it, or ``python -m pssr``), with its ``torchrun`` launcher under torchrun."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (Path(argv[0]).name == "pssr" or Path(argv[0]).parts[-2:] == ("pssr", "__main__.py")):
+        argv[0] = "pssr"
+    cmd = shlex.join(argv)
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if os.environ.get("TORCHELASTIC_RUN_ID") and local and world and argv and argv[0] == "pssr":
+        nodes = int(world) // max(1, int(local))
+        cmd = (f"torchrun --nproc_per_node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "")
+               + " -m " + cmd)
+    return cmd
