@@ -297,6 +297,31 @@ def test_gradient_free_and_gap_flags(clf, digits):
     assert any(v["only_black_box_broken"] > 0 for v in gf.values())
 
 
+class _Collapsed(nn.Module):
+    """A degenerate defense: the classifier of one fixed image, whatever the input (a purifier that
+    learned to output a constant)."""
+
+    def __init__(self, classifier: nn.Module, image: Tensor) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("image", image)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.image.expand_as(x) + 0 * x)
+
+
+def test_a_collapsed_model_is_flagged_not_called_robust(clf, digits):
+    collapsed = _Collapsed(clf, digits.test.x[:1].clone())
+    rep = evaluate({"none": clf, "collapsed": collapsed}, digits.test, attacks=["t-pgd@adaptive"], eps=0.25, n=60,
+                   batch_size=60, progress=False, checks=CHECKS)
+    flags = [f for f in rep.flags("collapsed") if f["name"] == "collapsed_predictions"]
+    assert len(flags) == 1 and "100%" in flags[0]["message"]
+    share = rep.models["collapsed"]["checks"]["collapse"]["label_share"]
+    # its "robust" accuracy is exactly the share of its one class among the labels
+    assert math.isclose(_res(rep, "collapsed", "adaptive", "worst-case", 0.25), share)
+    assert not [f for f in rep.flags("none") if f["name"] == "collapsed_predictions"]
+
+
 def test_identity_defense_scores_as_no_defense(clf, digits):
     from pssr.defense.baselines import create_baseline
 

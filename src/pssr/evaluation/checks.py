@@ -271,6 +271,35 @@ def check_adaptive_gap(worst: dict[tuple[str, float], float], gap: float
     return res, flags
 
 
+# A model whose clean predictions are mostly one class that the labels are not: its "robust" accuracy
+# is that class's share of the examples, whatever the attack. A module constant, not a CheckConfig
+# field: the CheckConfig is part of every saved evaluation unit's fingerprint.
+COLLAPSE_SHARE = 0.9
+COLLAPSE_MIN_N = 20
+
+
+def check_collapse(clean: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Flags a model that predicts (nearly) one class for every clean example: a degenerate model
+    (a purifier that outputs one image, say) scores that class's frequency under any attack."""
+    n = len(clean)
+    if n < COLLAPSE_MIN_N:
+        return {}, []
+    preds: dict[int, int] = defaultdict(int)
+    labels: dict[int, int] = defaultdict(int)
+    for r in clean:
+        preds[int(r["clean_pred"])] += 1
+        labels[int(r["label"])] += 1
+    top, k = max(preds.items(), key=lambda kv: kv[1])
+    res = {"top_prediction": top, "top_prediction_share": k / n, "label_share": labels.get(top, 0) / n}
+    flags = []
+    if k / n >= COLLAPSE_SHARE and labels.get(top, 0) / n < COLLAPSE_SHARE:
+        flags.append(flag("collapsed_predictions",
+                          f"the model predicts class {top} for {k / n:.0%} of the clean examples (its share of the "
+                          f"labels: {labels.get(top, 0) / n:.0%}): its accuracies under attack are those of a constant "
+                          "classifier, not robustness"))
+    return res, flags
+
+
 def check_budget(records: list[dict[str, Any]], tol: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every adversarial example must lie inside its eps-ball."""
     bad = [r for r in records if r["attacked"] and r["pert_norm"] > r["eps"] * (1 + tol) + tol]
@@ -289,6 +318,7 @@ __all__ = [
     "check_adaptive_gap",
     "check_budget",
     "check_black_box",
+    "check_collapse",
     "check_gradients",
     "check_large_eps",
     "check_randomness",

@@ -629,6 +629,8 @@ def _post_checks(name: str, records: list[dict[str, Any]], unit_meta: dict[tuple
     flags += f
     out["budget"], f = checks_mod.check_budget(mine, cfg.budget_tol)
     flags += f
+    out["collapse"], f = checks_mod.check_collapse([r for r in records if r["model"] == name and r["attack"] == "clean"])
+    flags += f
     return out, flags
 
 
