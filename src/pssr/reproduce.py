@@ -332,7 +332,7 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     if combined.get("complete") is False:
         missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
         lines += ["**⚠ Partial report** (written with `--report-only` while the preset's evaluation is unfinished): "
-                  "empty cells are pending, not zero" + (f"; not started: {', '.join(missing)} evaluation" if missing
+                  "a \"–\" of a pending unit is not computed yet, not zero" + (f"; not started: {', '.join(missing)} evaluation" if missing
                                                         else "") + ". Run the command without `--report-only` to "
                   "finish it.", ""]
     if combined.get("report_only"):

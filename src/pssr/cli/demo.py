@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the evaluation runs: auto (CUDA when available), cpu, cuda (training: the configs' device)")
     r.add_argument("--report-only", action="store_true",
                    help="train and compute nothing: write results/NAME/ from the models and saved evaluation state in "
-                        "the runs folder (a partial report while an evaluation is unfinished; pending cells stay empty; no "
+                        "the runs folder (a partial report while an evaluation is unfinished; pending cells show '–'; no "
                         "example images)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=_reproduce)
