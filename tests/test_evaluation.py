@@ -339,23 +339,30 @@ def test_identity_defense_scores_as_no_defense(clf, digits):
     assert rep.flags("identity") == [] and rep.flags("none") == []
 
 
+def _interrupt_at_attack_save(monkeypatch, k: int):
+    """Make the k-th save of an attack unit's chunk raise KeyboardInterrupt right after it is written (an
+    interruption between batches); return the original StateStore.save."""
+    orig = state_mod.StateStore.save
+    saves = []
+
+    def failing_save(self, unit):
+        orig(self, unit)
+        if unit.key.startswith("attack|"):
+            saves.append(unit.key)
+            if len(saves) == k:
+                raise KeyboardInterrupt(f"injected interruption after attack chunk save {k}")
+
+    monkeypatch.setattr(state_mod.StateStore, "save", failing_save)
+    return orig
+
+
 def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path, monkeypatch, caplog):
     models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
     kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1, 0.2], n=50, batch_size=16, progress=False,
               checks=CHECKS, seed=3)
     full = evaluate(models, digits.test, **kw)
 
-    orig = state_mod.StateStore.save
-    saved_attack_chunks = []
-
-    def failing_save(self, unit):
-        orig(self, unit)
-        if unit.key.startswith("attack|"):
-            saved_attack_chunks.append(unit.key)
-            if len(saved_attack_chunks) == 1:
-                raise KeyboardInterrupt("injected interruption after the first attack chunk")
-
-    monkeypatch.setattr(state_mod.StateStore, "save", failing_save)
+    orig = _interrupt_at_attack_save(monkeypatch, 1)
     state_dir = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         evaluate(models, digits.test, state_dir=str(state_dir), **kw)
@@ -396,17 +403,7 @@ def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_
     state_dir = tmp_path / "state"
     with pytest.raises(ValueError, match="holds none"):
         evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
-    orig = state_mod.StateStore.save
-    attack_saves = []
-
-    def failing_save(self, unit):
-        orig(self, unit)
-        if unit.key.startswith("attack|"):
-            attack_saves.append(unit.key)
-            if len(attack_saves) == 6:  # none: t-fgsm done (4 batches), t-pgd stopped after 2 of 4
-                raise KeyboardInterrupt("injected")
-
-    monkeypatch.setattr(state_mod.StateStore, "save", failing_save)
+    orig = _interrupt_at_attack_save(monkeypatch, 6)  # none: t-fgsm done (4 batches), t-pgd stopped after 2 of 4
     with pytest.raises(KeyboardInterrupt):
         evaluate(models, digits.test, state_dir=state_dir, **kw)
     monkeypatch.setattr(state_mod.StateStore, "save", orig)
