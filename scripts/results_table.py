@@ -1,6 +1,7 @@
-"""Render the README's results tables from the JSON files under results/ (never typed by hand).
+"""Render the results tables from the JSON files under results/ (never typed by hand).
 
-    .venv/bin/python scripts/results_table.py            # prints Markdown
+    .venv/bin/python scripts/results_table.py               # every table (docs/results.md), Markdown
+    .venv/bin/python scripts/results_table.py --presets     # the presets' tables and speed (README.md)
 """
 
 from __future__ import annotations
@@ -185,11 +186,22 @@ def evaluations() -> list[str]:
 
 PAPER_ORDER = ("fgsm", "pgd", "mifgsm", "cw-linf", "cw-l2", "deepfool-l2", "ddn-l2", "autoattack")
 ADAPTIVE_ORDER = ("pgd-bpda", "pgd-bpda-eot", "pgd-full", "autoattack-bpda", "autoattack-rand", "square", "transfer-pgd")
+LABEL = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "cw-linf": "CW-L∞", "cw-l2": "CW-L2",
+         "deepfool-l2": "DeepFool", "ddn-l2": "DDN", "autoattack": "AutoAttack", "pgd-bpda": "BPDA-PGD",
+         "pgd-bpda-eot": "BPDA+EOT", "pgd-full": "full-gradient PGD", "autoattack-bpda": "AutoAttack (BPDA)",
+         "autoattack-rand": "AutoAttack-rand (EOT)", "square": "Square", "transfer-pgd": "transfer"}
 
 
-def attack_tables(d: dict, title: str) -> list[str]:
+def _eps(eps: float) -> str:
+    """A budget as written in papers: 8/255 rather than 0.0313725."""
+    k = eps * 255
+    return f"{round(k)}/255" if 0 < eps < 1 and abs(k - round(k)) < 1e-6 and len(f"{eps:g}") > 5 else f"{eps:g}"
+
+
+def attack_tables(d: dict, title: str, command: bool = True) -> list[str]:
     """Issue-5 tables of one harness report: per threat model and budget, rows = defenses, columns =
-    clean, each attack, worst case per example (from ``results`` and each model's summary)."""
+    clean, each attack, worst case per example (from ``results`` and each model's summary).
+    ``command=False`` leaves the command out of the note under each table (a preset gives it once)."""
     out: list[str] = []
     res = d.get("results", [])
     clean = {r["model"]: r["accuracy"] for r in res if r["attack"] == "clean"}
@@ -204,9 +216,9 @@ def attack_tables(d: dict, title: str) -> list[str]:
                 continue
             name = "paper protocol (attacks made on the classifier, then purified)" if threat == "paper" else \
                 "adaptive (white-box on the whole defense)"
-            out += [f"**{title}: {name}, eps {eps:g}**", "",
-                    "| defense | clean | " + " | ".join(attacks) + " | worst case |",
-                    "|---|---|" + "---|" * len(attacks) + "---|"]
+            out += [f"**{title}: {name}, eps {_eps(eps)}**", "",
+                    "| defense | clean | " + " | ".join(LABEL.get(a, a) for a in attacks) + " | worst case |",
+                    "|---|---:|" + "---:|" * len(attacks) + "---:|"]
             for m in models:
                 w = cell[(m, "worst-case")]["accuracy"] if (m, "worst-case") in cell else None
                 cells = [_pct(cell[(m, a)]["accuracy"]) if (m, a) in cell else "—" for a in attacks]
@@ -216,7 +228,8 @@ def attack_tables(d: dict, title: str) -> list[str]:
             partial = _partial(d)
             note = (f" **{partial}**: \"—\" is not computed yet, and a worst case is left out while an attack of its "
                     "threat model is pending" if partial else "")
-            out += ["", f"n = {', '.join(map(str, ns))} test examples; command: `{_command(d)}`{note}", ""]
+            cmd = f"; command: `{_command(d)}`" if command else ""
+            out += ["", f"n = {', '.join(map(str, ns))} test examples{cmd}{note}", ""]
     return out
 
 
@@ -230,6 +243,34 @@ def per_attack() -> list[str]:
         if len({r["attack"] for r in d["results"] if r["attack"] != "clean"}) < 2:
             continue
         out += attack_tables(d, str(path.parent.relative_to(ROOT)))
+    return out
+
+
+PRESETS = ("digits", "fashion-mnist", "mnist-10k", "cifar10-jpeg", "mnist", "cifar10", "cifar100")
+NORM_TITLE = {"linf": "L-inf", "l2": "L2"}
+
+
+def presets() -> list[str]:
+    """Per ``pssr reproduce`` preset (results/<preset>/report.json): its command, its n, which models are
+    ablations, then the paper-protocol and adaptive tables of each norm it evaluated."""
+    out: list[str] = []
+    for name in PRESETS:
+        d = _load(f"{name}/report.json")
+        if not d or "evaluations" not in d:
+            continue
+        cmd = (d.get("command") or "").replace(" --report-only", "")
+        partial = [e for e in d["evaluations"].values() if e.get("config", {}).get("complete") is False]
+        pending = sum(len(i.get("pending") or {}) for e in partial for i in e["models"].values())
+        waiting = sorted({m for e in partial for m, i in e["models"].items() if "clean" in (i.get("pending") or {})})
+        norms = [n for n in ("linf", "l2") if n in d["evaluations"]]
+        n = sorted({e["config"].get("n") for e in d["evaluations"].values()})
+        out += [f"#### `{name}` ({', '.join(NORM_TITLE[k] for k in norms)}; n = {', '.join(map(str, n))} test images "
+                f"of all classes) — [report](results/{name}/report.md)", "",
+                f"`{cmd}`" + (f" — **partial** ({pending} units pending" + (
+                    f"; not evaluated yet: {', '.join(waiting)}" if waiting else "")
+                    + "): this command finishes it, `--report-only` re-renders what is saved" if partial else ""), ""]
+        for norm in norms:
+            out += attack_tables(d["evaluations"][norm], f"{name}, {NORM_TITLE[norm]}", command=False)
     return out
 
 
@@ -277,7 +318,14 @@ def calibrations() -> list[str]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--presets"]:
+        print("\n".join([*presets(), "### Speed (benchmarks)", "", *benchmarks()]))
+        return 0
+    if argv:
+        print("usage: results_table.py [--presets]", file=sys.stderr)
+        return 2
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
            "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "",
            "Each command reproduces its row with the configs as they are now: every setting of the run that differs "

@@ -1,4 +1,5 @@
-"""Replace the block between the results markers in README.md with scripts/results_table.py's output."""
+"""Rewrite the generated results blocks: the presets' tables and speed in README.md, every table in
+docs/results.md (both rendered by scripts/results_table.py from the JSON under results/)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (scripts/update_readme_results.py) -->", "<!-- results:end -->"
 
-table = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py")], capture_output=True, text=True,
-                       check=True).stdout.strip()
-readme = (ROOT / "README.md").read_text()
-if BEGIN in readme:
-    head, rest = readme.split(BEGIN, 1)
+
+def render(*args: str) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), *args], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def replace_block(path: Path, table: str) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path}: the results markers are missing ({BEGIN} ... {END})")
+    head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-else:
-    head, tail = readme.split("RESULTS_TABLE", 1)
-(ROOT / "README.md").write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    tmp.replace(path)
+
+
+def relink(table: str) -> str:
+    """Links rendered for the repository root, made relative to docs/."""
+    return table.replace("](results/", "](../results/").replace("](docs/", "](")
+
+
+if __name__ == "__main__":
+    replace_block(ROOT / "README.md", render("--presets"))
+    replace_block(ROOT / "docs" / "results.md", relink(render()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from pssr.config import asdict, build, load_toml
 from pssr.defense import PSSRConfig
 from pssr.train.pssr_train import PSSRRunConfig
@@ -120,3 +122,60 @@ def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command
     assert len(rows) == 1 and "| done |" in rows[0] and rows[0].endswith("| 1 (partial) |")
     cmd = next(r for r in lines if r.startswith("- `results/ds/p`"))
     assert "`pssr evaluate --out r`" in cmd and "partial: 2 units pending" in cmd and "not started: late" in cmd
+
+
+def _preset_report(tmp_path, complete: bool) -> None:
+    import json
+
+    def ev(norm: str, eps: float, attack: str) -> dict:
+        summary = {"clean_accuracy": 0.9, "worst_case": {}, "flagged": False}
+        models = {"none": {"summary": summary}, "pssr": {"summary": {**summary, "flagged": True}}}
+        if not complete:
+            models["late"] = {"summary": {**summary, "clean_accuracy": None}, "pending": {"clean": "not started"}}
+        res = [{"model": m, "attack": "clean", "threat_model": "clean", "eps": 0.0, "accuracy": 0.9, "n": 10}
+               for m in ("none", "pssr")]
+        res += [{"model": m, "attack": a, "threat_model": "paper", "eps": eps, "accuracy": acc, "n": 10}
+                for m, acc in (("none", 0.1), ("pssr", 0.7)) for a in (attack, "worst-case")]
+        return {"models": models, "results": res, "config": {"n": 10, "complete": complete}}
+
+    d = tmp_path / "results" / "digits"
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps({
+        "command": "pssr reproduce --preset digits --report-only",
+        "evaluations": {"linf": ev("linf", 8 / 255, "pgd"), "l2": ev("l2", 1.0, "ddn-l2")}}))
+
+
+def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path, monkeypatch):
+    rt = _results_table()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    _preset_report(tmp_path, complete=True)
+    lines = rt.presets()
+    assert lines[0].startswith("#### `digits` (L-inf, L2; n = 10")
+    assert "`pssr reproduce --preset digits`" in lines  # --report-only is not the reproducing command
+    head = [ln for ln in lines if ln.startswith("| defense |")]
+    assert head == ["| defense | clean | PGD | worst case |", "| defense | clean | DDN | worst case |"]
+    assert "| pssr (flagged) | 90.00% | 70.00% | 70.00% |" in lines
+    assert not any("partial" in ln for ln in lines)
+
+    _preset_report(tmp_path / "p", complete=False)
+    monkeypatch.setattr(rt, "ROOT", tmp_path / "p")
+    cmd = next(ln for ln in rt.presets() if ln.startswith("`pssr reproduce"))
+    assert "**partial** (2 units pending; not evaluated yet: late)" in cmd
+
+
+def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_path):
+    spec = importlib.util.spec_from_file_location("update_readme_results", ROOT / "scripts" / "update_readme_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    page = tmp_path / "page.md"
+    page.write_text(f"before\n{mod.BEGIN}\nold\n{mod.END}\nafter\n")
+    mod.replace_block(page, mod.relink("[r](results/a/report.md) ![f](docs/figures/x.png)"))
+    assert page.read_text() == f"before\n{mod.BEGIN}\n[r](../results/a/report.md) ![f](figures/x.png)\n{mod.END}\nafter\n"
+    page.write_text("no markers")
+    with pytest.raises(SystemExit, match="markers are missing"):
+        mod.replace_block(page, "x")
+
+
+def test_budgets_read_as_papers_write_them():
+    rt = _results_table()
+    assert [rt._eps(e) for e in (8 / 255, 0.1, 0.3, 1.0, 2 / 255)] == ["8/255", "0.1", "0.3", "1", "2/255"]
