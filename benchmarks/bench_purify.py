@@ -88,8 +88,8 @@ def run_purification(config: str, *, device: torch.device, checkpoint: str | Non
     return {"config": config, "dataset": dataset, "image_shape": list(shape), "trained_weights": bool(checkpoint),
             "device": str(device), "quick": quick, "data": DATA_NOTE, "baseline_configs": configs, "rows": rows,
             "note": "latency_ms is the median over repeats; images/s of the whole forward pass (purify + classify); "
-                    "bf16 = autocast + channels_last input; peak memory is the process's peak RSS on CPU "
-                    "(cumulative across rows), CUDA allocator peak on GPU"}
+                    "bf16 = autocast + channels_last input; peak memory is the process's peak RSS during the row on "
+                    "CPU (reset before each row where Linux allows), CUDA allocator peak on GPU"}
 
 
 def parser() -> argparse.ArgumentParser:

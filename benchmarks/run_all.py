@@ -1,6 +1,7 @@
 """All benchmarks in one run: purification speed (bench_purify) and training time (bench_train).
 
-Writes one ``results/benchmarks.json`` with sections ``purification`` and ``training``, plus the
+Writes one ``results/benchmarks.json`` with sections ``purification`` (a list: one run per PSSR config,
+by default Fashion-MNIST's and CIFAR-10's) and ``training``, plus the
 environment a reader needs to judge the numbers (torch version and threads, CPU model, the 1-minute
 load average at start and end: a busy machine makes every number slower)::
 
@@ -26,11 +27,16 @@ from common import environment, load_average  # noqa: E402
 
 from pssr.utils import atomic_write_json, default_device, run_metadata  # noqa: E402
 
+DEFAULT_CONFIGS = ("configs/pssr-fashion-mnist.toml", "configs/pssr-cifar10-jpeg.toml")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/pssr-fashion-mnist.toml", help="PSSR config of the purification run")
-    ap.add_argument("--checkpoint", default=None, help="a trained PSSR checkpoint for the purification run")
+    ap.add_argument("--config", action="append", default=None,
+                    help="PSSR config of a purification run (repeatable; default: "
+                         f"{' and '.join(DEFAULT_CONFIGS)}, an MNIST-size and a CIFAR-size model)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a trained PSSR checkpoint for the purification run (with exactly one --config)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5, help="purification: timed calls per batch-256 row")
     ap.add_argument("--baselines", default="jpeg,bit-depth,median,tvm")
@@ -41,15 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny batches, one step / repeat per row")
     ap.add_argument("--out", default="results/benchmarks.json")
     args = ap.parse_args(argv)
+    configs = args.config or list(DEFAULT_CONFIGS)
+    if args.checkpoint and len(configs) != 1:
+        ap.error("--checkpoint needs exactly one --config (the checkpoint's)")
 
     device = default_device(args.device)
     env = environment(device)
     env["load_average_1min_start"] = load_average()
     t0 = time.perf_counter()
-    print("== purification")
-    purification = run_purification(args.config, device=device, checkpoint=args.checkpoint, repeats=args.repeats,
-                                    baselines=tuple(b for b in args.baselines.split(",") if b),
-                                    art_tvm=not args.no_art_tvm, quick=args.quick)
+    purification = []
+    for config in configs:
+        print(f"== purification ({config})")
+        purification.append(run_purification(config, device=device, checkpoint=args.checkpoint, repeats=args.repeats,
+                                              baselines=tuple(b for b in args.baselines.split(",") if b),
+                                              art_tvm=not args.no_art_tvm, quick=args.quick))
     print("== training")
     training = run_training(device=device, steps=args.steps, batch=args.batch, row_budget_s=args.row_budget or None,
                             quick=args.quick)

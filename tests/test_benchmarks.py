@@ -41,7 +41,8 @@ def _positive(row: dict, *keys: str) -> None:
 
 def test_run_all_quick_writes_both_sections(bench, tmp_path):
     out = tmp_path / "benchmarks.json"
-    assert bench["run_all"].main(["--quick", "--out", str(out)]) == 0
+    assert bench["run_all"].main(["--quick", "--out", str(out), "--config", "configs/pssr-fashion-mnist.toml",
+                                  "--config", "configs/pssr-digits.toml"]) == 0
     doc = json.loads(out.read_text())
     assert {"purification", "training", "environment", "metadata", "data"} <= set(doc)
     assert doc["quick"] is True and "random" in doc["data"]
@@ -53,8 +54,9 @@ def test_run_all_quick_writes_both_sections(bench, tmp_path):
     for k in ("load_average_1min_start", "load_average_1min_end"):
         assert env[k] is None or env[k] >= 0
 
-    pur = doc["purification"]
-    assert pur["quick"] is True and pur["image_shape"] == [1, 28, 28] and "random" in pur["data"]
+    assert [p["image_shape"] for p in doc["purification"]] == [[1, 28, 28], [1, 8, 8]]
+    pur = doc["purification"][0]
+    assert pur["quick"] is True and "random" in pur["data"]
     models = ["classifier", "pssr", "jpeg", "bit-depth", "median", "tvm", "tvm-art"]
     assert {(r["model"], r["precision"], r["batch"]) for r in pur["rows"]} == {
         (m, p, b) for m in models for p in ("fp32", "bf16") for b in (1, 8)}
@@ -77,6 +79,13 @@ def test_run_all_quick_writes_both_sections(bench, tmp_path):
         assert r["seconds_per_epoch" if per_run else "seconds_once_per_run"] is None
         assert r["seconds_once_per_run" if per_run else "seconds_per_epoch"] == pytest.approx(
             r["epoch_images"] / r["images_per_s"])
+
+
+def test_run_all_refuses_one_checkpoint_for_several_configs(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench["run_all"].main(["--quick", "--checkpoint", "x.pt", "--out", str(tmp_path / "b.json")])
+    assert "--checkpoint needs exactly one --config" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_bench_train_alone_and_its_argument_checks(bench, tmp_path):

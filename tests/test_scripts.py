@@ -179,3 +179,25 @@ def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_p
 def test_budgets_read_as_papers_write_them():
     rt = _results_table()
     assert [rt._eps(e) for e in (8 / 255, 0.1, 0.3, 1.0, 2 / 255)] == ["8/255", "0.1", "0.3", "1", "2/255"]
+
+
+def test_speed_tables_render_one_table_per_purification_config(tmp_path, monkeypatch):
+    import json
+
+    rt = _results_table()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    row = {"precision": "fp32", "batch": 256, "latency_ms": 100.0, "images_per_s": 2560.0, "peak_mib": 400.0,
+           "memory_kind": "process_peak_rss"}
+    pur = [{"dataset": ds, "image_shape": shape, "rows": [{**row, "model": m} for m in ("classifier", "pssr")]}
+           for ds, shape in (("fashion-mnist", [1, 28, 28]), ("cifar10-jpeg", [3, 32, 32]))]
+    train = {"rows": [{"workload": "pssr", "model": "resnet20", "precision": "fp32", "images_per_s": 80.0,
+                       "seconds_per_epoch": 600.0}]}
+    (tmp_path / "results").mkdir()
+    for doc_pur in (pur, pur[0]):  # a list of runs, or one run (files written before the list)
+        (tmp_path / "results" / "benchmarks.json").write_text(json.dumps({
+            "environment": {"cpu_model": "X", "torch_threads": 2, "load_average_1min_start": 0.1,
+                            "load_average_1min_end": 0.2}, "purification": doc_pur, "training": train}))
+        lines = rt.benchmarks()
+        titles = [ln for ln in lines if ln.startswith("Purification, ")]
+        assert len(titles) == (2 if doc_pur is pur else 1) and "fashion-mnist 1x28x28" in titles[0]
+        assert "| pssr | — | 2560 | — | — | 400 |" in lines and "| pssr | resnet20 | fp32 | 80 | 600 |" in lines
