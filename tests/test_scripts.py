@@ -201,3 +201,14 @@ def test_speed_tables_render_one_table_per_purification_config(tmp_path, monkeyp
         titles = [ln for ln in lines if ln.startswith("Purification, ")]
         assert len(titles) == (2 if doc_pur is pur else 1) and "fashion-mnist 1x28x28" in titles[0]
         assert "| pssr | — | 2560 | — | — | 400 |" in lines and "| pssr | resnet20 | fp32 | 80 | 600 |" in lines
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/results.md", "docs/distributed.md", "docs/report-schema.md"])
+def test_relative_links_of_the_docs_resolve(page):
+    import re
+
+    path = ROOT / page
+    targets = re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+    local = [t.split("#")[0] for t in targets if not t.startswith(("http://", "https://", "#", "mailto:"))]
+    missing = [t for t in local if t and not (path.parent / t).exists()]
+    assert not missing, f"{page}: links to missing files: {missing}"
