@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -131,10 +132,14 @@ def _labels(report_dir: Path, d: dict) -> set[int]:
     return {r["label"] for r in read_records(report_dir, d)}
 
 
+def _finishing(cmd: str) -> str:
+    """The command that computes everything: a partial report's without ``--report-only`` / ``--only M``."""
+    return re.sub(r" --only(=| )\S+", "", cmd.replace(" --report-only", ""))
+
+
 def _command(d: dict) -> str:
-    """The command that computes report ``d`` (a partial one was written with ``--report-only``)."""
-    cmd = d.get("metadata", {}).get("command", "") or ""
-    return cmd.replace(" --report-only", "")
+    """The command that computes report ``d`` (a partial one was written with ``--report-only`` or ``--only``)."""
+    return _finishing(d.get("metadata", {}).get("command", "") or "")
 
 
 def _partial(d: dict) -> str:
@@ -258,7 +263,7 @@ def presets() -> list[str]:
         d = _load(f"{name}/report.json")
         if not d or "evaluations" not in d:
             continue
-        cmd = (d.get("command") or "").replace(" --report-only", "")
+        cmd = _finishing(d.get("command") or "")
         partial = [e for e in d["evaluations"].values() if e.get("config", {}).get("complete") is False]
         pending = sum(len(i.get("pending") or {}) for e in partial for i in e["models"].values())
         waiting = sorted({m for e in partial for m, i in e["models"].items() if "clean" in (i.get("pending") or {})})

@@ -434,6 +434,37 @@ def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_
     assert "Partial report" not in render_markdown(done.to_dict())
 
 
+def test_compute_a_subset_of_models_reports_the_others_from_the_state(clf, digits, tmp_path, monkeypatch):
+    models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
+    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1], n=40, batch_size=16, progress=False,
+              checks=CHECKS, seed=3)
+    state_dir = tmp_path / "state"
+    with pytest.raises(ValueError, match=r"compute names \['nope'\]"):
+        evaluate(models, digits.test, state_dir=state_dir, compute=["nope"], **kw)
+    with pytest.raises(ValueError, match="collection of model names"):
+        evaluate(models, digits.test, state_dir=state_dir, compute="noisy", **kw)
+    attacked = []
+    orig = harness_mod._create_attack
+
+    def spy(name, model, *a, **k):
+        attacked.append(name)
+        return orig(name, model, *a, **k)
+
+    monkeypatch.setattr(harness_mod, "_create_attack", spy)
+    # a state folder with nothing in it yet: "noisy" alone is computed, "none" is pending
+    rep = evaluate(models, digits.test, state_dir=state_dir, compute={"noisy"}, **kw)
+    assert set(attacked) == {"t-fgsm", "t-pgd"}  # noisy's units (and its example grid)
+    assert rep.config["complete"] is False and "pending" not in rep.models["noisy"]
+    assert set(rep.models["none"]["pending"]) == {"checks", "clean", "paper/t-fgsm", "adaptive/t-pgd"}
+    full = evaluate(models, digits.test, **kw)
+    assert [r for r in rep.records if r["model"] == "noisy"] == [r for r in full.records if r["model"] == "noisy"]
+    # then the other model: the state is complete, the report is the whole one
+    attacked.clear()
+    rest = evaluate(models, digits.test, state_dir=state_dir, compute=["none"], **kw)
+    assert sorted(attacked) == ["t-fgsm", "t-pgd"]  # none's units alone
+    assert rest.config["complete"] is True and rest.records == full.records
+
+
 @dataclasses.dataclass
 class _Level:
     level: float = 0.5
@@ -566,6 +597,14 @@ def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path, capsys):
     d = json.loads((out / "report.json").read_text())
     assert d["config"]["complete"] is False and "clean" in d["models"]["bits"]["pending"]
     assert "partial report" in capsys.readouterr().out
+    # --only: the added model computed, the others reported from the state; with --report-only: refused
+    assert main([*argv, "--checkpoint", f"bits=bit-depth@{ck}", "--only", "bits"]) == 0
+    d = json.loads((out / "report.json").read_text())
+    assert d["config"]["complete"] is True and strip(r for r in d["results"] if r["model"] != "bits") == first
+    assert main([*argv, "--only", "bits", "--report-only"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert main([*argv, "--only", "nope"]) == 2
+    assert "compute names ['nope']" in capsys.readouterr().err
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file()

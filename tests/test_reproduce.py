@@ -71,6 +71,7 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
 
     import pssr.evaluation.harness as harness
 
+    create_attack = harness._create_attack
     monkeypatch.setattr(harness, "_create_attack", no_recalibration)
     only = reproduce("digits", **kw, report_only=True)
     assert only["complete"] is True and only["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
@@ -78,6 +79,21 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     partial = reproduce("digits", **kw, report_only=True)
     assert partial["complete"] is False and set(partial["evaluations"]) == {"linf"}
     assert "Partial report" in (tmp_path / "out" / "report.md").read_text()
+    # only=: these models' rows are computed, the others' wait in the report as pending
+    with pytest.raises(ValueError, match="nope not among this run's models"):
+        reproduce("digits", **kw, only=("nope", "pssr"))
+    with pytest.raises(ValueError, match="contradict"):
+        reproduce("digits", **kw, only=("pssr",), report_only=True)
+    monkeypatch.setattr(harness, "_create_attack", create_attack)
+    some = reproduce("digits", **kw, only=("pssr",))
+    l2 = some["evaluations"]["l2"]["models"]
+    assert some["complete"] is False and "pending" not in l2["pssr"]
+    assert {m for m, info in l2.items() if info.get("pending")} == set(l2) - {"pssr"}
+    done = reproduce("digits", **kw)
+    def untimed(rep):
+        return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rep["evaluations"]["l2"]["results"]]
+
+    assert done["complete"] is True and untimed(done) == untimed(first)  # the same numbers, computed again
 
 
 def test_cli_reproduce_rejects_unknown_preset(capsys):

@@ -116,7 +116,7 @@ def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command
                                                      "pending": {"clean": "not started", "paper/pgd": "x"}}}
     (d / "report.json").write_text(json.dumps({
         "models": models, "records_file": "records.jsonl", "config": {"n": 1, "complete": False},
-        "metadata": {"command": "pssr evaluate --out r --report-only"}}))
+        "metadata": {"command": "pssr evaluate --out r --only late --report-only"}}))
     lines = rt.evaluations()
     rows = [r for r in lines if r.startswith("| [results/ds/")]
     assert len(rows) == 1 and "| done |" in rows[0] and rows[0].endswith("| 1 (partial) |")

@@ -130,6 +130,7 @@ def reproduce(
     device: str | None = "auto",
     calibrate: tuple[float, ...] = (),
     report_only: bool = False,
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run preset ``preset`` end to end (resumable); return the combined report dict.
 
@@ -149,6 +150,12 @@ def reproduce(
     unfinished or was cut off: a model not trained yet is an error, pending evaluation units are
     listed and leave their cells empty (see :func:`pssr.evaluation.evaluate`, ``compute=False``).
     The combined report says ``"complete": false`` until everything is done.
+
+    ``only``: evaluate these models alone (names as in the report: ``none``, ``pgd-at``, ``jpeg``,
+    ``pssr``, ``pssr-random-mask``, ``pssr-calibrated``, ...); the others' rows come from the saved
+    state, pending where nothing is saved (e.g. a CPU session finishing the PSSR rows of an
+    evaluation a GPU began, while the slow TV-minimization units wait). Training is unchanged:
+    every model the preset needs is trained if it is missing.
     """
     from pssr import distributed as D
     from pssr.defense.baselines import create_baseline
@@ -159,6 +166,15 @@ def reproduce(
     from pssr.train.loop import DataConfig, load_data
 
     p = PRESETS.create(preset)
+    if only and report_only:
+        raise ValueError("only= and report_only=True contradict each other: report_only computes nothing")
+    if only:
+        names = ["none", *((*p.adv_methods, *input_transforms) if baselines else ()), "pssr",
+                 *((f"pssr-{k}" for k in ABLATIONS if k in p.ablations) if ablations else ()),
+                 *(("pssr-calibrated",) if calibrate else ())]
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"only: {', '.join(unknown)} not among this run's models ({', '.join(names)})")
     cdir = Path(config_dir) if config_dir else CONFIG_DIR
     tag = f"{p.name}-quick" if quick else p.name
     runs = Path(runs_dir) if runs_dir else Path("runs") / tag
@@ -228,7 +244,8 @@ def reproduce(
             log.info("[%s] no %s evaluation saved in %s yet: left out of the report", tag, norm, state)
             continue
         rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
-                       state_dir=state, progress=progress, dataset=data.name, device=device, compute=not report_only)
+                       state_dir=state, progress=progress, dataset=data.name, device=device,
+                       compute=set(only) if only else not report_only)
         if D.current().is_main:  # under torchrun every rank holds the report; rank 0 writes it
             rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
@@ -242,6 +259,7 @@ def reproduce(
         "training": {k: _strip_history(v) for k, v in steps.items()},
         "evaluations": evaluations,
         "report_only": report_only,
+        "only": list(only),
         "complete": set(evaluations) == set(attack_lists) and all(e["config"].get("complete", True)
                                                                     for e in evaluations.values()),
         "wall_seconds_this_invocation": time.perf_counter() - t0,
@@ -331,12 +349,13 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     lines = [f"# pssr reproduction: preset `{combined['preset']}`" + (" (quick smoke run: not a result)" if combined.get("quick") else ""), ""]
     if combined.get("complete") is False:
         missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
-        lines += ["**⚠ Partial report** (written with `--report-only` while the preset's evaluation is unfinished): "
-                  "a \"–\" of a pending unit is not computed yet, not zero" + (f"; not started: {', '.join(missing)} evaluation" if missing
-                                                        else "") + ". Run the command without `--report-only` to "
-                  "finish it.", ""]
-    if combined.get("report_only"):
-        lines += ["Written with `--report-only` from saved evaluation state: the versions and hardware below are "
+        lines += ["**⚠ Partial report** (written with `--report-only` or `--only` while the preset's evaluation is "
+                  "unfinished): a \"–\" of a pending unit is not computed yet, not zero"
+                  + (f"; not started: {', '.join(missing)} evaluation" if missing else "")
+                  + ". Run the command without `--report-only` / `--only` to finish it.", ""]
+    if combined.get("report_only") or combined.get("only"):
+        how = "`--report-only`" if combined.get("report_only") else f"`--only {','.join(combined['only'])}`"
+        lines += [f"Written with {how} from saved evaluation state: the versions and hardware below are "
                   "those of the machine that wrote the report; the units (and their timings) may have been computed "
                   "elsewhere (a GPU, say).", ""]
     if combined.get("command"):

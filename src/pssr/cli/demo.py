@@ -18,6 +18,7 @@ def _ratio_list(text: str) -> tuple[float, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pssr.cli.evaluate import model_names
     from pssr.reproduce import list_presets
 
     r = sub.add_parser("reproduce", help="train classifier, baselines and PSSR, evaluate, write results/NAME/")
@@ -40,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train and compute nothing: write results/NAME/ from the models and saved evaluation state in "
                         "the runs folder (a partial report while an evaluation is unfinished; pending cells show '–'; no "
                         "example images)")
+    r.add_argument("--only", type=model_names, default=(), metavar="MODELS",
+                   help="evaluate only these models (comma-separated report names, e.g. pssr,pssr-calibrated); the "
+                        "others' rows come from the saved state (pending where none is saved). Training is unchanged")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=_reproduce)
 
@@ -59,13 +63,14 @@ def _reproduce(args: argparse.Namespace) -> int:
     res, is_main = D.run_and_leave(lambda: reproduce(
         args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick, ablations=args.ablations,
         baselines=args.baselines, eval_n=args.n, overrides=tuple(args.overrides), progress=args.progress,
-        command=args.command_line, device=args.device, calibrate=args.calibrate, report_only=args.report_only))
+        command=args.command_line, device=args.device, calibrate=args.calibrate, report_only=args.report_only,
+        only=args.only))
     if not is_main:
         return 0
     _print_summary(res)
     if res.get("complete") is False:
         print("\npartial report: the evaluation is unfinished (pending units in report.md); rerun without "
-              "--report-only to finish it")
+              "--report-only / --only to finish it")
     return 0
 
 

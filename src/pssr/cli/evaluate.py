@@ -21,6 +21,8 @@ import argparse
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.only and args.report_only:
+        raise ValueError("--only and --report-only contradict each other: --report-only computes nothing")
     from pssr import distributed as D
     from pssr.evaluation.checks import CheckConfig
     from pssr.evaluation.loading import evaluate_checkpoints
@@ -30,7 +32,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         attacks=args.attacks, eps=args.eps, resume=args.resume, fresh=args.fresh, norm=args.norm, n=args.n,
         subset_seed=args.subset_seed, batch_size=args.batch_size, seed=args.seed, device=args.device,
         progress=args.progress, checks=CheckConfig(n=args.check_n) if args.checks else False,
-        compute=not args.report_only,
+        compute=set(args.only) if args.only else not args.report_only,
     ))
     if not is_main:  # under torchrun: rank 0 wrote the report and prints the summary
         return 0
@@ -45,9 +47,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         pending = f"  [{len(info['pending'])} pending]" if info.get("pending") else ""
         print(f"{name}: clean {clean_text}; {worst}" + (f"  [flags: {flags}]" if flags else "") + pending)
     if d["config"].get("complete") is False:
-        print("partial report: the evaluation is unfinished; run the command without --report-only to finish it")
+        print("partial report: the evaluation is unfinished; run the command without --report-only / --only to "
+              "finish it")
     print(f"report: {args.out}/report.md")
     return 0
+
+
+def model_names(text: str) -> tuple[str, ...]:
+    """``--only``'s value: comma-separated model names."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
+    return names
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -96,6 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--report-only", action="store_true",
                    help="compute nothing: write the report of what OUT/state holds (partial while unfinished; "
                         "without the example images, which need an attack)")
+    p.add_argument("--only", type=model_names, default=(), metavar="NAMES",
+                   help="compute only these models (comma-separated NAMEs of the specs); the others' rows come from "
+                        "OUT/state, pending where nothing is saved")
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity checks")
     p.add_argument("--check-n", type=int, default=64, help="examples used by the sanity checks")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -46,7 +46,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,7 +430,7 @@ def evaluate(
     dataset: str | None = None,
     subset_seed: int | None = None,
     n_examples: int = 8,
-    compute: bool = True,
+    compute: bool | Collection[str] = True,
 ) -> Report:
     """Evaluate ``models`` on ``data`` under ``attacks``; return a :class:`Report`.
 
@@ -460,7 +460,9 @@ def evaluate(
             report of an unfinished evaluation). Units not complete are listed per model as
             ``pending`` (``config["complete"]`` is False), and a model's worst-case rows of a threat
             model with a pending attack are left out: over fewer attacks they would be upper bounds.
-            The example-image grid (made by attacking a few images) is left out too.
+            The example-image grid (made by attacking a few images) is left out too. A collection of
+            model names computes those models only and reports the others from ``state_dir`` as
+            above (e.g. a CPU session finishing chosen rows of an evaluation a GPU began).
     """
     # ---- validate -------------------------------------------------------------------------------
     if isinstance(models, nn.Module):
@@ -492,7 +494,14 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not compute and (state_dir is None or not Path(state_dir, "state.json").is_file()):
+    if not isinstance(compute, bool):
+        if isinstance(compute, str) or not all(isinstance(c, str) for c in compute):
+            raise ValueError(f"compute must be True, False or a collection of model names, got {compute!r}")
+        unknown = sorted(set(compute) - set(models))
+        if unknown:
+            raise ValueError(f"compute names {unknown}, not among the models ({', '.join(models)})")
+        compute = frozenset(compute)
+    if compute is False and (state_dir is None or not Path(state_dir, "state.json").is_file()):
         raise ValueError("compute=False reports what an evaluation saved in its state folder; "
                          + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)"))
     check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
@@ -646,7 +655,8 @@ class _Run:
                  y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
                  batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
                  check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None,
-                 unit_inputs: dict[str, dict[str, Any]] | None = None, compute: bool = True) -> None:
+                 unit_inputs: dict[str, dict[str, Any]] | None = None,
+                 compute: bool | frozenset[str] = True) -> None:
         self.models, self.sources = models, sources
         self.x, self.y, self.index = x, y, index
         self.specs, self.eps_list, self.norm = specs, eps_list, norm
@@ -661,7 +671,8 @@ class _Run:
         self.pre_checks: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self.examples: dict[str, dict[str, np.ndarray]] = {}
         self.skipped: dict[str, dict[str, str]] = {}  # model -> {"threat/label": reason}
-        self.compute = compute  # False: nothing is computed, units not saved complete are pending
+        # the models whose units are computed; the others' units not saved complete are pending
+        self.computed = frozenset(models) if compute is True else frozenset() if compute is False else compute
         self.pending: dict[str, dict[str, str]] = {}  # model -> {"threat/label": what is missing}
 
     def records(self) -> list[dict[str, Any]]:
@@ -738,7 +749,8 @@ class _Run:
                                 self._pend(name, f"{spec.threat_model}/{spec.label}", "needs the clean predictions")
                             else:
                                 self._attack(name, model, spec, eps, clean_pred, dev, bar)
-                    if self.compute and self.n_examples > 0 and callable(getattr(model, "purify", None)) and self.specs:
+                    if (name in self.computed and self.n_examples > 0 and callable(getattr(model, "purify", None))
+                            and self.specs):
                         self._examples(name, model, clean_pred, dev)
 
     # -- units ------------------------------------------------------------------------------------
@@ -747,8 +759,8 @@ class _Run:
         self.pending.setdefault(name, {})[what] = why
 
     def _unsaved(self, name: str, what: str, unit: UnitState) -> bool:
-        """Report-only mode and ``unit`` not saved complete: list it as pending, True."""
-        if self.compute or unit.complete:
+        """``name`` not computed (report-only) and ``unit`` not saved complete: list it as pending, True."""
+        if name in self.computed or unit.complete:
             return False
         done = f"{unit.chunks_done} of {self.n_chunks} batches saved" if unit.chunks_done else "not started"
         self._pend(name, what, done)
@@ -760,7 +772,7 @@ class _Run:
 
         def run() -> dict[str, Any]:
             unit = self.store.load(f"checks|{name}", self._fp(name))
-            if not unit.complete and not self.compute:
+            if not unit.complete and name not in self.computed:
                 return {"results": {}, "flags": [], "pending": True}
             if not unit.complete:
                 k = min(cfg.n, self.n)
