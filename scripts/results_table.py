@@ -286,8 +286,13 @@ def benchmarks() -> list[str]:
         return []
     env = d.get("environment", {})
     sections = d["purification"] if isinstance(d["purification"], list) else [d["purification"]]
-    out = [f"{env.get('cpu_model', 'CPU')}, {env.get('torch_threads', '?')} threads, load average "
-           f"{env.get('load_average_1min_start', '?')} -> {env.get('load_average_1min_end', 0):.1f}.", ""]
+    def load(key: str) -> str:
+        v = env.get(key)
+        return "?" if v is None else f"{v:.1f}"
+
+    out = [f"{env.get('cpu_model', 'CPU')}, {env.get('torch_threads', '?')} threads, 1-minute load average "
+           f"{load('load_average_1min_start')} -> {load('load_average_1min_end')} (the benchmark's own threads "
+           "included).", ""]
     for pur in sections:
         out += [f"Purification, {pur['dataset']} {'x'.join(map(str, pur['image_shape']))}, whole forward pass "
                 f"(purify + classify){', trained weights' if pur.get('trained_weights') else ''}:", "",
@@ -342,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     out = ["### Classifiers", "", *classifiers(), "", "### Adversarial-training baselines", "", *adversarial(), "",
            "### PSSR (quick evaluation of `pssr train-pssr`: PGD-40, L-inf)", "",
            "Each command reproduces its row with the configs as they are now: every setting of the run that differs "
-           "from the config file's current value is spelled out as `--set`.", "", *pssr(), "",
+           "from the config file's current value is spelled out as `--set`. On cifar10-jpeg and mnist-10k, an n (or adaptive "
+           "n) below the test split's size means its first images in class order (airplanes; digits 0-2): these "
+           "quick evaluations predate the loaders' shuffled evaluation order (see the correction above).", "", *pssr(), "",
            "### Inference removal ratio chosen on validation (`pssr calibrate`, gray-box PGD-20, L-inf)", "",
            "The ratio with the best gray-box accuracy on PSSR's own validation split within 3 points of the classifier's "
            "clean accuracy there (else the most accurate on clean images); then the whole test split with that ratio.",
