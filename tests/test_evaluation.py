@@ -441,8 +441,9 @@ def test_compute_a_subset_of_models_reports_the_others_from_the_state(clf, digit
     state_dir = tmp_path / "state"
     with pytest.raises(ValueError, match=r"compute names \['nope'\]"):
         evaluate(models, digits.test, state_dir=state_dir, compute=["nope"], **kw)
-    with pytest.raises(ValueError, match="collection of model names"):
-        evaluate(models, digits.test, state_dir=state_dir, compute="noisy", **kw)
+    for bad in ("noisy", [], [3]):
+        with pytest.raises(ValueError, match="non-empty collection of model names"):
+            evaluate(models, digits.test, state_dir=state_dir, compute=bad, **kw)
     attacked = []
     orig = harness_mod._create_attack
 

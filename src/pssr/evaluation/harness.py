@@ -495,8 +495,8 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not isinstance(compute, bool):
-        if isinstance(compute, str) or not all(isinstance(c, str) for c in compute):
-            raise ValueError(f"compute must be True, False or a collection of model names, got {compute!r}")
+        if isinstance(compute, str) or not compute or not all(isinstance(c, str) for c in compute):
+            raise ValueError(f"compute must be True, False or a non-empty collection of model names, got {compute!r}")
         unknown = sorted(set(compute) - set(models))
         if unknown:
             raise ValueError(f"compute names {unknown}, not among the models ({', '.join(models)})")
