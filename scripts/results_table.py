@@ -266,13 +266,14 @@ def presets() -> list[str]:
         cmd = _finishing(d.get("command") or "")
         partial = [e for e in d["evaluations"].values() if e.get("config", {}).get("complete") is False]
         pending = sum(len(i.get("pending") or {}) for e in partial for i in e["models"].values())
-        waiting = sorted({m for e in partial for m, i in e["models"].items() if "clean" in (i.get("pending") or {})})
         norms = [n for n in ("linf", "l2") if n in d["evaluations"]]
+        waiting = "; ".join(f"{NORM_TITLE[k]}: {', '.join(ms)}" for k in norms if (ms := sorted(
+            m for m, i in d["evaluations"][k]["models"].items() if "clean" in (i.get("pending") or {}))))
         n = sorted({e["config"].get("n") for e in d["evaluations"].values()})
         out += [f"#### `{name}` ({', '.join(NORM_TITLE[k] for k in norms)}; n = {', '.join(map(str, n))} test images "
                 f"of all classes) — [report](results/{name}/report.md)", "",
                 f"`{cmd}`" + (f" — **partial** ({pending} units pending" + (
-                    f"; not evaluated yet: {', '.join(waiting)}" if waiting else "")
+                    f"; not evaluated yet, {waiting}" if waiting else "")
                     + "): this command finishes it, `--report-only` re-renders what is saved" if partial else ""), ""]
         for norm in norms:
             out += attack_tables(d["evaluations"][norm], f"{name}, {NORM_TITLE[norm]}", command=False)

@@ -160,7 +160,7 @@ def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path, monk
     _preset_report(tmp_path / "p", complete=False)
     monkeypatch.setattr(rt, "ROOT", tmp_path / "p")
     cmd = next(ln for ln in rt.presets() if ln.startswith("`pssr reproduce"))
-    assert "**partial** (2 units pending; not evaluated yet: late)" in cmd
+    assert "**partial** (2 units pending; not evaluated yet, L-inf: late; L2: late)" in cmd
 
 
 def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_path):
