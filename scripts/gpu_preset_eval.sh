@@ -21,7 +21,8 @@
 # carried paths, 64 MiB in all, so one cifar10-jpeg carry (20 MB) fits with .whl (1 MB) but not a
 # second preset's beside it.
 # Several presets given to `run` are evaluated side by side (one process each, same GPU).
-# (PSSR_DEVICE=cpu runs the same steps here, as a check of the script.)
+# (PSSR_DEVICE=cpu runs the same steps here, as a check of the script.) PSSR_ONLY=pssr-no-rdrop,... passes
+# `--only` (those models' rows first, the rest later; the state is shared with CPU runs that use --only too).
 # A second `run` on the still-warm machine (carrying only .whl, or the same tar) continues from the state
 # the first left there. `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
 # `run` or a CPU `pssr reproduce` with the same arguments continues it) and packs the state, the
@@ -84,7 +85,7 @@ case "${1:-}" in
       read -ra a <<< "$(args "$preset")" || exit 2
       # SIGINT: the CLI stops between batches' saves like a Ctrl-C; KILL 20 s later if it does not
       ( timeout --signal=INT --kill-after=20 "$budget" "$py" -m pssr reproduce "${a[@]}" --device "${PSSR_DEVICE:-cuda}" \
-          > "$out/$preset.log" 2>&1
+          ${PSSR_ONLY:+--only "$PSSR_ONLY"} > "$out/$preset.log" 2>&1
         echo "exit status $? (124: stopped at the budget; rerun to continue)" >> "$out/$preset.log"
         tar czf "$out/$preset-preset.tar.gz" $(state_paths "$preset") ) &
     done
