@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pssr.utils import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (scripts/update_readme_results.py) -->", "<!-- results:end -->"
 
@@ -22,9 +24,7 @@ def replace_block(path: Path, table: str) -> None:
         raise SystemExit(f"{path}: the results markers are missing ({BEGIN} ... {END})")
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-    tmp.replace(path)
+    atomic_write_text(path, f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def relink(table: str) -> str:

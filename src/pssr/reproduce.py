@@ -168,9 +168,12 @@ def reproduce(
     p = PRESETS.create(preset)
     if only and report_only:
         raise ValueError("only= and report_only=True contradict each other: report_only computes nothing")
-    if only:
-        names = ["none", *((*p.adv_methods, *input_transforms) if baselines else ()), "pssr",
-                 *((f"pssr-{k}" for k in ABLATIONS if k in p.ablations) if ablations else ()),
+    # PSSR and the ablations this run trains (step 3), named as in the report
+    variants: dict[str, Mapping[str, Any]] = {"pssr": {}}
+    if ablations:
+        variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
+    if only:  # checked before any training: an unknown name would otherwise fail hours later
+        names = ["none", *((*p.adv_methods, *input_transforms) if baselines else ()), *variants,
                  *(("pssr-calibrated",) if calibrate else ())]
         unknown = sorted(set(only) - set(names))
         if unknown:
@@ -216,9 +219,6 @@ def reproduce(
             models[name] = create_baseline(name, clf)
 
     # 3. PSSR and its ablations
-    variants = {"pssr": {}}
-    if ablations:
-        variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
     for name, changes in variants.items():
         log.info("[%s] 3/4 %s", tag, name)
         pm = cfg(p.pssr_config, *[f"pssr.{k}={_toml(v)}" for k, v in changes.items()])
