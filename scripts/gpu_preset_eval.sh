@@ -23,6 +23,11 @@
 # Several presets given to `run` are evaluated side by side (one process each, same GPU).
 # (PSSR_DEVICE=cpu runs the same steps here, as a check of the script.) PSSR_ONLY=pssr-no-rdrop,... passes
 # `--only` (those models' rows first, the rest later; the state is shared with CPU runs that use --only too).
+# PSSR_TRAIN=SECONDS first trains the preset's missing models side by side (cifar10-jpeg: PGD-AT, TRADES,
+# PSSR and its four ablations, with the settings of the preset's evaluation arguments below, from the
+# carried runs/cifar10-jpeg/classifier.pt), each job stopped after SECONDS, and brings them back as
+# OUT/PRESET-models.tar.gz.part-* (`cat` the parts into one tar.gz, then `unpack`); the evaluation gets
+# what is left of the budget. (A new checkout has no runs/: the models are not in git.)
 # A second `run` on the still-warm machine (carrying only .whl, or the same tar) continues from the state
 # the first left there. `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
 # `run` or a CPU `pssr reproduce` with the same arguments continues it) and packs the state, the
@@ -37,6 +42,40 @@ args() {  # the preset's `pssr reproduce` arguments (the ones its CPU runs use, 
     mnist-10k)    echo --preset mnist-10k --n 500 --calibrate 0,0.02,0.05,0.1 --no-progress ;;
     *) echo "no evaluation arguments recorded for preset '$1'" >&2; return 1 ;;
   esac
+}
+
+train_missing() {  # cifar10-jpeg: train the preset's missing models side by side on the GPU, with the
+  # settings its `pssr reproduce` uses (which then finds each run finished with these settings and reuses it)
+  local preset=$1 logs=$2 tb=$3 r=runs/$1 pids=() m
+  local run_=(timeout --signal=INT --kill-after=20 "$tb" "$py" -m pssr)  # each job stops at the training budget
+  [ "$preset" = cifar10-jpeg ] || return 0
+  [ -f "$r/classifier.pt" ] || { echo "train: $r/classifier.pt is missing (pssr train-classifier --config configs/cifar10-jpeg.toml)" >&2; return 1; }
+  "$py" -c "import pssr.data as d; d.load('$preset')" || return 1  # decoded once, before the jobs share it
+  for m in pgd-at trades; do
+    [ -f "$r/$m.json" ] && continue
+    "${run_[@]}" train-adversarial --config configs/cifar10-jpeg.toml --set adv_train.init_checkpoint="$r/classifier.pt" \
+      --set adv_train.epochs=6 --set adv_train.bf16=true --set adv_train.method="$m" --out "$r" --no-progress \
+      > "$logs/train-$m.log" 2>&1 &
+    pids+=($!)
+  done
+  pssr_job() {  # NAME [--set pssr.KEY=VALUE]: the variant's run folder is runs/PRESET/NAME, as reproduce names it
+    local name=$1; shift
+    "${run_[@]}" train-pssr --config configs/pssr-cifar10-jpeg.toml --out "$r/$name" --results "$r/$name/summary.json" \
+      --set run.classifier="$r/classifier.pt" --set pssr.epochs=6 --set pssr.bf16=true --set run.eval_n=500 \
+      --set run.adaptive_n=0 --no-progress "$@" > "$logs/train-$name.log" 2>&1
+  }
+  [ -f "$r/pssr/pssr-train.json" ] || { pssr_job pssr & pids+=($!); }
+  # the ablations share PSSR's adversarial-example cache (same classifier, attack and data): they start once it is written
+  local t=0 cache=$r/pssr/pssr-adv-cache.pt
+  while [ ! -f "$cache" ] && [ ! -f "$r/pssr/pssr-train.json" ] && [ $t -lt "$tb" ]; do sleep 2; t=$((t + 2)); done
+  for m in surgery-only:use_regeneration=false regeneration-only:use_surgery=false no-rdrop:w_rdrop=0.0 random-mask:scorer=\"random\"; do
+    local name=pssr-${m%%:*}
+    [ -f "$r/$name/pssr-train.json" ] && continue
+    mkdir -p "$r/$name"; [ -f "$cache" ] && ln -f "$cache" "$r/$name/pssr-adv-cache.pt"
+    pssr_job "$name" --set "pssr.${m#*:}" & pids+=($!)
+  done
+  local rc=0; for m in "${pids[@]}"; do wait "$m" || rc=1; done
+  return $rc
 }
 
 state_paths() {  # what the evaluation writes, that travels back
@@ -73,7 +112,9 @@ case "${1:-}" in
       export PYTHONPATH=$PYTHONPATH:/tmp/site
       "$py" -c "import art, pyautoattack" || exit 1
     fi
+    t_start=$SECONDS
     for preset in "$@"; do
+      [ -f "runs/$preset-carry.tar.gz" ] || continue  # nothing carried: train_missing makes the runs
       # A warm machine keeps runs/ between calls: unpacking the same carry again would put its older
       # evaluation state back over what the last call saved, so it is unpacked once per tar's content.
       sum=$(sha256sum "runs/$preset-carry.tar.gz" | cut -d' ' -f1)
@@ -82,11 +123,32 @@ case "${1:-}" in
       else
         echo "runs/$preset: this carry was unpacked by an earlier call on this machine; continuing its state"
       fi
+    done
+    if [ -n "${PSSR_TRAIN:-}" ]; then  # PSSR_TRAIN=SECONDS: first train what is missing (cifar10-jpeg), each job stopped
+      # after SECONDS (it checkpoints every epoch; a later call resumes it); the models come back as
+      # OUT/PRESET-models.tar.gz.part-* (16 MiB pieces: cat them, then `unpack`), the training logs as OUT/train.log
+      for preset in "$@"; do
+        mkdir -p /tmp/train-logs
+        train_missing "$preset" /tmp/train-logs "$PSSR_TRAIN" || echo "train: a $preset job failed (see train.log)" >&2
+        for f in /tmp/train-logs/train-*.log; do echo "== $f"; cat "$f"; done > "$out/train.log"
+        tar czf - --exclude='*adv-cache*' "runs/$preset"/classifier.{pt,json} "runs/$preset"/{pgd-at,trades}.{pt,json} \
+          $(ls -d "runs/$preset"/pssr "runs/$preset"/pssr-* 2>/dev/null | grep -v calibrated) \
+          | split -b 15m - "$out/$preset-models.tar.gz.part-"
+      done
+      budget=$((budget - (SECONDS - t_start))); echo "training done after $((SECONDS - t_start)) s; $budget s left for the evaluation"
+      [ "$budget" -gt 30 ] || { ls -la "$out"; exit 0; }
+    fi
+    for preset in "$@"; do
       read -ra a <<< "$(args "$preset")" || exit 2
       # SIGINT: the CLI stops between batches' saves like a Ctrl-C; KILL 20 s later if it does not
-      ( timeout --signal=INT --kill-after=20 "$budget" "$py" -m pssr reproduce "${a[@]}" --device "${PSSR_DEVICE:-cuda}" \
-          ${PSSR_ONLY:+--only "$PSSR_ONLY"} > "$out/$preset.log" 2>&1
-        echo "exit status $? (124: stopped at the budget; rerun to continue)" >> "$out/$preset.log"
+      # with PSSR_ONLY, those models first, then (in what is left of the budget) every other unit
+      ( end=$((SECONDS + budget))
+        for only in ${PSSR_ONLY:+"$PSSR_ONLY"} ""; do
+          left=$((end - SECONDS)); [ "$left" -gt 20 ] || break
+          timeout --signal=INT --kill-after=20 "$left" "$py" -m pssr reproduce "${a[@]}" --device "${PSSR_DEVICE:-cuda}" \
+            ${only:+--only "$only"} >> "$out/$preset.log" 2>&1
+          echo "exit status $? (124: stopped at the budget; rerun to continue)" >> "$out/$preset.log"
+        done
         tar czf "$out/$preset-preset.tar.gz" $(state_paths "$preset") ) &
     done
     wait
