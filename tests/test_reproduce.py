@@ -102,6 +102,26 @@ def test_cli_reproduce_rejects_unknown_preset(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_cli_reproduce_attacks_option_picks_norms_and_lists(capsys, monkeypatch):
+    import pssr.reproduce
+
+    seen = {}
+
+    def fake(preset, **kw):
+        seen.update(kw, preset=preset)
+        return {"preset": preset, "evaluations": {}, "training": {}, "complete": False}
+
+    monkeypatch.setattr(pssr.reproduce, "reproduce", fake)
+    main(["reproduce", "--preset", "digits", "--attacks", "linf=paper", "--attacks", "L2 = ddn-l2,cw-l2"])
+    assert seen["attacks"] == {"linf": "paper", "l2": "ddn-l2,cw-l2"}
+    main(["reproduce", "--preset", "digits"])
+    assert seen["attacks"] is None  # the preset's default lists
+    for bad in ("paper", "l1=paper", "linf="):
+        with pytest.raises(SystemExit):
+            main(["reproduce", "--preset", "digits", "--attacks", bad])
+        assert "expected NORM=ATTACKS" in capsys.readouterr().err
+
+
 def test_python_api_story_saves_a_self_describing_defense(tmp_path, one_thread):
     """The README's API story: train_classifier -> train_pssr -> save -> PSSR.load, no extra arguments."""
     import pssr

@@ -260,6 +260,7 @@ def reproduce(
         "evaluations": evaluations,
         "report_only": report_only,
         "only": list(only),
+        "attacks": attack_lists,
         "complete": set(evaluations) == set(attack_lists) and all(e["config"].get("complete", True)
                                                                     for e in evaluations.values()),
         "wall_seconds_this_invocation": time.perf_counter() - t0,

@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--only", type=model_names, default=(), metavar="MODELS",
                    help="evaluate only these models (comma-separated report names, e.g. pssr,pssr-calibrated); the "
                         "others' rows come from the saved state (pending where none is saved). Training is unchanged")
+    r.add_argument("--attacks", dest="attacks", type=_norm_attacks, action="append", default=None, metavar="NORM=ATTACKS",
+                   help="evaluate these attacks (sets or names, comma-separated) for this norm, e.g. linf=paper "
+                        "(repeatable; the norms named are the only ones run; default: linf=paper,adaptive and "
+                        "l2=paper). The saved state is per attack: a later run with the default lists reuses it")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=_reproduce)
 
@@ -52,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--n", type=int, default=100, help="test examples to evaluate (default 100; 0 = all 359)")
     d.add_argument("--no-progress", dest="progress", action="store_false")
     d.set_defaults(func=_demo)
+
+
+def _norm_attacks(text: str) -> tuple[str, str]:
+    """``linf=paper,adaptive`` -> ("linf", "paper,adaptive")."""
+    norm, sep, names = text.partition("=")
+    norm, names = norm.strip().lower(), names.strip()
+    if not sep or norm not in ("linf", "l2") or not names:
+        raise argparse.ArgumentTypeError(f"expected NORM=ATTACKS with NORM linf or l2 (e.g. linf=paper), got {text!r}")
+    return norm, names
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -64,7 +77,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         args.preset, runs_dir=args.runs, results_dir=args.out, quick=args.quick, ablations=args.ablations,
         baselines=args.baselines, eval_n=args.n, overrides=tuple(args.overrides), progress=args.progress,
         command=args.command_line, device=args.device, calibrate=args.calibrate, report_only=args.report_only,
-        only=args.only))
+        only=args.only, attacks=dict(args.attacks) if args.attacks else None))
     if not is_main:
         return 0
     _print_summary(res)
