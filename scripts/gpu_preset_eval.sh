@@ -27,7 +27,10 @@
 # PSSR and its four ablations, with the settings of the preset's evaluation arguments below, from the
 # carried runs/cifar10-jpeg/classifier.pt), each job stopped after SECONDS, and brings them back as
 # OUT/PRESET-models.tar.gz.part-* (`cat` the parts into one tar.gz, then `unpack`); the evaluation gets
-# what is left of the budget. (A new checkout has no runs/: the models are not in git.)
+# what is left of the budget. (A new checkout has no runs/: the models are not in git.) Measured on an
+# H200 (2026-11-26, PSSR_TRAIN=290): the classifier carried, the seven runs trained side by side in 272 s.
+# Keep tvm out of PSSR_ONLY: TV minimization under AutoAttack-BPDA ran over 400 s on that GPU without
+# finishing (the state saves after each unit, and that unit is one block), so it ate the evaluation time.
 # A second `run` on the still-warm machine (carrying only .whl, or the same tar) continues from the state
 # the first left there. `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
 # `run` or a CPU `pssr reproduce` with the same arguments continues it) and packs the state, the
