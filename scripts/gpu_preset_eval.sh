@@ -29,7 +29,7 @@
 # OUT/PRESET-models.tar.gz.part-* (`cat` the parts into one tar.gz, then `unpack`); the evaluation gets
 # what is left of the budget. (A new checkout has no runs/: the models are not in git.) Measured on an
 # H200 (2026-11-26, PSSR_TRAIN=290): the classifier carried, the seven runs trained side by side in 272 s.
-# Keep tvm out of PSSR_ONLY: TV minimization under AutoAttack-BPDA ran over 400 s on that GPU without
+# Keep tvm out of PSSR_ONLY: TV minimization under AutoAttack-BPDA ran about 290 s (two tries) on that GPU without
 # finishing (the state saves after each unit, and that unit is one block), so it ate the evaluation time.
 # A second `run` on the still-warm machine (carrying only .whl, or the same tar) continues from the state
 # the first left there. `run` stops each evaluation at the budget (seconds; the state is saved after every batch, so a later
