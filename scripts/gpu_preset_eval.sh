@@ -71,12 +71,15 @@ train_missing() {  # cifar10-jpeg: train the preset's missing models side by sid
   # the ablations share PSSR's adversarial-example cache (same classifier, attack and data): they start once it is written
   local t=0 cache=$r/pssr/pssr-adv-cache.pt
   while [ ! -f "$cache" ] && [ ! -f "$r/pssr/pssr-train.json" ] && [ $t -lt "$tb" ]; do sleep 2; t=$((t + 2)); done
-  for m in surgery-only:use_regeneration=false regeneration-only:use_surgery=false no-rdrop:w_rdrop=0.0 random-mask:scorer=\"random\"; do
-    local name=pssr-${m%%:*}
+  # the ablations' names and settings, as reproduce spells them (pssr.reproduce.ABLATIONS): "NAME KEY=VALUE..."
+  local name sets
+  while read -r name sets; do
+    name=pssr-$name
     [ -f "$r/$name/pssr-train.json" ] && continue
     mkdir -p "$r/$name"; [ -f "$cache" ] && ln -f "$cache" "$r/$name/pssr-adv-cache.pt"
-    pssr_job "$name" --set "pssr.${m#*:}" & pids+=($!)
-  done
+    pssr_job "$name" $(for m in $sets; do echo --set "pssr.$m"; done) & pids+=($!)
+  done < <("$py" -c "from pssr.reproduce import ABLATIONS, _toml
+for k, v in ABLATIONS.items(): print(k, *(f'{a}={_toml(b)}' for a, b in v.items()))")
   local rc=0; for m in "${pids[@]}"; do wait "$m" || rc=1; done
   return $rc
 }

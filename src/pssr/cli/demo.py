@@ -60,10 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _norm_attacks(text: str) -> tuple[str, str]:
     """``linf=paper,adaptive`` -> ("linf", "paper,adaptive")."""
+    from pssr.attacks.base import NORMS
+
     norm, sep, names = text.partition("=")
     norm, names = norm.strip().lower(), names.strip()
-    if not sep or norm not in ("linf", "l2") or not names:
-        raise argparse.ArgumentTypeError(f"expected NORM=ATTACKS with NORM linf or l2 (e.g. linf=paper), got {text!r}")
+    if not sep or norm not in NORMS or not names:
+        raise argparse.ArgumentTypeError(f"expected NORM=ATTACKS with NORM {' or '.join(NORMS)} (e.g. linf=paper), got {text!r}")
     return norm, names
 
 
