@@ -47,6 +47,15 @@ args() {  # the preset's `pssr reproduce` arguments (the ones its CPU runs use, 
   esac
 }
 
+preset_sets() {  # PRESET SECTION: the `--set SECTION.KEY=VALUE` pairs of args PRESET (one place for the settings)
+  local a prev= out=()
+  for a in $(args "$1"); do
+    [ "$prev" = --set ] && [[ $a == "$2".* ]] && out+=(--set "$a")
+    prev=$a
+  done
+  echo "${out[@]}"
+}
+
 train_missing() {  # cifar10-jpeg: train the preset's missing models side by side on the GPU, with the
   # settings its `pssr reproduce` uses (which then finds each run finished with these settings and reuses it)
   local preset=$1 logs=$2 tb=$3 r=runs/$1 pids=() m
@@ -57,14 +66,14 @@ train_missing() {  # cifar10-jpeg: train the preset's missing models side by sid
   for m in pgd-at trades; do
     [ -f "$r/$m.json" ] && continue
     "${run_[@]}" train-adversarial --config configs/cifar10-jpeg.toml --set adv_train.init_checkpoint="$r/classifier.pt" \
-      --set adv_train.epochs=6 --set adv_train.bf16=true --set adv_train.method="$m" --out "$r" --no-progress \
+      $(preset_sets "$preset" adv_train) --set adv_train.method="$m" --out "$r" --no-progress \
       > "$logs/train-$m.log" 2>&1 &
     pids+=($!)
   done
   pssr_job() {  # NAME [--set pssr.KEY=VALUE]: the variant's run folder is runs/PRESET/NAME, as reproduce names it
     local name=$1; shift
     "${run_[@]}" train-pssr --config configs/pssr-cifar10-jpeg.toml --out "$r/$name" --results "$r/$name/summary.json" \
-      --set run.classifier="$r/classifier.pt" --set pssr.epochs=6 --set pssr.bf16=true --set run.eval_n=500 \
+      --set run.classifier="$r/classifier.pt" $(preset_sets "$preset" pssr) --set run.eval_n=500 \
       --set run.adaptive_n=0 --no-progress "$@" > "$logs/train-$name.log" 2>&1
   }
   [ -f "$r/pssr/pssr-train.json" ] || { pssr_job pssr & pids+=($!); }

@@ -37,6 +37,9 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     assert set(report["evaluations"]) == {"linf", "l2"}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "preset `digits`" in md and "pssr" in md
+    # complete for the lists it ran, which are not the preset's full suite: the report says so
+    assert report["complete"] is True and report["full_suite"] is False and report["attacks"] == ATTACKS
+    assert "Not the preset's full evaluation" in md and "linf=fgsm,pgd-bpda" in md
     cal = report["training"]["pssr-calibrated"]
     assert cal["chosen_ratio"] in (0.0, 0.25) and f"removal ratio **{cal['chosen_ratio']:g}**" in md
     assert (tmp_path / "runs" / "pssr-calibrated.json").is_file()
@@ -94,6 +97,16 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
         return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rep["evaluations"]["l2"]["results"]]
 
     assert done["complete"] is True and untimed(done) == untimed(first)  # the same numbers, computed again
+
+
+def test_full_suite_is_recognised_in_any_order_and_spelling():
+    from pssr.reproduce import FULL_SUITE, _is_full_suite
+
+    assert _is_full_suite(FULL_SUITE)
+    assert _is_full_suite({"L2": " paper", "linf": "adaptive, paper"})
+    assert not _is_full_suite({"linf": "paper,adaptive"})  # no L2
+    assert not _is_full_suite({"linf": "paper", "l2": "paper"})
+    assert not _is_full_suite({"linf": "paper,adaptive,square", "l2": "paper"})
 
 
 def test_cli_reproduce_rejects_unknown_preset(capsys):

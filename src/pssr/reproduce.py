@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pssr.config import apply_overrides, load_toml
@@ -89,6 +90,9 @@ _register(Preset("cifar10", "cifar10.toml", "pssr-cifar10.toml", eval_n=1000, qu
 _register(Preset("cifar100", "cifar100.toml", "pssr-cifar100.toml", eval_n=1000, quick=_QUICK_SMALL))
 
 INPUT_TRANSFORMS = ("jpeg", "bit-depth", "median", "tvm")
+# The evaluation a preset runs unless told otherwise (norm -> the harness's attack list); a report of
+# other lists says so ("full_suite": false, and a line at the top of report.md).
+FULL_SUITE: Mapping[str, str] = MappingProxyType({"linf": "paper,adaptive", "l2": "paper"})
 
 
 def list_presets() -> list[str]:
@@ -138,8 +142,9 @@ def reproduce(
     configs' ``device`` says (also "auto" by default). The evaluation's resumable state does not
     depend on it: an evaluation begun on a CPU can be finished on a GPU and the other way round.
 
-    ``attacks`` maps a norm to the harness's attack list for it (default: ``{"linf":
-    "paper,adaptive", "l2": "paper"}``); ``overrides`` are ``section.key=value`` strings applied
+    ``attacks`` maps a norm to the harness's attack list for it (default: :data:`FULL_SUITE`,
+    ``{"linf": "paper,adaptive", "l2": "paper"}``; the report's ``"complete"`` is relative to the
+    lists run, ``"full_suite"`` says whether they are the default); ``overrides`` are ``section.key=value`` strings applied
     to both config files; ``input_transforms`` picks the input-transformation baselines (all four
     by default, quick runs included: TV minimization runs batched in torch). ``calibrate``: candidate
     removal ratios; when given, the PSSR with the ratio its validation split prefers is evaluated too,
@@ -236,7 +241,7 @@ def reproduce(
     n = eval_n if eval_n is not None else (p.quick_eval_n if quick else p.eval_n)
     n_eval = None if n == 0 else n
     evaluations = {}
-    attack_lists = dict(attacks) if attacks is not None else {"linf": "paper,adaptive", "l2": "paper"}
+    attack_lists = dict(attacks) if attacks is not None else dict(FULL_SUITE)
     for norm, names in attack_lists.items():
         log.info("[%s] 4/4 evaluation (%s, %s)", tag, norm, names)
         state = runs / f"eval-{norm}"
@@ -261,6 +266,8 @@ def reproduce(
         "report_only": report_only,
         "only": list(only),
         "attacks": attack_lists,
+        "full_suite": _is_full_suite(attack_lists),
+        # relative to ``attacks``: a run of other lists than the full suite says so in "full_suite"
         "complete": set(evaluations) == set(attack_lists) and all(e["config"].get("complete", True)
                                                                     for e in evaluations.values()),
         "wall_seconds_this_invocation": time.perf_counter() - t0,
@@ -271,6 +278,14 @@ def reproduce(
         atomic_write_text(out / "report.md", render_preset_markdown(combined))
         log.info("[%s] done: %s", tag, out)
     return combined
+
+
+def _is_full_suite(lists: Mapping[str, str]) -> bool:
+    """Whether ``lists`` (norm -> comma-separated attacks) are the preset's full suite, in any order."""
+    def norm(m: Mapping[str, str]) -> dict[str, frozenset[str]]:
+        return {k.strip().lower(): frozenset(a.strip() for a in v.split(",") if a.strip()) for k, v in m.items()}
+
+    return norm(lists) == norm(FULL_SUITE)
 
 
 def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
@@ -348,6 +363,11 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     from pssr.evaluation.report import render_markdown
 
     lines = [f"# pssr reproduction: preset `{combined['preset']}`" + (" (quick smoke run: not a result)" if combined.get("quick") else ""), ""]
+    if combined.get("full_suite") is False:
+        ran = "; ".join(f"{k}={v}" for k, v in combined.get("attacks", {}).items())
+        full = "; ".join(f"{k}={v}" for k, v in FULL_SUITE.items())
+        lines += [f"**⚠ Not the preset's full evaluation**: written with `--attacks` ({ran}); the full suite is "
+                  f"{full}. Rows and worst cases below cover those attacks only.", ""]
     if combined.get("complete") is False:
         missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
         lines += ["**⚠ Partial report** (written with `--report-only` or `--only` while the preset's evaluation is "
