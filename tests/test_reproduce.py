@@ -27,7 +27,7 @@ def test_presets_are_registered_with_their_configs():
 def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread, monkeypatch):
     kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,
               eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False,
-              calibrate=(0.0, 0.25))
+              calibrate=(0.0, 0.25), full_split_clean=True)
     with pytest.raises(ValueError, match="classifier is not trained yet"):
         reproduce("digits", **kw, report_only=True)
     first = reproduce("digits", **kw)
@@ -40,6 +40,10 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     # complete for the lists it ran, which are not the preset's full suite: the report says so
     assert report["complete"] is True and report["full_suite"] is False and report["attacks"] == ATTACKS
     assert "Not the preset's full evaluation" in md and "linf=fgsm,pgd-bpda" in md
+    # clean accuracy over the whole test split beside the attacked subset's (first 24 images)
+    full = report["clean_full_split"]
+    assert set(full) == models and all(e["n"] > 24 for e in full.values())
+    assert "## Clean accuracy, whole test split" in md and "| pssr |" in md.split("whole test split")[1]
     cal = report["training"]["pssr-calibrated"]
     assert cal["chosen_ratio"] in (0.0, 0.25) and f"removal ratio **{cal['chosen_ratio']:g}**" in md
     assert (tmp_path / "runs" / "pssr-calibrated.json").is_file()

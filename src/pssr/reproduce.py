@@ -135,6 +135,7 @@ def reproduce(
     calibrate: tuple[float, ...] = (),
     report_only: bool = False,
     only: tuple[str, ...] = (),
+    full_split_clean: bool | None = None,
 ) -> dict[str, Any]:
     """Run preset ``preset`` end to end (resumable); return the combined report dict.
 
@@ -161,6 +162,10 @@ def reproduce(
     state, pending where nothing is saved (e.g. a CPU session finishing the PSSR rows of an
     evaluation a GPU began, while the slow TV-minimization units wait). Training is unchanged:
     every model the preset needs is trained if it is missing.
+
+    ``full_split_clean`` (default: on, off in ``quick`` runs): also measure each model's clean
+    accuracy on the whole test split (one forward per image, saved in ``runs/clean-full-split.json``),
+    reported beside the attacked subset's (see :mod:`pssr.evaluation.full_split`).
     """
     from pssr import distributed as D
     from pssr.defense.baselines import create_baseline
@@ -255,6 +260,15 @@ def reproduce(
             rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
 
+    full_clean: dict[str, Any] = {}
+    cache = runs / "clean-full-split.json"
+    if (not quick if full_split_clean is None else full_split_clean) and n_eval is not None \
+            and (not report_only or cache.is_file()):
+        from pssr.evaluation.full_split import clean_accuracy
+
+        log.info("[%s] clean accuracy on the whole test split (n=%d)", tag, len(data.test))
+        full_clean = clean_accuracy(models, data.test, cache=cache, compute=set(only) if only else not report_only)
+
     combined = {
         "preset": p.name,
         "quick": quick,
@@ -263,6 +277,7 @@ def reproduce(
         "eval_n": n,
         "training": {k: _strip_history(v) for k, v in steps.items()},
         "evaluations": evaluations,
+        "clean_full_split": full_clean,
         "report_only": report_only,
         "only": list(only),
         "attacks": attack_lists,
@@ -286,6 +301,26 @@ def _is_full_suite(lists: Mapping[str, str]) -> bool:
         return {k.strip().lower(): frozenset(a.strip() for a in v.split(",") if a.strip()) for k, v in m.items()}
 
     return norm(lists) == norm(FULL_SUITE)
+
+
+def _full_split_lines(combined: Mapping[str, Any]) -> list[str]:
+    """report.md: each model's clean accuracy on the whole test split beside the attacked subset's."""
+    full = combined.get("clean_full_split") or {}
+    if not full:
+        return []
+    sub_models = next(iter(combined.get("evaluations", {}).values()), {}).get("models", {})
+    n_full = next((e["n"] for e in full.values() if "n" in e), None)
+    lines = ["", "## Clean accuracy, whole test split", "",
+             f"The attacks run on the first {combined.get('eval_n')} test images; one draw of that size varies by a "
+             f"few points. Clean accuracy over all {n_full} test images, beside the subset's:", "",
+             "| model | whole split | attacked subset | subset - whole |", "|---|---|---|---|"]
+    for name, e in full.items():
+        sub = (sub_models.get(name) or {}).get("summary", {}).get("clean_accuracy")
+        whole = None if e.get("pending") else e.get("accuracy")
+        cells = [f"{100 * v:.2f}%" if v is not None else "–" for v in (whole, sub)]
+        diff = f"{100 * (sub - whole):+.2f}" if whole is not None and sub is not None else ""
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diff} |")
+    return lines
 
 
 def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
@@ -398,6 +433,7 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
         secs = s.get("train_seconds") or s.get("train_seconds_this_invocation")
         lines.append(f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {s.get('epochs', '')} | "
                      f"{'' if secs is None else f'{secs:.0f}'} |")
+    lines += _full_split_lines(combined)
     for norm, rep in combined.get("evaluations", {}).items():
         body = render_markdown(rep)
         lines += ["", f"## Evaluation, {norm}", ""]
