@@ -419,19 +419,23 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     meta = combined.get("metadata", {})
     lines += [f"pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, git {meta.get('git_revision')}, "
               f"hardware {meta.get('hardware')}", ""]
-    lines += ["## Training", "", "| model | test accuracy (clean) | epochs | train seconds |", "|---|---|---|---|"]
+    lines += ["## Training", "", "| model | test accuracy (clean) | test images | epochs | train seconds |",
+              "|---|---|---|---|---|"]
     for name, s in combined.get("training", {}).items():
         if s.get("kind") == "pssr-calibration":
             sweep = ", ".join(f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}"
                               for r in s["calibration"]["rows"])
             lines.append(f"| {name} | weights of pssr; removal ratio **{s['chosen_ratio']:g}** chosen on its validation "
-                         f"split (ratio: clean / gray-box %: {sweep}) | | |")
+                         f"split (ratio: clean / gray-box %: {sweep}) | | | |")
             continue
-        acc = (s.get("metrics") or {}).get("test_acc")
-        if acc is None:
-            acc = (s.get("test") or {}).get("pssr_clean_acc")
+        acc, n_test = (s.get("metrics") or {}).get("test_acc"), (s.get("metrics") or {}).get("n_test", "")
+        if acc is None:  # PSSR: its training run's own check, on a seeded random subset of the test split
+            test = s.get("test") or {}
+            acc, n_test = test.get("pssr_clean_acc"), test.get("n", "")
+            if n_test and "seed" in test:
+                n_test = f"{n_test} (random, seed {test['seed']})"
         secs = s.get("train_seconds") or s.get("train_seconds_this_invocation")
-        lines.append(f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {s.get('epochs', '')} | "
+        lines.append(f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {n_test} | {s.get('epochs', '')} | "
                      f"{'' if secs is None else f'{secs:.0f}'} |")
     lines += _full_split_lines(combined)
     for norm, rep in combined.get("evaluations", {}).items():
