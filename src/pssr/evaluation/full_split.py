@@ -110,8 +110,9 @@ def clean_accuracy(
         entry = {"n": n, "correct": correct, "accuracy": correct / n,
                  "seconds": round(time.perf_counter() - t0, 1), "fingerprint": fp}
         out[name] = saved[name] = entry
-        log.info("clean accuracy of %s on the whole split: %.2f%% (n=%d), %.0f s", name, 100 * entry["accuracy"], n,
-                 entry["seconds"])
+        if info.is_main:
+            log.info("clean accuracy of %s on the whole split: %.2f%% (n=%d), %.0f s", name, 100 * entry["accuracy"],
+                     n, entry["seconds"])
         if path is not None:
             D.on_main(lambda: _write(path, data_fp, saved), info)
     return out
