@@ -603,6 +603,7 @@ def _reproduce_kw(tmp: str, results: str) -> dict:
 
     return dict(runs_dir=Path(tmp) / "runs", results_dir=Path(tmp) / results, quick=True, ablations=False,
                 baselines=False, eval_n=24, progress=False, device="cpu", attacks={"linf": "fgsm,pgd-bpda"},
+                full_split_clean=True,
                 overrides=("classifier.epochs=1", "pssr.epochs=1", "pssr.pgd_steps=2", "pssr.train_subset=120",
                            "pssr.val_size=40", "run.eval_n=20", "run.adaptive_n=10", "run.eval_steps=2"))
 
@@ -629,15 +630,20 @@ def test_reproduce_under_two_gloo_processes_shards_the_evaluation(tmp_path, monk
     import json
     import shutil
 
+    from pssr.data import load
     from pssr.reproduce import reproduce
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     reproduce("digits", **_reproduce_kw(str(tmp_path), "one"))
     shutil.rmtree(tmp_path / "runs" / "eval-linf")  # the two ranks evaluate from scratch
+    (tmp_path / "runs" / "clean-full-split.json").unlink()
     mp.spawn(_reproduce_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "ddp"))
     assert one["training"].keys() == two["training"].keys()
     for name, info in one["evaluations"]["linf"]["models"].items():
         assert two["evaluations"]["linf"]["models"][name]["summary"] == info["summary"], name
     assert (tmp_path / "ddp" / "linf" / "report.json").is_file()
+    # the whole split's clean accuracy, its batches dealt over the ranks: the same counts
+    assert _without_timing(two["clean_full_split"]) == _without_timing(one["clean_full_split"])
+    assert {e["n"] for e in one["clean_full_split"].values()} == {len(load("digits").test)}
