@@ -275,6 +275,11 @@ def presets() -> list[str]:
                 f"`{cmd}`" + (f" — **partial** ({pending} units pending" + (
                     f"; not evaluated yet, {waiting}" if waiting else "")
                     + "): this command finishes it, `--report-only` re-renders what is saved" if partial else ""), ""]
+        full = {m: e for m, e in (d.get("clean_full_split") or {}).items() if not e.get("pending")}
+        if full:
+            n_full = next(iter(full.values()))["n"]
+            out += [f"Clean accuracy on the **whole** test split ({n_full} images; the tables attack the first "
+                    f"{', '.join(map(str, n))}): " + ", ".join(f"{m} {_pct(e['accuracy'])}" for m, e in full.items()), ""]
         for norm in norms:
             out += attack_tables(d["evaluations"][norm], f"{name}, {NORM_TITLE[norm]}", command=False)
     return out

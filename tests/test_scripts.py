@@ -161,6 +161,22 @@ def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path, monk
     monkeypatch.setattr(rt, "ROOT", tmp_path / "p")
     cmd = next(ln for ln in rt.presets() if ln.startswith("`pssr reproduce"))
     assert "**partial** (2 units pending; not evaluated yet, L-inf: late; L2: late)" in cmd
+    assert not any("whole" in ln for ln in rt.presets())  # reports written before clean_full_split
+
+
+def test_preset_tables_give_the_whole_split_clean_accuracy(tmp_path, monkeypatch):
+    import json
+
+    rt = _results_table()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    _preset_report(tmp_path, complete=True)
+    path = tmp_path / "results" / "digits" / "report.json"
+    d = json.loads(path.read_text())
+    d["clean_full_split"] = {"none": {"n": 359, "correct": 300, "accuracy": 300 / 359},
+                             "pssr": {"pending": True}}
+    path.write_text(json.dumps(d))
+    line = next(ln for ln in rt.presets() if "whole" in ln)
+    assert line == "Clean accuracy on the **whole** test split (359 images; the tables attack the first 10): none 83.57%"
 
 
 def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_path):
