@@ -131,7 +131,7 @@ row(
 )
 for norm, eps in (("linf", 0.1), ("l2", 1.0)):
 
-    def sq():
+    def sq(eps=eps, norm=norm):
         t = time.process_time()
         s = SquareAttack(
             model,

@@ -31,22 +31,41 @@ from pssr.defense.pssr import PSSR, PSSRConfig  # noqa: E402
 from pssr.models import create_model  # noqa: E402
 from pssr.utils import autocast_context, default_device  # noqa: E402
 
-SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "mnist-10k": (1, 28, 28), "fashion-mnist": (1, 28, 28),
-          "cifar10-jpeg": (3, 32, 32), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "mnist-10k": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10-jpeg": (3, 32, 32),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
 CLASSIFIERS = {1: "small-cnn", 3: "resnet20"}
-DATA_NOTE = "uniform random images (speed does not depend on the data) and fresh weights unless trained_weights"
+DATA_NOTE = (
+    "uniform random images (speed does not depend on the data) and fresh weights unless trained_weights"
+)
 
 
-def run_purification(config: str, *, device: torch.device, checkpoint: str | None = None, repeats: int = 5,
-                     baselines: tuple[str, ...] = ("jpeg", "bit-depth", "median", "tvm"),
-                     art_tvm: bool = True, quick: bool = False, log: Any = print) -> dict[str, Any]:
+def run_purification(
+    config: str,
+    *,
+    device: torch.device,
+    checkpoint: str | None = None,
+    repeats: int = 5,
+    baselines: tuple[str, ...] = ("jpeg", "bit-depth", "median", "tvm"),
+    art_tvm: bool = True,
+    quick: bool = False,
+    log: Any = print,
+) -> dict[str, Any]:
     """Time every model; return the ``purification`` section (rows + what they mean)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     mapping = load_toml(config)
     dataset = mapping["data"]["name"]
     if dataset not in SHAPES:
-        raise ValueError(f"{config}: dataset {dataset!r} has no benchmark image shape; known: {', '.join(SHAPES)}")
+        raise ValueError(
+            f"{config}: dataset {dataset!r} has no benchmark image shape; known: {', '.join(SHAPES)}"
+        )
     shape = SHAPES[dataset]
     batches = (1, 8) if quick else (1, 256)
     repeats = 1 if quick else repeats
@@ -71,25 +90,47 @@ def run_purification(config: str, *, device: torch.device, checkpoint: str | Non
                 if precision == "bf16":
                     x = x.contiguous(memory_format=torch.channels_last)
 
-                def run(model: torch.nn.Module = model, x: torch.Tensor = x, precision: str = precision) -> None:
+                def run(
+                    model: torch.nn.Module = model, x: torch.Tensor = x, precision: str = precision
+                ) -> None:
                     with torch.no_grad(), autocast_context(device, precision == "bf16"):
                         model(x)
 
                 n_rep = repeats if batch > 1 else 3 * repeats
                 with peak_memory(device) as mem:
                     t = time_call(run, device, warmup=1, repeats=n_rep)
-                rows.append({"model": name, "precision": precision, "batch": batch, "repeats": n_rep,
-                             "latency_ms": 1000 * t["median_s"], "images_per_s": batch / t["median_s"],
-                             "peak_mib": mem.get("peak_mib"), "memory_kind": mem.get("kind")})
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "batch": batch,
+                        "repeats": n_rep,
+                        "latency_ms": 1000 * t["median_s"],
+                        "images_per_s": batch / t["median_s"],
+                        "peak_mib": mem.get("peak_mib"),
+                        "memory_kind": mem.get("kind"),
+                    }
+                )
                 r = rows[-1]
-                log(f"{name:12s} {precision:5s} batch {batch:4d}: {r['latency_ms']:9.2f} ms  "
-                    f"{r['images_per_s']:9.1f} img/s  peak {r['peak_mib'] or float('nan'):8.1f} MiB")
+                log(
+                    f"{name:12s} {precision:5s} batch {batch:4d}: {r['latency_ms']:9.2f} ms  "
+                    f"{r['images_per_s']:9.1f} img/s  peak {r['peak_mib'] or float('nan'):8.1f} MiB"
+                )
     configs = {name: m.config() for name, m in models.items() if name not in ("classifier", "pssr")}
-    return {"config": config, "dataset": dataset, "image_shape": list(shape), "trained_weights": bool(checkpoint),
-            "device": str(device), "quick": quick, "data": DATA_NOTE, "baseline_configs": configs, "rows": rows,
-            "note": "latency_ms is the median over repeats; images/s of the whole forward pass (purify + classify); "
-                    "bf16 = autocast + channels_last input; peak memory is the process's peak RSS during the row on "
-                    "CPU (reset before each row where Linux allows), CUDA allocator peak on GPU"}
+    return {
+        "config": config,
+        "dataset": dataset,
+        "image_shape": list(shape),
+        "trained_weights": bool(checkpoint),
+        "device": str(device),
+        "quick": quick,
+        "data": DATA_NOTE,
+        "baseline_configs": configs,
+        "rows": rows,
+        "note": "latency_ms is the median over repeats; images/s of the whole forward pass (purify + classify); "
+        "bf16 = autocast + channels_last input; peak memory is the process's peak RSS during the row on "
+        "CPU (reset before each row where Linux allows), CUDA allocator peak on GPU",
+    }
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = default_device(args.device)
     load_start = load_average()
-    section = run_purification(args.config, device=device, checkpoint=args.checkpoint, repeats=args.repeats,
-                               baselines=tuple(b for b in args.baselines.split(",") if b),
-                               art_tvm=not args.no_art_tvm, quick=args.quick)
+    section = run_purification(
+        args.config,
+        device=device,
+        checkpoint=args.checkpoint,
+        repeats=args.repeats,
+        baselines=tuple(b for b in args.baselines.split(",") if b),
+        art_tvm=not args.no_art_tvm,
+        quick=args.quick,
+    )
     write_section(args.out, "purification", section, device, load_start)
     return 0
 

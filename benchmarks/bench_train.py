@@ -54,7 +54,9 @@ from pssr.train.loop import TrainConfig, build_optimizer  # noqa: E402
 from pssr.train.pssr_train import make_adversarial, tapped_loss  # noqa: E402
 from pssr.utils import autocast_context, default_device  # noqa: E402
 
-DATA_NOTE = "uniform random images and labels, fresh weights (speed does not depend on the data or the weights)"
+DATA_NOTE = (
+    "uniform random images and labels, fresh weights (speed does not depend on the data or the weights)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +79,18 @@ SETTINGS = (
 PGD_STEPS = 10  # PGD-AT inner attack
 
 
-def _random_batch(batch: int, shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_batch(
+    batch: int, shape: tuple[int, int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.rand(batch, *shape, generator=g).to(device), torch.randint(0, 10, (batch,), generator=g).to(device)
+    return torch.rand(batch, *shape, generator=g).to(device), torch.randint(0, 10, (batch,), generator=g).to(
+        device
+    )
 
 
-def classifier_step(setting: Setting, batch: int, device: torch.device, bf16: bool, adversarial: bool
-                    ) -> tuple[Callable[[], None], dict[str, Any]]:
+def classifier_step(
+    setting: Setting, batch: int, device: torch.device, bf16: bool, adversarial: bool
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """One step of :func:`pssr.train.loop.fit`: (PGD-AT or plain) cross-entropy, backward, SGD."""
     cfg = TrainConfig(model=setting.model, batch_size=batch, bf16=bf16, channels_last=bf16)
     model = create_model(setting.model, in_channels=setting.shape[0]).to(device)
@@ -95,12 +102,26 @@ def classifier_step(setting: Setting, batch: int, device: torch.device, bf16: bo
         x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     if adversarial:
-        batch_loss = pgd_at_loss(AdvTrainConfig(model=setting.model, eps=setting.eps, alpha=setting.alpha,
-                                                steps=PGD_STEPS, bf16=bf16, channels_last=bf16))
-        detail = {"method": f"PGD-AT, PGD-{PGD_STEPS} inner attack", "eps": setting.eps, "alpha": setting.alpha}
+        batch_loss = pgd_at_loss(
+            AdvTrainConfig(
+                model=setting.model,
+                eps=setting.eps,
+                alpha=setting.alpha,
+                steps=PGD_STEPS,
+                bf16=bf16,
+                channels_last=bf16,
+            )
+        )
+        detail = {
+            "method": f"PGD-AT, PGD-{PGD_STEPS} inner attack",
+            "eps": setting.eps,
+            "alpha": setting.alpha,
+        }
     else:
-        def batch_loss(m: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, _: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+
+        def batch_loss(
+            m: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, _: torch.Generator
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             logits = m(xb)
             return F.cross_entropy(logits.float(), yb), logits
 
@@ -117,10 +138,15 @@ def classifier_step(setting: Setting, batch: int, device: torch.device, bf16: bo
     return step, {"model": setting.model, "optimizer": "sgd-nesterov", **detail}
 
 
-def _pssr_parts(setting: Setting, batch: int, device: torch.device, bf16: bool
-                ) -> tuple[PSSR, PSSRConfig, torch.Tensor, torch.Tensor]:
-    cfg = dataclasses.replace(build(PSSRConfig, load_toml(setting.pssr_config)["pssr"]), bf16=bf16,
-                              batch_size=batch, device=str(device))
+def _pssr_parts(
+    setting: Setting, batch: int, device: torch.device, bf16: bool
+) -> tuple[PSSR, PSSRConfig, torch.Tensor, torch.Tensor]:
+    cfg = dataclasses.replace(
+        build(PSSRConfig, load_toml(setting.pssr_config)["pssr"]),
+        bf16=bf16,
+        batch_size=batch,
+        device=str(device),
+    )
     torch.manual_seed(0)
     clf = create_model(setting.model, in_channels=setting.shape[0]).to(device).eval()
     defense = PSSR(clf, cfg, image_shape=setting.shape).to(device)
@@ -128,8 +154,9 @@ def _pssr_parts(setting: Setting, batch: int, device: torch.device, bf16: bool
     return defense, cfg, x, y
 
 
-def pssr_step(setting: Setting, batch: int, device: torch.device, bf16: bool
-              ) -> tuple[Callable[[], None], dict[str, Any]]:
+def pssr_step(
+    setting: Setting, batch: int, device: torch.device, bf16: bool
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """One step of :func:`pssr.train.pssr_train.train_pssr` (cache mode): loss, backward, Adam."""
     defense, cfg, x, y = _pssr_parts(setting, batch, device, bf16)
     clf = defense.classifier
@@ -140,10 +167,14 @@ def pssr_step(setting: Setting, batch: int, device: torch.device, bf16: bool
     with FrozenEval(clf):
         target = attack_share_target(cfg.scorer_target, x, x_adv, clf, y)  # (N, 1, H, W)
     learned = cfg.use_surgery and getattr(defense.scorer, "needs_training", False)
-    params = [*(defense.scorer.parameters() if learned else []),
-              *(defense.generator.parameters() if defense.generator is not None else [])]
+    params = [
+        *(defense.scorer.parameters() if learned else []),
+        *(defense.generator.parameters() if defense.generator is not None else []),
+    ]
     if not params:
-        raise ValueError(f"{setting.pssr_config}: this PSSR config trains nothing (no learned scorer, no generator)")
+        raise ValueError(
+            f"{setting.pssr_config}: this PSSR config trains nothing (no learned scorer, no generator)"
+        )
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_tap = cfg.w_semantic_feat > 0 and bool(cfg.feature_layer)
     tap = losses.FeatureTap(clf, cfg.feature_layer) if use_tap else None
@@ -155,13 +186,20 @@ def pssr_step(setting: Setting, batch: int, device: torch.device, bf16: bool
             loss.backward()
             opt.step()
 
-    return step, {"model": setting.model, "pssr_config": setting.pssr_config, "optimizer": "adam",
-                  "config_batch_size": build(PSSRConfig, load_toml(setting.pssr_config)["pssr"]).batch_size,
-                  "config_train_subset": cfg.train_subset, "scorer": cfg.scorer, "w_rdrop": cfg.w_rdrop}
+    return step, {
+        "model": setting.model,
+        "pssr_config": setting.pssr_config,
+        "optimizer": "adam",
+        "config_batch_size": build(PSSRConfig, load_toml(setting.pssr_config)["pssr"]).batch_size,
+        "config_train_subset": cfg.train_subset,
+        "scorer": cfg.scorer,
+        "w_rdrop": cfg.w_rdrop,
+    }
 
 
-def pssr_cache_step(setting: Setting, batch: int, device: torch.device, bf16: bool
-                    ) -> tuple[Callable[[], None], dict[str, Any]]:
+def pssr_cache_step(
+    setting: Setting, batch: int, device: torch.device, bf16: bool
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """Adversarial examples + scorer targets for one batch, as the PSSR trainer caches them."""
     defense, cfg, x, y = _pssr_parts(setting, batch, device, bf16)
     clf = defense.classifier
@@ -170,22 +208,40 @@ def pssr_cache_step(setting: Setting, batch: int, device: torch.device, bf16: bo
         with FrozenEval(clf):
             make_adversarial(clf, x, y, cfg, seed=0, batch_size=batch)
 
-    return step, {"model": setting.model, "pssr_config": setting.pssr_config,
-                  "method": f"PGD-{cfg.pgd_steps} (eps {cfg.eps:.4g}) + {cfg.scorer_target} targets"}
+    return step, {
+        "model": setting.model,
+        "pssr_config": setting.pssr_config,
+        "method": f"PGD-{cfg.pgd_steps} (eps {cfg.eps:.4g}) + {cfg.scorer_target} targets",
+    }
 
 
 # (workload, builder, precisions the trainer supports, made once per run rather than per epoch)
-WORKLOADS: tuple[tuple[str, Callable[..., tuple[Callable[[], None], dict[str, Any]]], tuple[str, ...], bool], ...] = (
-    ("classifier", lambda s, b, d, bf: classifier_step(s, b, d, bf, adversarial=False), ("fp32", "bf16"), False),
+WORKLOADS: tuple[
+    tuple[str, Callable[..., tuple[Callable[[], None], dict[str, Any]]], tuple[str, ...], bool], ...
+] = (
+    (
+        "classifier",
+        lambda s, b, d, bf: classifier_step(s, b, d, bf, adversarial=False),
+        ("fp32", "bf16"),
+        False,
+    ),
     ("pgd-at", lambda s, b, d, bf: classifier_step(s, b, d, bf, adversarial=True), ("fp32", "bf16"), False),
     ("pssr", pssr_step, ("fp32", "bf16"), False),
     ("pssr-adv-cache", pssr_cache_step, ("fp32",), True),
 )
 
 
-def run_training(*, device: torch.device, steps: int = 20, batch: int = 128, warmup: int = 1,
-                 row_budget_s: float | None = 15.0, quick: bool = False, workloads: tuple[str, ...] | None = None,
-                 log: Callable[[str], object] = print) -> dict[str, Any]:
+def run_training(
+    *,
+    device: torch.device,
+    steps: int = 20,
+    batch: int = 128,
+    warmup: int = 1,
+    row_budget_s: float | None = 15.0,
+    quick: bool = False,
+    workloads: tuple[str, ...] | None = None,
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Time every workload x setting x precision; return the ``training`` section."""
     for name, v, lo in (("steps", steps, 1), ("batch", batch, 1), ("warmup", warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -205,34 +261,61 @@ def run_training(*, device: torch.device, steps: int = 20, batch: int = 128, war
         for setting in SETTINGS:
             for precision in precisions:
                 step, detail = builder(setting, batch, device, precision == "bf16")
-                times = time_steps(step, device, warmup=warmup, steps=steps, budget_s=row_budget_s,
-                                   min_steps=min(2, steps))
+                times = time_steps(
+                    step, device, warmup=warmup, steps=steps, budget_s=row_budget_s, min_steps=min(2, steps)
+                )
                 median = statistics.median(times)
                 ips = batch / median
                 seconds = setting.epoch_images / ips
-                rows.append({"workload": workload, "setting": setting.name, "image_shape": list(setting.shape),
-                             "precision": precision, "batch": batch, "warmup_steps": warmup, "steps_timed": len(times),
-                             "median_step_s": median, "min_step_s": min(times), "mean_step_s": statistics.fmean(times),
-                             "images_per_s": ips, "epoch_images": setting.epoch_images,
-                             "seconds_per_epoch": None if once else seconds,
-                             "seconds_once_per_run": seconds if once else None, **detail})
+                rows.append(
+                    {
+                        "workload": workload,
+                        "setting": setting.name,
+                        "image_shape": list(setting.shape),
+                        "precision": precision,
+                        "batch": batch,
+                        "warmup_steps": warmup,
+                        "steps_timed": len(times),
+                        "median_step_s": median,
+                        "min_step_s": min(times),
+                        "mean_step_s": statistics.fmean(times),
+                        "images_per_s": ips,
+                        "epoch_images": setting.epoch_images,
+                        "seconds_per_epoch": None if once else seconds,
+                        "seconds_once_per_run": seconds if once else None,
+                        **detail,
+                    }
+                )
                 what = "s once per run" if once else "s/epoch"
-                log(f"{workload:14s} {setting.model:9s} {precision:4s} batch {batch:4d}: {1000 * median:9.1f} ms/step "
-                    f"{ips:9.1f} img/s  {seconds:9.1f} {what} ({setting.epoch_images} images)")
-    return {"device": str(device), "quick": quick, "data": DATA_NOTE, "batch": batch, "max_steps": steps,
-            "row_budget_s": row_budget_s, "rows": rows,
-            "note": "median over timed steps; images_per_s = batch / median step time; seconds_per_epoch = "
-                    "epoch_images / images_per_s (optimizer steps only: no data loading, augmentation, evaluation "
-                    "or checkpointing); pssr-adv-cache is done once per PSSR training run (adv_mode='cache'); "
-                    "bf16 = autocast (+ channels_last for classifier and PGD-AT steps)"}
+                log(
+                    f"{workload:14s} {setting.model:9s} {precision:4s} batch {batch:4d}: {1000 * median:9.1f} ms/step "
+                    f"{ips:9.1f} img/s  {seconds:9.1f} {what} ({setting.epoch_images} images)"
+                )
+    return {
+        "device": str(device),
+        "quick": quick,
+        "data": DATA_NOTE,
+        "batch": batch,
+        "max_steps": steps,
+        "row_budget_s": row_budget_s,
+        "rows": rows,
+        "note": "median over timed steps; images_per_s = batch / median step time; seconds_per_epoch = "
+        "epoch_images / images_per_s (optimizer steps only: no data loading, augmentation, evaluation "
+        "or checkpointing); pssr-adv-cache is done once per PSSR training run (adv_mode='cache'); "
+        "bf16 = autocast (+ channels_last for classifier and PGD-AT steps)",
+    }
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per row, at most")
-    ap.add_argument("--row-budget", type=float, default=15.0,
-                    help="seconds of timed steps after which a row stops early (after >= 2 steps); 0 = no budget")
+    ap.add_argument(
+        "--row-budget",
+        type=float,
+        default=15.0,
+        help="seconds of timed steps after which a row stops early (after >= 2 steps); 0 = no budget",
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--workloads", default=",".join(w[0] for w in WORKLOADS))
@@ -245,9 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = default_device(args.device)
     load_start = load_average()
-    section = run_training(device=device, steps=args.steps, batch=args.batch, warmup=args.warmup,
-                           row_budget_s=args.row_budget or None, quick=args.quick,
-                           workloads=tuple(w for w in args.workloads.split(",") if w))
+    section = run_training(
+        device=device,
+        steps=args.steps,
+        batch=args.batch,
+        warmup=args.warmup,
+        row_budget_s=args.row_budget or None,
+        quick=args.quick,
+        workloads=tuple(w for w in args.workloads.split(",") if w),
+    )
     write_section(args.out, "training", section, device, load_start)
     return 0
 

@@ -49,8 +49,11 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
         out["kind"] = "process_peak_rss"  # type: ignore[assignment]
 
 
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> dict[str, float]:
+def time_call(
+    fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5
+) -> dict[str, float]:
     """Median and min wall time of ``fn()`` in seconds after ``warmup`` calls."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -67,13 +70,20 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, r
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def time_steps(step: Callable[[], object], device: torch.device, warmup: int, steps: int,
-               budget_s: float | None = None, min_steps: int = 2) -> list[float]:
+def time_steps(
+    step: Callable[[], object],
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    budget_s: float | None = None,
+    min_steps: int = 2,
+) -> list[float]:
     """Wall time in seconds of each timed call of ``step()``, after ``warmup`` untimed calls.
 
     Up to ``steps`` timed calls; with ``budget_s``, stops early once the timed calls add up to
     ``budget_s`` seconds and at least ``min_steps`` were made (bounds the cost of slow rows).
     """
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -146,14 +156,24 @@ def environment(device: torch.device) -> dict[str, object]:
     return env
 
 
-def write_section(path: str, name: str, section: dict[str, object], device: torch.device,
-                  load_start: float | None) -> None:
+def write_section(
+    path: str, name: str, section: dict[str, object], device: torch.device, load_start: float | None
+) -> None:
     """Write one benchmark's ``section`` to ``path`` (atomically) with the environment, the load
     average at start and now, and the run metadata; used by the scripts run on their own."""
     from pssr.utils import atomic_write_json, run_metadata
 
-    atomic_write_json(path, {"benchmark": name, name: section,
-                             "environment": {**environment(device), "load_average_1min_start": load_start,
-                                             "load_average_1min_end": load_average()},
-                             "metadata": run_metadata()})
+    atomic_write_json(
+        path,
+        {
+            "benchmark": name,
+            name: section,
+            "environment": {
+                **environment(device),
+                "load_average_1min_start": load_start,
+                "load_average_1min_end": load_average(),
+            },
+            "metadata": run_metadata(),
+        },
+    )
     print(f"wrote {path}")

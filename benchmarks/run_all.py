@@ -32,17 +32,26 @@ DEFAULT_CONFIGS = ("configs/pssr-fashion-mnist.toml", "configs/pssr-cifar10-jpeg
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", action="append", default=None,
-                    help="PSSR config of a purification run (repeatable; default: "
-                         f"{' and '.join(DEFAULT_CONFIGS)}, an MNIST-size and a CIFAR-size model)")
-    ap.add_argument("--checkpoint", default=None,
-                    help="a trained PSSR checkpoint for the purification run (with exactly one --config)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="PSSR config of a purification run (repeatable; default: "
+        f"{' and '.join(DEFAULT_CONFIGS)}, an MNIST-size and a CIFAR-size model)",
+    )
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a trained PSSR checkpoint for the purification run (with exactly one --config)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5, help="purification: timed calls per batch-256 row")
     ap.add_argument("--baselines", default="jpeg,bit-depth,median,tvm")
     ap.add_argument("--no-art-tvm", action="store_true", help="purification: do not time ART's TVM")
     ap.add_argument("--steps", type=int, default=20, help="training: timed optimizer steps per row, at most")
-    ap.add_argument("--row-budget", type=float, default=15.0, help="training: seconds per row before stopping early")
+    ap.add_argument(
+        "--row-budget", type=float, default=15.0, help="training: seconds per row before stopping early"
+    )
     ap.add_argument("--batch", type=int, default=128, help="training batch size")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny batches, one step / repeat per row")
     ap.add_argument("--out", default="results/benchmarks.json")
@@ -58,21 +67,43 @@ def main(argv: list[str] | None = None) -> int:
     purification = []
     for config in configs:
         print(f"== purification ({config})")
-        purification.append(run_purification(config, device=device, checkpoint=args.checkpoint, repeats=args.repeats,
-                                              baselines=tuple(b for b in args.baselines.split(",") if b),
-                                              art_tvm=not args.no_art_tvm, quick=args.quick))
+        purification.append(
+            run_purification(
+                config,
+                device=device,
+                checkpoint=args.checkpoint,
+                repeats=args.repeats,
+                baselines=tuple(b for b in args.baselines.split(",") if b),
+                art_tvm=not args.no_art_tvm,
+                quick=args.quick,
+            )
+        )
     print("== training")
-    training = run_training(device=device, steps=args.steps, batch=args.batch, row_budget_s=args.row_budget or None,
-                            quick=args.quick)
+    training = run_training(
+        device=device,
+        steps=args.steps,
+        batch=args.batch,
+        row_budget_s=args.row_budget or None,
+        quick=args.quick,
+    )
     env["load_average_1min_end"] = load_average()
     env["wall_s"] = time.perf_counter() - t0
-    atomic_write_json(args.out, {
-        "benchmark": "pssr-benchmarks", "quick": args.quick,
-        "data": "random tensors throughout: speed does not depend on the data",
-        "environment": env, "purification": purification, "training": training, "metadata": run_metadata(),
-    })
-    print(f"wrote {args.out} ({env['wall_s']:.0f} s; 1-min load average {env['load_average_1min_start']} -> "
-          f"{env['load_average_1min_end']})")
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "pssr-benchmarks",
+            "quick": args.quick,
+            "data": "random tensors throughout: speed does not depend on the data",
+            "environment": env,
+            "purification": purification,
+            "training": training,
+            "metadata": run_metadata(),
+        },
+    )
+    print(
+        f"wrote {args.out} ({env['wall_s']:.0f} s; 1-min load average {env['load_average_1min_start']} -> "
+        f"{env['load_average_1min_end']})"
+    )
     return 0
 
 

@@ -35,7 +35,9 @@ def compress(folder: Path) -> str:
     atomic_write_json(report, d)
     atomic_write_text(folder / "report.md", render_markdown(d))  # it names the records file
     plain.unlink()
-    return f"{folder}: {len(data) / 1e6:.1f} MB -> {(folder / 'records.jsonl.gz').stat().st_size / 1e6:.2f} MB"
+    return (
+        f"{folder}: {len(data) / 1e6:.1f} MB -> {(folder / 'records.jsonl.gz').stat().st_size / 1e6:.2f} MB"
+    )
 
 
 def compress_preset(folder: Path) -> list[str]:
@@ -44,7 +46,9 @@ def compress_preset(folder: Path) -> list[str]:
     from pssr.reproduce import render_preset_markdown
 
     d = json.loads((folder / "report.json").read_text())
-    lines = [compress(folder / norm) for norm in d["evaluations"] if (folder / norm / "report.json").is_file()]
+    lines = [
+        compress(folder / norm) for norm in d["evaluations"] if (folder / norm / "report.json").is_file()
+    ]
     changed = False
     for norm, ev in d["evaluations"].items():
         if (folder / norm / "records.jsonl.gz").is_file() and ev.get("records_file") != "records.jsonl.gz":
@@ -53,7 +57,10 @@ def compress_preset(folder: Path) -> list[str]:
     if changed:
         atomic_write_json(folder / "report.json", d)
     atomic_write_text(folder / "report.md", render_preset_markdown(d))  # re-rendered by the current code
-    return [*lines, f"{folder}: combined report {'pointed at the compressed records' if changed else 'already up to date'}"]
+    return [
+        *lines,
+        f"{folder}: combined report {'pointed at the compressed records' if changed else 'already up to date'}",
+    ]
 
 
 def main(argv: list[str]) -> int:

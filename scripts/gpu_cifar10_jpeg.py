@@ -64,11 +64,18 @@ def log(msg: str) -> None:
 def launch(name: str, argv: list[str], work: Path) -> subprocess.Popen:
     (work / name).mkdir(parents=True, exist_ok=True)
     out = open(work / f"{name}.log", "a")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PSSR_HEARTBEAT_S=os.environ.get("PSSR_HEARTBEAT_S", "10"), PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS=os.environ.get("JOB_THREADS", "2"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT / "src"),
+        PSSR_HEARTBEAT_S=os.environ.get("PSSR_HEARTBEAT_S", "10"),
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS=os.environ.get("JOB_THREADS", "2"),
+    )
     cmd = [sys.executable, "-m", "pssr", *argv]
     log(f"start {name}: {' '.join(cmd[2:])}")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -82,17 +89,47 @@ def stop(p: subprocess.Popen) -> None:
 
 
 def adv_argv(name: str, work: Path, epochs: int, smoke: bool) -> list[str]:
-    a = ["train-adversarial", "--config", "configs/cifar10-jpeg.toml", "--set", f"adv_train.init_checkpoint={CLASSIFIER}",
-         "--out", str(work / name), "--epochs", str(epochs), "--bf16", "--summary", str(work / name / "summary.json"),
-         "--no-progress", *ADV_JOBS[name]]
+    a = [
+        "train-adversarial",
+        "--config",
+        "configs/cifar10-jpeg.toml",
+        "--set",
+        f"adv_train.init_checkpoint={CLASSIFIER}",
+        "--out",
+        str(work / name),
+        "--epochs",
+        str(epochs),
+        "--bf16",
+        "--summary",
+        str(work / name / "summary.json"),
+        "--no-progress",
+        *ADV_JOBS[name],
+    ]
     return a + (["--set", "adv_train.eval_n=200"] if smoke else [])
 
 
 def pssr_argv(name: str, work: Path, epochs: int, eval_n: int, adaptive_n: int, smoke: bool) -> list[str]:
-    a = ["train-pssr", "--config", "configs/pssr-cifar10-jpeg.toml", "--out", str(work / name),
-         "--results", str(work / name / "summary.json"), "--no-progress", "--set", f"run.classifier={CLASSIFIER}",
-         "--set", f"pssr.epochs={epochs}", "--set", "pssr.bf16=true", "--set", f"run.eval_n={eval_n}",
-         "--set", f"run.adaptive_n={adaptive_n}", *PSSR_JOBS[name]]
+    a = [
+        "train-pssr",
+        "--config",
+        "configs/pssr-cifar10-jpeg.toml",
+        "--out",
+        str(work / name),
+        "--results",
+        str(work / name / "summary.json"),
+        "--no-progress",
+        "--set",
+        f"run.classifier={CLASSIFIER}",
+        "--set",
+        f"pssr.epochs={epochs}",
+        "--set",
+        "pssr.bf16=true",
+        "--set",
+        f"run.eval_n={eval_n}",
+        "--set",
+        f"run.adaptive_n={adaptive_n}",
+        *PSSR_JOBS[name],
+    ]
     return a + (["--set", f"pssr.train_subset={SMOKE_SUBSET}", "--set", "pssr.val_size=100"] if smoke else [])
 
 
@@ -100,8 +137,10 @@ def last_rate(logfile: Path) -> float | None:
     """Training images/s between the last two heartbeat lines (None before the second: the first
     interval includes the warm-up). Two runs measured with the epoch's mean rate instead finished
     80-100 s before their deadline."""
-    rates = re.findall(r"(?:step|batch) \d+/\d+, \d+ img/s \((\d+) since the last line\)",
-                       logfile.read_text(errors="replace"))
+    rates = re.findall(
+        r"(?:step|batch) \d+/\d+, \d+ img/s \((\d+) since the last line\)",
+        logfile.read_text(errors="replace"),
+    )
     return float(rates[-1]) if len(rates) >= 2 else None
 
 
@@ -146,9 +185,19 @@ def main() -> int:
         return 2
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    subprocess.run([sys.executable, "-c", "import torch, pssr.data as d; x = d.load('cifar10-jpeg'); "
-                    "print('data', x.train.x.shape, 'cuda', torch.cuda.is_available(), torch.__version__)"],
-                   cwd=ROOT, env=env, check=True, stdout=open(LOG, "a"), stderr=subprocess.STDOUT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch, pssr.data as d; x = d.load('cifar10-jpeg'); "
+            "print('data', x.train.x.shape, 'cuda', torch.cuda.is_available(), torch.__version__)",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=open(LOG, "a"),
+        stderr=subprocess.STDOUT,
+    )
     log(f"data ready after {time.time() - t0:.0f} s")
 
     # 2. probe: every job at once; the PSSR variants share the adversarial-example cache of the first
@@ -159,7 +208,9 @@ def main() -> int:
     procs = {n: launch(n, adv_argv(n, args.work, MAX_EPOCHS["adv"], args.smoke), args.work) for n in adv_jobs}
     if pssr_jobs:
         first = pssr_jobs[0]
-        procs[first] = launch(first, pssr_argv(first, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work)
+        procs[first] = launch(
+            first, pssr_argv(first, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work
+        )
     tp = time.time()
     rates: dict[str, float] = {}
     while time.time() - tp < args.probe_timeout:
@@ -172,7 +223,9 @@ def main() -> int:
                 target = args.work / n / CACHE
                 target.unlink(missing_ok=True)
                 os.link(cache, target)  # same key (classifier, attack, data): same examples
-                procs[n] = launch(n, pssr_argv(n, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work)
+                procs[n] = launch(
+                    n, pssr_argv(n, args.work, MAX_EPOCHS["pssr"], 100, 0, args.smoke), args.work
+                )
         for n in procs:
             if (r := last_rate(args.work / f"{n}.log")) and rates.get(n) != r:
                 rates[n] = r  # kept running (the same contention as later) until every job has a rate
@@ -198,10 +251,15 @@ def main() -> int:
             plan |= {n: e for n in pssr_jobs if (args.work / n / CACHE).is_file()}
     for n in adv_jobs:
         if n in rates:
-            e = min(int((left - STARTUP_S - EVAL_MARGIN_S["adv"]) // (N_TRAIN / rates[n] * SAFETY)), MAX_EPOCHS["adv"])
+            e = min(
+                int((left - STARTUP_S - EVAL_MARGIN_S["adv"]) // (N_TRAIN / rates[n] * SAFETY)),
+                MAX_EPOCHS["adv"],
+            )
             if e >= MIN_EPOCHS["adv"]:
                 plan[n] = e
-    log(f"{left:.0f} s left; plan (epochs): {json.dumps(plan)}; images/s {json.dumps(rates)} (n_train {n_train})")
+    log(
+        f"{left:.0f} s left; plan (epochs): {json.dumps(plan)}; images/s {json.dumps(rates)} (n_train {n_train})"
+    )
     for n, e in plan.items():
         if n in ADV_JOBS:
             argv = adv_argv(n, args.work, e, args.smoke)

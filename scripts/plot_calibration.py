@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         c = d["calibration"]
         r = [row["ratio"] for row in c["rows"]]
         ax.plot(r, [100 * row["clean_acc"] for row in c["rows"]], "o-", label="PSSR clean")
-        ax.plot(r, [100 * row["graybox_acc"] for row in c["rows"]], "s-", label=f"PSSR gray-box PGD-{c['steps']}")
+        ax.plot(
+            r, [100 * row["graybox_acc"] for row in c["rows"]], "s-", label=f"PSSR gray-box PGD-{c['steps']}"
+        )
         ax.axhline(100 * c["classifier_clean_acc"], color="gray", ls="--", lw=1, label="classifier clean")
         ax.axvline(c["trained_ratio"], color="tab:red", ls=":", lw=1, label="trained ratio")
         ax.axvline(c["chosen"], color="tab:green", lw=2, alpha=0.4, label="chosen")

@@ -14,8 +14,12 @@ BEGIN, END = "<!-- results:begin (scripts/update_readme_results.py) -->", "<!-- 
 
 
 def render(*args: str) -> str:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), *args], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "results_table.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def replace_block(path: Path, table: str) -> None:

@@ -144,8 +144,10 @@ def test_bpda_breaks_gradient_masking_while_plain_pgd_fails(clf_data):
     assert via_bpda < full - 0.5
     assert square < full - 0.5
     # on the undefended classifier, the BPDA attack equals plain PGD (no bpda() there)
-    assert torch.equal(create_attack("pgd-bpda", clf, eps=0.1, steps=5)(x, y),
-                       create_attack("pgd", clf, eps=0.1, steps=5)(x, y))
+    assert torch.equal(
+        create_attack("pgd-bpda", clf, eps=0.1, steps=5)(x, y),
+        create_attack("pgd", clf, eps=0.1, steps=5)(x, y),
+    )
 
 
 def test_detached_graph_does_not_crash_and_bpda_breaks_it(clf_data):

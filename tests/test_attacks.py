@@ -84,8 +84,24 @@ CASES = [(name, norm) for name in list_attacks() for norm in ATTACKS.get(name).n
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry_holds_the_required_attacks():
-    required = {"fgsm", "bim", "pgd", "mifgsm", "cw", "cw-linf", "deepfool", "ddn", "square", "autoattack",
-                "autoattack-rand", "transfer", "pgd-full", "pgd-bpda", "pgd-bpda-eot", "autoattack-bpda"}
+    required = {
+        "fgsm",
+        "bim",
+        "pgd",
+        "mifgsm",
+        "cw",
+        "cw-linf",
+        "deepfool",
+        "ddn",
+        "square",
+        "autoattack",
+        "autoattack-rand",
+        "transfer",
+        "pgd-full",
+        "pgd-bpda",
+        "pgd-bpda-eot",
+        "autoattack-bpda",
+    }
     # Other test files register throw-away attacks (e.g. "t-pgd") in the shared registry: only
     # the library's own attacks count here.
     library = {n for n in list_attacks() if ATTACKS.get(n).__module__.startswith("pssr.attacks")}
@@ -161,10 +177,16 @@ def test_attacks_lower_accuracy_of_a_trained_model(mlp_data):
     x, y = data.test.x[:80], data.test.y[:80]
     clean = accuracy(model, x, y)
     assert clean > 0.85
-    for name, kw in [("fgsm", {}), ("pgd", {"steps": 10}), ("mifgsm", {}), ("cw-linf", {"steps": 10}),
-                     ("square", {"n_queries": 100}), ("deepfool", {"norm": "l2", "eps": 1.0}),
-                     ("ddn", {"norm": "l2", "eps": 1.0, "steps": 30}),
-                     ("cw", {"norm": "l2", "eps": 1.0, "steps": 30, "binary_search_steps": 4})]:
+    for name, kw in [
+        ("fgsm", {}),
+        ("pgd", {"steps": 10}),
+        ("mifgsm", {}),
+        ("cw-linf", {"steps": 10}),
+        ("square", {"n_queries": 100}),
+        ("deepfool", {"norm": "l2", "eps": 1.0}),
+        ("ddn", {"norm": "l2", "eps": 1.0, "steps": 30}),
+        ("cw", {"norm": "l2", "eps": 1.0, "steps": 30, "binary_search_steps": 4}),
+    ]:
         kw = {"eps": 0.1, **kw}
         assert accuracy(model, create_attack(name, model, **kw)(x, y), y) < clean - 0.15, name
 
@@ -190,14 +212,19 @@ def test_minimum_norm_attacks_without_early_stop_find_small_perturbations(mlp_da
     x, y = data.test.x[:40] * 0.9 + 0.05, data.test.y[:40]
     ok = model(x).argmax(1) == y
     x, y = x[ok][:20], y[ok][:20]
-    kws = {"ddn": {"early_stop": False}, "cw": {"early_stop": False, "steps": 50, "binary_search_steps": 5},
-           "deepfool": {}}
+    kws = {
+        "ddn": {"early_stop": False},
+        "cw": {"early_stop": False, "steps": 50, "binary_search_steps": 5},
+        "deepfool": {},
+    }
     medians, norms = {}, {}
     for name, kw in kws.items():
         x_adv = create_attack(name, model, eps=100.0, norm="l2", **kw)(x, y)
         fooled = model(x_adv).argmax(1) != y
         assert fooled.float().mean() >= 0.9, name
-        norms[name] = torch.where(fooled, lp_norm(x_adv - x, "l2"), torch.full_like(y, float("inf"), dtype=x.dtype))
+        norms[name] = torch.where(
+            fooled, lp_norm(x_adv - x, "l2"), torch.full_like(y, float("inf"), dtype=x.dtype)
+        )
         medians[name] = norms[name][fooled].median().item()
     assert max(medians.values()) <= 1.5 * min(medians.values()), medians
     # PGD with that budget (the largest median) is a real attack there, and no stronger than the
@@ -239,24 +266,27 @@ def test_bad_inputs_raise_value_errors_naming_the_problem(name, mlp_data, batch)
         create_attack(name, lambda t: t, eps=0.1, **({"surrogate": model} if name == "transfer" else {}))
 
 
-@pytest.mark.parametrize("name,kwargs,match", [
-    ("pgd", {"steps": 0}, "steps"),
-    ("pgd", {"alpha": -1.0}, "alpha"),
-    ("pgd", {"restarts": 1.5}, "restarts"),
-    ("pgd", {"loss": "hinge"}, "loss"),
-    ("mifgsm", {"decay": float("nan")}, "decay"),
-    ("cw", {"norm": "l2", "c_init": 0.0}, "c_init"),
-    ("cw", {"norm": "linf"}, "norm"),
-    ("deepfool", {"candidates": 1}, "candidates"),
-    ("ddn", {"norm": "l2", "gamma": 1.5}, "gamma"),
-    ("square", {"p_init": 0.0}, "p_init"),
-    ("square", {"n_queries": 0}, "n_queries"),
-    ("autoattack", {"version": "fast"}, "version"),
-    ("autoattack", {"version": "custom"}, "attacks"),
-    ("transfer", {}, "surrogate"),
-    ("pgd-bpda-eot", {"eot_samples": 0}, "k"),
-    ("nope", {}, "unknown attack"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("pgd", {"steps": 0}, "steps"),
+        ("pgd", {"alpha": -1.0}, "alpha"),
+        ("pgd", {"restarts": 1.5}, "restarts"),
+        ("pgd", {"loss": "hinge"}, "loss"),
+        ("mifgsm", {"decay": float("nan")}, "decay"),
+        ("cw", {"norm": "l2", "c_init": 0.0}, "c_init"),
+        ("cw", {"norm": "linf"}, "norm"),
+        ("deepfool", {"candidates": 1}, "candidates"),
+        ("ddn", {"norm": "l2", "gamma": 1.5}, "gamma"),
+        ("square", {"p_init": 0.0}, "p_init"),
+        ("square", {"n_queries": 0}, "n_queries"),
+        ("autoattack", {"version": "fast"}, "version"),
+        ("autoattack", {"version": "custom"}, "attacks"),
+        ("transfer", {}, "surrogate"),
+        ("pgd-bpda-eot", {"eot_samples": 0}, "k"),
+        ("nope", {}, "unknown attack"),
+    ],
+)
 def test_bad_hyper_parameters_raise(name, kwargs, match, mlp_data):
     model, _ = mlp_data
     with pytest.raises(ValueError, match=match):
@@ -326,8 +356,14 @@ def cnn_data():
 
 def _art_classifier(model: nn.Module):
     art_cls = pytest.importorskip("art.estimators.classification")
-    return art_cls.PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
-                                     clip_values=(0.0, 1.0), device_type="cpu")
+    return art_cls.PyTorchClassifier(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=(1, 8, 8),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
 def _art_acc(model, attack, x, y, eps, norm) -> float:
@@ -345,20 +381,46 @@ def test_gradient_attacks_agree_with_art(cnn_data):
     for norm, eps in (("linf", 0.1), ("l2", 1.0)):
         art_norm = math.inf if norm == "linf" else 2
         pairs = [
-            (create_attack("fgsm", model, eps=eps, norm=norm),
-             evasion.FastGradientMethod(clf, norm=art_norm, eps=eps, batch_size=512)),
-            (create_attack("pgd", model, eps=eps, norm=norm, steps=20, alpha=eps / 4, random_start=False),
-             evasion.ProjectedGradientDescentPyTorch(clf, norm=art_norm, eps=eps, eps_step=eps / 4,
-                                                     max_iter=20, num_random_init=0, batch_size=512,
-                                                     verbose=False)),
-            (create_attack("mifgsm", model, eps=eps, norm=norm, steps=10, decay=1.0),
-             evasion.MomentumIterativeMethod(clf, norm=art_norm, eps=eps, eps_step=eps / 10, max_iter=10,
-                                             decay=1.0, batch_size=512, verbose=False)),
+            (
+                create_attack("fgsm", model, eps=eps, norm=norm),
+                evasion.FastGradientMethod(clf, norm=art_norm, eps=eps, batch_size=512),
+            ),
+            (
+                create_attack("pgd", model, eps=eps, norm=norm, steps=20, alpha=eps / 4, random_start=False),
+                evasion.ProjectedGradientDescentPyTorch(
+                    clf,
+                    norm=art_norm,
+                    eps=eps,
+                    eps_step=eps / 4,
+                    max_iter=20,
+                    num_random_init=0,
+                    batch_size=512,
+                    verbose=False,
+                ),
+            ),
+            (
+                create_attack("mifgsm", model, eps=eps, norm=norm, steps=10, decay=1.0),
+                evasion.MomentumIterativeMethod(
+                    clf,
+                    norm=art_norm,
+                    eps=eps,
+                    eps_step=eps / 10,
+                    max_iter=10,
+                    decay=1.0,
+                    batch_size=512,
+                    verbose=False,
+                ),
+            ),
         ]
         if norm == "linf":
-            pairs.append((create_attack("bim", model, eps=eps, steps=10),
-                          evasion.BasicIterativeMethod(clf, eps=eps, eps_step=1.25 * eps / 10, max_iter=10,
-                                                       batch_size=512, verbose=False)))
+            pairs.append(
+                (
+                    create_attack("bim", model, eps=eps, steps=10),
+                    evasion.BasicIterativeMethod(
+                        clf, eps=eps, eps_step=1.25 * eps / 10, max_iter=10, batch_size=512, verbose=False
+                    ),
+                )
+            )
         for ours, theirs in pairs:
             a, b = accuracy(model, ours(x, y), y), _art_acc(model, theirs, x, y, eps, norm)
             assert a < accuracy(model, x, y) - 0.2
@@ -375,14 +437,28 @@ def test_minimum_norm_attacks_agree_with_art(cnn_data):
     eps = 1.0
     x, y = data.test.x[:120], data.test.y[:120]
     ours = accuracy(model, create_attack("deepfool", model, eps=eps, norm="l2", steps=50)(x, y), y)
-    theirs = _art_acc(model, evasion.DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=512,
-                                              verbose=False), x, y, eps, "l2")
+    theirs = _art_acc(
+        model,
+        evasion.DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=512, verbose=False),
+        x,
+        y,
+        eps,
+        "l2",
+    )
     assert abs(ours - theirs) <= 0.06, (ours, theirs)
     x, y = data.test.x[:40], data.test.y[:40]
     cw = create_attack("cw", model, eps=eps, steps=30, binary_search_steps=4, c_init=0.1)
     ours = accuracy(model, cw(x, y), y)
-    art_cw = evasion.CarliniL2Method(clf, confidence=0.0, learning_rate=0.01, binary_search_steps=4,
-                                     max_iter=30, initial_const=0.1, batch_size=512, verbose=False)
+    art_cw = evasion.CarliniL2Method(
+        clf,
+        confidence=0.0,
+        learning_rate=0.01,
+        binary_search_steps=4,
+        max_iter=30,
+        initial_const=0.1,
+        batch_size=512,
+        verbose=False,
+    )
     theirs = _art_acc(model, art_cw, x, y, eps, "l2")
     assert ours <= theirs + 0.05, (ours, theirs)  # 2 of 40 images
 
@@ -399,8 +475,16 @@ def test_square_and_autoattack_against_pyautoattack(cnn_data):
     x, y = data.test.x, data.test.y
     for norm, eps in (("linf", 0.1), ("l2", 1.0)):
         ours = accuracy(model, create_attack("square", model, eps=eps, norm=norm, n_queries=100)(x, y), y)
-        ref = SquareAttack(model, p_init=0.8, n_queries=100, eps=eps, norm="Linf" if norm == "linf" else "L2",
-                           seed=0, device="cpu", resc_schedule=True)
+        ref = SquareAttack(
+            model,
+            p_init=0.8,
+            n_queries=100,
+            eps=eps,
+            norm="Linf" if norm == "linf" else "L2",
+            seed=0,
+            device="cpu",
+            resc_schedule=True,
+        )
         with torch.random.fork_rng():
             theirs = accuracy(model, ref.perturb(x, y), y)
         assert ours <= theirs + 0.02, (norm, ours, theirs)

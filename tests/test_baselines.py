@@ -66,12 +66,12 @@ def test_plain_gradient_is_zero_and_bpda_gradient_is_not(name, images):
     y = torch.arange(x.shape[0]) % 10
     d = create_baseline(name, Linear())
     xr = x.clone().requires_grad_(True)
-    g_plain, = torch.autograd.grad(F.cross_entropy(d(xr), y), xr)
+    (g_plain,) = torch.autograd.grad(F.cross_entropy(d(xr), y), xr)
     assert torch.count_nonzero(g_plain) == 0  # the masking the harness must flag
     view = d.bpda()
     xr = x.clone().requires_grad_(True)
     out = view(xr)
-    g_bpda, = torch.autograd.grad(F.cross_entropy(out, y), xr)
+    (g_bpda,) = torch.autograd.grad(F.cross_entropy(out, y), xr)
     assert (g_bpda.flatten(1).abs().sum(1) > 0).all()
     # same forward as the defense (reseed randomized ones so both passes draw the same mask)
     d.reseed(5)
@@ -91,7 +91,9 @@ def test_transforms_do_what_they_say():
     assert torch.allclose(create_baseline("median", clf, window=3).purify(const), const)
     spike = torch.zeros(1, 1, 8, 8)
     spike[0, 0, 4, 4] = 1.0
-    assert float(create_baseline("median", clf, window=3).purify(spike).max()) == 0.0  # an isolated pixel goes
+    assert (
+        float(create_baseline("median", clf, window=3).purify(spike).max()) == 0.0
+    )  # an isolated pixel goes
     smooth = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     hq = create_baseline("jpeg", Linear(3, 16, 16), quality=95).purify(smooth)
     lq = create_baseline("jpeg", Linear(3, 16, 16), quality=10).purify(smooth)
@@ -127,11 +129,18 @@ def test_tvm_defaults_per_implementation_and_bpda_of_the_art_one(images):
         cfg = create_baseline("tvm", Linear(), impl=impl).config()
         assert {k: cfg[k] for k in ("keep", "lam", "norm", "iters")} == TVM_DEFAULTS[impl]
     assert create_baseline("tvm", Linear(), keep=0.8, lam=0.1, norm=1, iters=7).config() == {
-        "name": "tvm", "impl": "torch", "keep": 0.8, "lam": 0.1, "norm": 1, "iters": 7, "seed": 0}
+        "name": "tvm",
+        "impl": "torch",
+        "keep": 0.8,
+        "lam": 0.1,
+        "norm": 1,
+        "iters": 7,
+        "seed": 0,
+    }
     x = images[0]
     view = create_baseline("tvm", Linear(), impl="art").bpda()
     xr = x.clone().requires_grad_(True)
-    g, = torch.autograd.grad(F.cross_entropy(view(xr), torch.arange(len(x)) % 10), xr)
+    (g,) = torch.autograd.grad(F.cross_entropy(view(xr), torch.arange(len(x)) % 10), xr)
     assert (g.flatten(1).abs().sum(1) > 0).all()
 
 
@@ -154,7 +163,7 @@ def test_total_variation_of_known_images():
     assert total_variation(step, 2).item() == pytest.approx(4.0)
     diag = torch.tensor([[0.0, 1.0], [1.0, 1.0]]).view(1, 1, 2, 2)  # top-left pixel: dx = dy = 1
     assert total_variation(diag, 1).item() == pytest.approx(2.0)
-    assert total_variation(diag, 2).item() == pytest.approx(2 ** 0.5)
+    assert total_variation(diag, 2).item() == pytest.approx(2**0.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -246,14 +255,29 @@ def test_tv_minimize_matches_art_total_var_min_on_the_same_problem_and_digits():
     m = tvm_keep_mask(n, 8, 8, 0.5, generator=torch.Generator().manual_seed(0))
     art = art_tvm(prob=0.5, norm=1, lamb=lam_art, max_iter=200, clip_values=(0.0, 1.0))
     # ART's per-image solver with our mask (its __call__ would draw its own), NHWC, then ART's clip.
-    z_art = torch.stack([torch.from_numpy(np.clip(art._minimize(x[i].permute(1, 2, 0).double().numpy(),
-                                                               m[i].permute(1, 2, 0).numpy()), 0, 1))
-                         for i in range(n)]).permute(0, 3, 1, 2).float()
+    z_art = (
+        torch.stack(
+            [
+                torch.from_numpy(
+                    np.clip(
+                        art._minimize(x[i].permute(1, 2, 0).double().numpy(), m[i].permute(1, 2, 0).numpy()),
+                        0,
+                        1,
+                    )
+                )
+                for i in range(n)
+            ]
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+    )
     r = (m * (z_art - x) ** 2).flatten(1).sum(1).sqrt()  # (N,)
     lam = 2 * lam_art * r
     # 1000 iterations: near convergence on every image (at 300 one of the first 32 test digits was
     # still 0.002 above ART's energy)
-    z = torch.cat([tv_minimize(x[i:i + 1], m[i:i + 1], float(lam[i]), norm=1, iters=1000) for i in range(n)])
+    z = torch.cat(
+        [tv_minimize(x[i : i + 1], m[i : i + 1], float(lam[i]), norm=1, iters=1000) for i in range(n)]
+    )
 
     e_ours, e_art = _tv_energy(z, x, m, lam, 1), _tv_energy(z_art, x, m, lam, 1)
     assert (e_ours <= e_art + 1e-3).all()
@@ -272,20 +296,23 @@ def test_tv_minimize_matches_art_total_var_min_on_the_same_problem_and_digits():
     assert abs(float((p_ours == y).float().mean()) - float((p_art == y).float().mean())) <= 0.1
 
 
-@pytest.mark.parametrize(("name", "kw", "match"), [
-    ("jpeg", {"quality": 0}, "quality"),
-    ("jpeg", {"quality": 75.5}, "quality"),
-    ("bit-depth", {"bits": 0}, "bits"),
-    ("median", {"window": 1}, "window"),
-    ("tvm", {"keep": 0.0}, "keep"),
-    ("tvm", {"keep": 1.5}, "keep"),
-    ("tvm", {"lam": -1.0}, "lam"),
-    ("tvm", {"lam": float("nan")}, "lam"),
-    ("tvm", {"norm": 3}, "norm"),
-    ("tvm", {"iters": 0}, "iters"),
-    ("tvm", {"impl": "scipy"}, "impl"),
-    ("identity", {"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    ("name", "kw", "match"),
+    [
+        ("jpeg", {"quality": 0}, "quality"),
+        ("jpeg", {"quality": 75.5}, "quality"),
+        ("bit-depth", {"bits": 0}, "bits"),
+        ("median", {"window": 1}, "window"),
+        ("tvm", {"keep": 0.0}, "keep"),
+        ("tvm", {"keep": 1.5}, "keep"),
+        ("tvm", {"lam": -1.0}, "lam"),
+        ("tvm", {"lam": float("nan")}, "lam"),
+        ("tvm", {"norm": 3}, "norm"),
+        ("tvm", {"iters": 0}, "iters"),
+        ("tvm", {"impl": "scipy"}, "impl"),
+        ("identity", {"seed": -1}, "seed"),
+    ],
+)
 def test_invalid_arguments_name_the_argument(name, kw, match):
     with pytest.raises(ValueError, match=match):
         create_baseline(name, Linear(), **kw)
@@ -298,8 +325,8 @@ def test_identity_baseline_equals_classifier_and_gradients_match():
     d = create_baseline("identity", clf)
     x = torch.rand(4, 1, 8, 8, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3])
-    g1, = torch.autograd.grad(F.cross_entropy(d(x), y), x)
-    g2, = torch.autograd.grad(F.cross_entropy(clf(x), y), x)
+    (g1,) = torch.autograd.grad(F.cross_entropy(d(x), y), x)
+    (g2,) = torch.autograd.grad(F.cross_entropy(clf(x), y), x)
     assert torch.equal(g1, g2)
 
 
@@ -322,10 +349,18 @@ def test_bpda_breaks_a_baseline_where_plain_pgd_cannot():
     if not {"pgd-full", "pgd-bpda"} <= set(list_attacks()):
         pytest.skip("the attack registry has no pgd-full / pgd-bpda yet")
     d = create_baseline("bit-depth", clf, bits=2)
-    rep = evaluate({"bits2": d}, ds.test, attacks=[{"name": "pgd-full", "steps": 10, "threat_model": "adaptive"},
-                                                   {"name": "pgd-bpda", "steps": 10, "threat_model": "adaptive"}],
-                   eps=0.2, n=64, progress=False, checks=CheckConfig(n=32, large_eps_kwargs={"random_start": False,
-                                                                                              "steps": 10}))
+    rep = evaluate(
+        {"bits2": d},
+        ds.test,
+        attacks=[
+            {"name": "pgd-full", "steps": 10, "threat_model": "adaptive"},
+            {"name": "pgd-bpda", "steps": 10, "threat_model": "adaptive"},
+        ],
+        eps=0.2,
+        n=64,
+        progress=False,
+        checks=CheckConfig(n=32, large_eps_kwargs={"random_start": False, "steps": 10}),
+    )
     flags = {f["name"] for f in rep.flags("bits2")}
     assert {"zero_gradients", "large_eps_not_broken"} <= flags
     plain = rep.accuracy("bits2", "pgd-full", "adaptive", 0.2)

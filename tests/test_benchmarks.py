@@ -41,8 +41,20 @@ def _positive(row: dict, *keys: str) -> None:
 
 def test_run_all_quick_writes_both_sections(bench, tmp_path):
     out = tmp_path / "benchmarks.json"
-    assert bench["run_all"].main(["--quick", "--out", str(out), "--config", "configs/pssr-fashion-mnist.toml",
-                                  "--config", "configs/pssr-digits.toml"]) == 0
+    assert (
+        bench["run_all"].main(
+            [
+                "--quick",
+                "--out",
+                str(out),
+                "--config",
+                "configs/pssr-fashion-mnist.toml",
+                "--config",
+                "configs/pssr-digits.toml",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert {"purification", "training", "environment", "metadata", "data"} <= set(doc)
     assert doc["quick"] is True and "random" in doc["data"]
@@ -59,16 +71,24 @@ def test_run_all_quick_writes_both_sections(bench, tmp_path):
     assert pur["quick"] is True and "random" in pur["data"]
     models = ["classifier", "pssr", "jpeg", "bit-depth", "median", "tvm", "tvm-art"]
     assert {(r["model"], r["precision"], r["batch"]) for r in pur["rows"]} == {
-        (m, p, b) for m in models for p in ("fp32", "bf16") for b in (1, 8)}
+        (m, p, b) for m in models for p in ("fp32", "bf16") for b in (1, 8)
+    }
     for r in pur["rows"]:
         _positive(r, "latency_ms", "images_per_s")
-    assert pur["baseline_configs"]["tvm"]["impl"] == "torch" and pur["baseline_configs"]["tvm-art"]["impl"] == "art"
+    assert (
+        pur["baseline_configs"]["tvm"]["impl"] == "torch"
+        and pur["baseline_configs"]["tvm-art"]["impl"] == "art"
+    )
 
     tr = doc["training"]
     assert tr["quick"] is True and "random" in tr["data"]
     keys = {(r["workload"], r["setting"], r["precision"]) for r in tr["rows"]}
-    expected = {(w, s, p) for w in ("classifier", "pgd-at", "pssr") for s in ("mnist-style", "cifar")
-                for p in ("fp32", "bf16")} | {("pssr-adv-cache", s, "fp32") for s in ("mnist-style", "cifar")}
+    expected = {
+        (w, s, p)
+        for w in ("classifier", "pgd-at", "pssr")
+        for s in ("mnist-style", "cifar")
+        for p in ("fp32", "bf16")
+    } | {("pssr-adv-cache", s, "fp32") for s in ("mnist-style", "cifar")}
     assert keys == expected
     for r in tr["rows"]:
         _positive(r, "median_step_s", "images_per_s")
@@ -78,7 +98,8 @@ def test_run_all_quick_writes_both_sections(bench, tmp_path):
         _positive(r, "seconds_once_per_run" if per_run else "seconds_per_epoch")
         assert r["seconds_per_epoch" if per_run else "seconds_once_per_run"] is None
         assert r["seconds_once_per_run" if per_run else "seconds_per_epoch"] == pytest.approx(
-            r["epoch_images"] / r["images_per_s"])
+            r["epoch_images"] / r["images_per_s"]
+        )
 
 
 def test_run_all_refuses_one_checkpoint_for_several_configs(bench, tmp_path, capsys):

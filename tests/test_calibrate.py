@@ -15,8 +15,18 @@ from pssr.train.calibrate import calibrate_ratio, choose, graybox_examples, with
 from pssr.train.pssr_train import _splits, train_pssr
 
 SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
-TINY = dict(epochs=2, train_subset=256, val_size=96, batch_size=64, gen_width=8, scorer_width=8, pgd_steps=3,
-            eps=0.3, ratio=0.2, restore_scope="mask")
+TINY = dict(
+    epochs=2,
+    train_subset=256,
+    val_size=96,
+    batch_size=64,
+    gen_width=8,
+    scorer_width=8,
+    pgd_steps=3,
+    eps=0.3,
+    ratio=0.2,
+    restore_scope="mask",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,17 @@ def defense(digits, one_thread) -> PSSR:
     from pssr.train.classifier import train_classifier
 
     torch.manual_seed(0)
-    clf = train_classifier("tiny-cnn", digits, epochs=10, batch_size=64, lr=0.05, schedule="onecycle",
-                           augment="none", seed=0, progress=False)
+    clf = train_classifier(
+        "tiny-cnn",
+        digits,
+        epochs=10,
+        batch_size=64,
+        lr=0.05,
+        schedule="onecycle",
+        augment="none",
+        seed=0,
+        progress=False,
+    )
     d = train_pssr(clf.eval(), digits, PSSRConfig(**TINY), progress=False, classifier_spec=SPEC)
     d.metrics["data"] = {"name": "digits", "seed": 0}
     return d.eval()
@@ -63,7 +82,9 @@ def test_calibrate_measures_each_ratio_on_the_validation_split(defense, digits) 
     _, _, xv, yv = _splits(digits, defense.config)
     xa = graybox_examples(defense.classifier, xv, yv, 0.3, 3)
     with torch.no_grad():
-        assert res["classifier_clean_acc"] == pytest.approx(float((defense.classifier(xv).argmax(1) == yv).float().mean()))
+        assert res["classifier_clean_acc"] == pytest.approx(
+            float((defense.classifier(xv).argmax(1) == yv).float().mean())
+        )
         for r in res["rows"]:
             with_ratio(defense, r["ratio"])
             assert r["clean_acc"] == pytest.approx(float((defense(xv).argmax(1) == yv).float().mean()))
@@ -98,8 +119,27 @@ def test_calibrate_rejects_bad_arguments(defense, digits) -> None:
 def test_cli_calibrate_writes_checkpoint_and_summary(defense, tmp_path, capsys) -> None:
     ck = defense.save(tmp_path / "pssr.pt")
     out, js = tmp_path / "cal.pt", tmp_path / "cal.json"
-    rc = main(["calibrate", "--checkpoint", str(ck), "--ratios", "0,0.1,0.2", "--steps", "3", "--out", str(out),
-               "--results", str(js), "--test-n", "64", "--adaptive-n", "16", "--device", "cpu"])
+    rc = main(
+        [
+            "calibrate",
+            "--checkpoint",
+            str(ck),
+            "--ratios",
+            "0,0.1,0.2",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--results",
+            str(js),
+            "--test-n",
+            "64",
+            "--adaptive-n",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     s = json.loads(js.read_text())
     text = capsys.readouterr().out

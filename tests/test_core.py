@@ -115,13 +115,18 @@ def test_recorded_command_reads_as_typed(monkeypatch):
 
     for env in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "WORLD_SIZE"):
         monkeypatch.delenv(env, raising=False)
-    assert command_line([".venv/bin/pssr", "evaluate", "--set", "a.b=\"x y\""]) == "pssr evaluate --set 'a.b=\"x y\"'"
+    assert (
+        command_line([".venv/bin/pssr", "evaluate", "--set", 'a.b="x y"'])
+        == "pssr evaluate --set 'a.b=\"x y\"'"
+    )
     module = ["/work/src/pssr/__main__.py", "reproduce", "--preset", "mnist-10k"]
     assert command_line(module) == "pssr reproduce --preset mnist-10k"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert command_line(module) == "torchrun --nproc_per_node=2 --nnodes=2 -m pssr reproduce --preset mnist-10k"
+    assert (
+        command_line(module) == "torchrun --nproc_per_node=2 --nnodes=2 -m pssr reproduce --preset mnist-10k"
+    )
     assert command_line(["train.py", "--x"]) == "train.py --x"  # not the CLI: left as it is
 
 
@@ -143,7 +148,9 @@ def test_cli_version_and_help(capsys):
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "pssr", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pssr", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith("pssr ")
 
 

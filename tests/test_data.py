@@ -16,7 +16,9 @@ from pssr.data.idx import read_idx
 from pssr.data.sources import FASHION_DEBIAN_DIR, IDX_FILES, shared_data_dir
 
 
-def check_contract(d: pdata.Dataset, shape: tuple[int, int, int], sizes: tuple[int, int, int], classes: int) -> None:
+def check_contract(
+    d: pdata.Dataset, shape: tuple[int, int, int], sizes: tuple[int, int, int], classes: int
+) -> None:
     assert d.image_shape == shape
     assert (len(d.train), len(d.val), len(d.test)) == sizes
     assert d.num_classes == classes == len(d.classes)
@@ -39,7 +41,9 @@ def test_digits_contract_and_seeded_split():
     assert not torch.equal(d.test.y, other.test.y)
     # no image is in two splits (splits are a partition of the 1,797 images)
     flat = lambda s: {tuple(r) for r in s.x.flatten(1).mul(16).round().int().tolist()}  # noqa: E731
-    assert len(flat(d.train)) + len(flat(d.val)) + len(flat(d.test)) >= len(flat(d.train) | flat(d.val) | flat(d.test))
+    assert len(flat(d.train)) + len(flat(d.val)) + len(flat(d.test)) >= len(
+        flat(d.train) | flat(d.val) | flat(d.test)
+    )
 
 
 def test_shared_data_dir_skips_folders_without_the_file(tmp_path, monkeypatch):
@@ -64,7 +68,9 @@ def test_mnist_10k_contract():
 
 def test_fashion_mnist_contract():
     if not all((FASHION_DEBIAN_DIR / f).is_file() for f in IDX_FILES):
-        pytest.skip(f"Fashion-MNIST not installed at {FASHION_DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed at {FASHION_DEBIAN_DIR} (apt-get install dataset-fashion-mnist)"
+        )
     d = pdata.load("fashion-mnist")
     check_contract(d, (1, 28, 28), (60000, 0, 10000), 10)
     assert torch.bincount(d.test.y).tolist() == [1000] * 10
@@ -208,7 +214,9 @@ def test_image_folder_loads_pngs(tmp_path, monkeypatch):
     from pssr.data.base import shuffled
 
     expect = np.stack(made["test/cat"] + made["test/dog"])  # (4, 8, 8, 3)
-    in_folder_order = Split(torch.from_numpy(expect).permute(0, 3, 1, 2).float() / 255, torch.tensor([0, 0, 1, 1]))
+    in_folder_order = Split(
+        torch.from_numpy(expect).permute(0, 3, 1, 2).float() / 255, torch.tensor([0, 0, 1, 1])
+    )
     want = shuffled(in_folder_order, 0)
     assert torch.equal(d.test.x, want.x) and torch.equal(d.test.y, want.y)
     assert sorted(d.test.y.tolist()) == [0, 0, 1, 1]

@@ -137,11 +137,20 @@ def test_attack_share_target_is_a_distribution(kind: str) -> None:
 
 
 # ------------------------------------------------------------------ the PSSR module
-@pytest.mark.parametrize("cfg", [
-    {}, {"scorer": "gradient"}, {"scorer": "random"}, {"mask_mode": "threshold"}, {"fill": "local-mean"},
-    {"condition": "logits"}, {"use_regeneration": False, "fill": "local-mean"}, {"use_surgery": False},
-    {"restore_scope": "full"},
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"scorer": "gradient"},
+        {"scorer": "random"},
+        {"mask_mode": "threshold"},
+        {"fill": "local-mean"},
+        {"condition": "logits"},
+        {"use_regeneration": False, "fill": "local-mean"},
+        {"use_surgery": False},
+        {"restore_scope": "full"},
+    ],
+)
 def test_purify_contract(cfg: dict) -> None:
     d = _defense(**cfg)
     d.train()  # caller's mode must come back unchanged, and purification must not depend on it
@@ -176,16 +185,19 @@ def test_surgery_only_uses_the_fill() -> None:
     assert (p[m.bool()] == 0.25).all()
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.rand(1, 8, 8), r"\(N, C, H, W\)"),
-    (torch.rand(2, 3, 8, 8), "channels"),
-    (torch.rand(2, 1, 9, 8), "channels and size"),
-    ((torch.rand(2, 1, 8, 8) * 255).to(torch.uint8), "float"),
-    (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
-    (torch.rand(2, 1, 8, 8) + 1.0, r"\[0, 1\]"),
-    (-torch.rand(2, 1, 8, 8), r"\[0, 1\]"),
-    ([[0.5]], "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(1, 8, 8), r"\(N, C, H, W\)"),
+        (torch.rand(2, 3, 8, 8), "channels"),
+        (torch.rand(2, 1, 9, 8), "channels and size"),
+        ((torch.rand(2, 1, 8, 8) * 255).to(torch.uint8), "float"),
+        (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
+        (torch.rand(2, 1, 8, 8) + 1.0, r"\[0, 1\]"),
+        (-torch.rand(2, 1, 8, 8), r"\[0, 1\]"),
+        ([[0.5]], "torch.Tensor"),
+    ],
+)
 def test_bad_inputs_raise_value_error(bad: object, match: str) -> None:
     d = _defense()
     with pytest.raises(ValueError, match=match):
@@ -206,8 +218,15 @@ def test_config_validation() -> None:
     assert PSSRConfig(eps=0.1, pgd_steps=10).alpha == pytest.approx(0.025)
 
 
-@pytest.mark.parametrize("cfg", [{}, {"scorer": "gradient", "condition": "logits"}, {"use_regeneration": False},
-                                 {"restore_scope": "full"}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"scorer": "gradient", "condition": "logits"},
+        {"use_regeneration": False},
+        {"restore_scope": "full"},
+    ],
+)
 def test_save_load_equal_outputs_weights_only(tmp_path, cfg: dict) -> None:
     d = _defense(**cfg).eval()
     with torch.no_grad():  # make G's weights non-default so that loading is really tested
@@ -258,7 +277,20 @@ def test_cli_purify_png_and_figure(tmp_path) -> None:
     ck = _defense().save(tmp_path / "pssr.pt")
     Image.fromarray((torch.rand(8, 8) * 255).to(torch.uint8).numpy(), mode="L").save(tmp_path / "a.png")
     Image.fromarray((torch.rand(9, 8) * 255).to(torch.uint8).numpy(), mode="L").save(tmp_path / "big.png")
-    assert main(["purify", "--checkpoint", str(ck), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--figure"]) == 0
+    assert (
+        main(
+            [
+                "purify",
+                "--checkpoint",
+                str(ck),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path / "o"),
+                "--figure",
+            ]
+        )
+        == 0
+    )
     out = Image.open(tmp_path / "o" / "a.png")
     assert out.size == (8, 8) and out.mode == "L"
     assert (tmp_path / "o" / "a-figure.png").stat().st_size > 1000
@@ -267,7 +299,10 @@ def test_cli_purify_png_and_figure(tmp_path) -> None:
     y = torch.from_numpy(np.array(out)).float().view(1, 1, 8, 8) / 255
     keep = PSSR.load(ck).mask(x) == 0
     assert torch.equal(x[keep], y[keep])
-    assert main(["purify", "--checkpoint", str(ck), str(tmp_path / "big.png"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["purify", "--checkpoint", str(ck), str(tmp_path / "big.png"), "--out", str(tmp_path / "o")])
+        == 2
+    )
 
 
 def test_config_round_trip_through_dataclass() -> None:

@@ -46,7 +46,13 @@ def _train(info: D.DistInfo, steps_epochs: int = 2, global_batch: int = 16) -> d
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     info = D.init_distributed(torch.device("cpu"))
     assert info.enabled and info.backend == "gloo" and info.rank == rank
@@ -102,18 +108,34 @@ def _fit(ckpt: str, kind: str = "classifier") -> dict[str, torch.Tensor]:
     from pssr.train.classifier import train_classifier_run
 
     data = load("digits")
-    kw = dict(epochs=2, batch_size=64, lr=0.05, schedule="cosine", augment="none", seed=3, device="cpu",
-              checkpoint=ckpt, progress=False)
+    kw = dict(
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        schedule="cosine",
+        augment="none",
+        seed=3,
+        device="cpu",
+        checkpoint=ckpt,
+        progress=False,
+    )
     if kind == "classifier":
         res = train_classifier_run(_trainer_model(), data, **kw)
     else:  # adversarial training: its inner attack runs on the bare module of each rank
-        res = adversarial_train_run(_trainer_model(), data, method=kind, eps=0.1, alpha=0.05, steps=2,
-                                    eval_steps=1, eval_n=20, **kw)
+        res = adversarial_train_run(
+            _trainer_model(), data, method=kind, eps=0.1, alpha=0.05, steps=2, eval_steps=1, eval_n=20, **kw
+        )
     return {k: v.detach().clone() for k, v in res.model.state_dict().items()}
 
 
 def _trainer_worker(rank: int, world: int, port: int, out_dir: str, kind: str = "classifier") -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     state = _fit(os.path.join(out_dir, "ddp.pt"), kind)
     if rank == 0:
@@ -159,12 +181,29 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from pssr.data import load
     from pssr.train.classifier import train_classifier_run
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     data = load("digits")
-    kw = dict(epochs=2, batch_size=64, lr=0.05, schedule="cosine", augment="crop-flip", crop_padding=2, seed=3,
-              device="cpu", progress=False)
-    straight = train_classifier_run(_trainer_model(), data, checkpoint=os.path.join(out_dir, "straight.pt"), **kw)
+    kw = dict(
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        schedule="cosine",
+        augment="crop-flip",
+        crop_padding=2,
+        seed=3,
+        device="cpu",
+        progress=False,
+    )
+    straight = train_classifier_run(
+        _trainer_model(), data, checkpoint=os.path.join(out_dir, "straight.pt"), **kw
+    )
 
     def stop(rec: dict) -> None:
         raise _Stop
@@ -178,8 +217,10 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = train_classifier_run(_trainer_model(), data, checkpoint=ckpt, **kw)
     if rank == 0:
-        torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
-                   os.path.join(out_dir, "states.pt"))
+        torch.save(
+            {"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
+            os.path.join(out_dir, "states.pt"),
+        )
     D.barrier(D.current())
     D.cleanup(sync=True)
 
@@ -205,7 +246,13 @@ def _trades_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """
     from pssr.train.adversarial import AdvTrainConfig, trades_start, trades_step
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     info = D.init_distributed(torch.device("cpu"))
     cfg = AdvTrainConfig(method="trades", eps=0.1, alpha=0.03, steps=3, beta=6.0)
@@ -242,19 +289,40 @@ def test_trades_under_two_gloo_processes_matches_one_process(tmp_path):
     mp.spawn(_trades_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     out = torch.load(tmp_path / "trades-ddp.pt", weights_only=True)
     assert len(out["losses"]) == 8  # 2 epochs of 4 global batches
-    assert out["worst"] < 1e-5, f"DDP TRADES gradient differs from one process by {out['worst']:.3g} (relative)"
+    assert out["worst"] < 1e-5, (
+        f"DDP TRADES gradient differs from one process by {out['worst']:.3g} (relative)"
+    )
     for ddp_loss, one_loss in out["losses"]:
         assert math.isclose(ddp_loss, one_loss, rel_tol=1e-5)
 
 
 # --- the evaluation harness sharded over 2 gloo processes ------------------------------------------
 # fgsm + pgd (digits defaults) on 40 test digits in chunks of 8: 5 chunks, so 2 ranks get uneven rounds.
-_EVAL_ARGS = ["--attacks", "fgsm,pgd", "--eps", "0.1", "--num-examples", "40", "--batch-size", "8",
-              "--check-n", "16", "--seed", "3", "--no-progress"]
+_EVAL_ARGS = [
+    "--attacks",
+    "fgsm,pgd",
+    "--eps",
+    "0.1",
+    "--num-examples",
+    "40",
+    "--batch-size",
+    "8",
+    "--check-n",
+    "16",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 
 
 def _eval_worker(rank: int, world: int, port: int, ckpt: str, outs: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     from pssr.cli import main
 
@@ -282,8 +350,18 @@ def test_sharded_evaluation_matches_one_process_and_resumes(tmp_path, monkeypatc
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     ckpt = str(tmp_path / "clf.pt")
-    train_classifier_run("tiny-cnn", load("digits"), epochs=1, batch_size=64, lr=0.05, augment="none", seed=0,
-                         device="cpu", checkpoint=ckpt, progress=False)
+    train_classifier_run(
+        "tiny-cnn",
+        load("digits"),
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        augment="none",
+        seed=0,
+        device="cpu",
+        checkpoint=ckpt,
+        progress=False,
+    )
     single, ddp, rank1 = tmp_path / "single", tmp_path / "ddp", tmp_path / "rank1"
     assert main(["evaluate", "--checkpoint", ckpt, *_EVAL_ARGS, "--out", str(single)]) == 0
 
@@ -322,8 +400,18 @@ def test_sharded_evaluation_matches_one_process_and_resumes(tmp_path, monkeypatc
 
 
 # --- PSSR training (scorer + regenerator, optionally the classifier) under 2 gloo processes --------
-_PSSR_TINY = dict(epochs=2, train_subset=192, val_size=64, batch_size=64, gen_width=8, scorer_width=8, pgd_steps=3,
-                  eps=0.3, ratio=0.25, device="cpu")
+_PSSR_TINY = dict(
+    epochs=2,
+    train_subset=192,
+    val_size=64,
+    batch_size=64,
+    gen_width=8,
+    scorer_width=8,
+    pgd_steps=3,
+    eps=0.3,
+    ratio=0.25,
+    device="cpu",
+)
 _PSSR_SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
 _PSSR_CASES = {
     # the issue's tiny config: cached PGD examples, learned scorer, regenerator, R-drop
@@ -331,8 +419,13 @@ _PSSR_CASES = {
     # 193 = 4 x 48 + 1: the last global batch gives rank 0 one example and rank 1 none (its step is
     # only the collectives); threshold masks (a varying number of removed pixels per image, so the
     # masked L1 needs the global count); the classifier fine-tuned too (its gradients all-reduced)
-    "uneven-threshold-finetune": {"train_subset": 193, "batch_size": 48, "mask_mode": "threshold", "threshold": 0.6,
-                                  "classifier_lr": 1e-3},
+    "uneven-threshold-finetune": {
+        "train_subset": 193,
+        "batch_size": 48,
+        "mask_mode": "threshold",
+        "threshold": 0.6,
+        "classifier_lr": 1e-3,
+    },
     # examples remade every batch, each rank its share with the random starts of the whole global
     # batch (equal to one process here because the CPU kernels give per-example results that do not
     # depend on the batch size; not guaranteed on every backend)
@@ -350,8 +443,18 @@ def pssr_classifier(tmp_path_factory) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_classifier("tiny-cnn", load("digits"), epochs=3, batch_size=64, lr=0.05, augment="none", seed=0,
-                         device="cpu", progress=False, checkpoint=path)
+        train_classifier(
+            "tiny-cnn",
+            load("digits"),
+            epochs=3,
+            batch_size=64,
+            lr=0.05,
+            augment="none",
+            seed=0,
+            device="cpu",
+            progress=False,
+            checkpoint=path,
+        )
     finally:
         torch.set_num_threads(threads)
     return str(path)
@@ -371,7 +474,13 @@ def _pssr_worker(rank: int, world: int, port: int, out_dir: str, clf_path: str) 
     from pssr.train.classifier import load_classifier
     from pssr.train.pssr_train import make_adversarial, quick_eval, train_pssr
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     info = D.init_distributed(torch.device("cpu"))
     data = load("digits")
@@ -405,9 +514,14 @@ def _pssr_worker(rank: int, world: int, port: int, out_dir: str, clf_path: str) 
     try:
         for name, extra in _PSSR_CASES.items():
             steps.clear()
-            d = train_pssr(clf, data, PSSRConfig(**{**_PSSR_TINY, **extra}), progress=False, classifier_spec=_PSSR_SPEC)
-            res[name] = {"states": D.all_gather_objects(_pssr_state(d), info), "history": d.metrics["history"],
-                         "steps": list(steps)}
+            d = train_pssr(
+                clf, data, PSSRConfig(**{**_PSSR_TINY, **extra}), progress=False, classifier_spec=_PSSR_SPEC
+            )
+            res[name] = {
+                "states": D.all_gather_objects(_pssr_state(d), info),
+                "history": d.metrics["history"],
+                "steps": list(steps),
+            }
             if name == "cache":  # the sharded quick evaluation equals the unsharded one on the same weights
                 kw = dict(eps=0.3, steps=3, adaptive_n=70, batch_size=20)
                 xt, yt = data.test.x[:120], data.test.y[:120]
@@ -455,8 +569,13 @@ def test_pssr_training_under_two_gloo_processes_matches_one_process(tmp_path, mo
         monkeypatch.setattr(D, "all_reduce_grads", forced)
         torch.set_num_threads(1)  # as in the workers
         try:
-            d = train_pssr(load_classifier(pssr_classifier), data, PSSRConfig(**{**_PSSR_TINY, **extra}),
-                           progress=False, classifier_spec=_PSSR_SPEC)
+            d = train_pssr(
+                load_classifier(pssr_classifier),
+                data,
+                PSSRConfig(**{**_PSSR_TINY, **extra}),
+                progress=False,
+                classifier_spec=_PSSR_SPEC,
+            )
         finally:
             torch.set_num_threads(threads)
         assert len(mine) == len(ddp_steps) == 2 * (5 if name.startswith("uneven") else 3)
@@ -476,7 +595,9 @@ def test_pssr_training_under_two_gloo_processes_matches_one_process(tmp_path, mo
         assert any(k.startswith("scorer.") for k in ref) and any(k.startswith("generator.") for k in ref)
         for k, v in ref.items():
             assert torch.equal(states[0][k], states[1][k]), f"{name}: {k} differs between the ranks"
-            torch.testing.assert_close(states[0][k], v, rtol=0, atol=1e-6, msg=f"{name}: parameter {k} differs")
+            torch.testing.assert_close(
+                states[0][k], v, rtol=0, atol=1e-6, msg=f"{name}: parameter {k} differs"
+            )
         ref_hist = d.metrics["history"]
         assert [h["epoch"] for h in hist] == [h["epoch"] for h in ref_hist] == [1, 2]
         for h, r in zip(hist, ref_hist):
@@ -501,9 +622,16 @@ def _pssr_resume_worker(rank: int, world: int, port: int, out_dir: str, clf_path
     from pssr.train import pssr_train
     from pssr.train.classifier import load_classifier
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     if rank == 1:  # rank 0 alone writes: any write by rank 1 fails its run (and so the test)
+
         def refuse(*args, **kwargs):
             raise AssertionError("rank 1 wrote a file")
 
@@ -521,17 +649,28 @@ def _pssr_resume_worker(rank: int, world: int, port: int, out_dir: str, clf_path
     except _Stop:
         pass
     ran: list[int] = []
-    resumed = pssr_train.train_pssr(clf, data, cfg, out_dir=out / "cut", on_epoch_end=lambda e, r: ran.append(e), **kw)
+    resumed = pssr_train.train_pssr(
+        clf, data, cfg, out_dir=out / "cut", on_epoch_end=lambda e, r: ran.append(e), **kw
+    )
     if rank == 0:
-        torch.save({"straight": _pssr_state(straight), "resumed": _pssr_state(resumed), "ran": ran,
-                    "history": resumed.metrics["history"]}, out / "pssr-resume.pt")
+        torch.save(
+            {
+                "straight": _pssr_state(straight),
+                "resumed": _pssr_state(resumed),
+                "ran": ran,
+                "history": resumed.metrics["history"],
+            },
+            out / "pssr-resume.pt",
+        )
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # main() leaves the process group at the end
         rc = main(["train-pssr", "--config", toml, "--out", str(out / "cli"), "--no-progress"])
     (out / f"printed-{rank}.txt").write_text(f"{rc}\n{printed.getvalue()}")
 
 
-def test_pssr_training_resumes_and_the_cli_writes_once_under_two_gloo_processes(tmp_path, monkeypatch, pssr_classifier):
+def test_pssr_training_resumes_and_the_cli_writes_once_under_two_gloo_processes(
+    tmp_path, monkeypatch, pssr_classifier
+):
     import json
 
     from pssr.defense import PSSR
@@ -539,14 +678,23 @@ def test_pssr_training_resumes_and_the_cli_writes_once_under_two_gloo_processes(
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     toml = tmp_path / "pssr-tiny.toml"
-    toml.write_text(f'[data]\nname = "digits"\n[pssr]\nepochs = 1\ntrain_subset = 64\nval_size = 32\ngen_width = 8\n'
-                    f'scorer_width = 8\npgd_steps = 2\ndevice = "cpu"\n[run]\nclassifier = "{pssr_classifier}"\n'
-                    f'eval_n = 40\neval_steps = 2\nadaptive_n = 20\n')
-    mp.spawn(_pssr_resume_worker, args=(2, _free_port(), str(tmp_path), pssr_classifier, str(toml)), nprocs=2,
-             join=True)
+    toml.write_text(
+        f'[data]\nname = "digits"\n[pssr]\nepochs = 1\ntrain_subset = 64\nval_size = 32\ngen_width = 8\n'
+        f'scorer_width = 8\npgd_steps = 2\ndevice = "cpu"\n[run]\nclassifier = "{pssr_classifier}"\n'
+        f"eval_n = 40\neval_steps = 2\nadaptive_n = 20\n"
+    )
+    mp.spawn(
+        _pssr_resume_worker,
+        args=(2, _free_port(), str(tmp_path), pssr_classifier, str(toml)),
+        nprocs=2,
+        join=True,
+    )
 
     out = torch.load(tmp_path / "pssr-resume.pt", weights_only=True)
-    assert out["ran"] == [1] and [h["epoch"] for h in out["history"]] == [1, 2]  # epoch 2 only, after the state
+    assert out["ran"] == [1] and [h["epoch"] for h in out["history"]] == [
+        1,
+        2,
+    ]  # epoch 2 only, after the state
     for k, v in out["straight"].items():
         assert torch.equal(out["resumed"][k], v), f"parameter {k} differs after resuming"
     loaded = PSSR.load(tmp_path / "cut" / "pssr.pt")
@@ -556,7 +704,10 @@ def test_pssr_training_resumes_and_the_cli_writes_once_under_two_gloo_processes(
     rc, printed = (tmp_path / "printed-0.txt").read_text().split("\n", 1)
     assert rc == "0" and printed.startswith("pssr on digits (n=40")
     summary = json.loads((tmp_path / "cli" / "pssr-train.json").read_text())
-    assert summary["distributed"]["world_size"] == 2 and summary["validation"]["distributed"]["backend"] == "gloo"
+    assert (
+        summary["distributed"]["world_size"] == 2
+        and summary["validation"]["distributed"]["backend"] == "gloo"
+    )
     assert summary["test"]["n"] == 40 and summary["test"]["adaptive_n"] == 20
     assert PSSR.load(tmp_path / "cli" / "pssr.pt").metrics["test"] == summary["test"]
 
@@ -568,16 +719,25 @@ def _classifier_cli_worker(rank: int, world: int, port: int, out_dir: str, toml:
     import pssr.utils
     from pssr.cli import main
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     if rank == 1:  # the summary JSON is rank 0's to write (as the checkpoint, by pssr.train.loop.fit)
+
         def refuse(*args, **kwargs):
             raise AssertionError("rank 1 wrote the summary")
 
         pssr.utils.atomic_write_json = refuse
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        rc = main(["train-classifier", "--config", toml, "--out", os.path.join(out_dir, "clf"), "--no-progress"])
+        rc = main(
+            ["train-classifier", "--config", toml, "--out", os.path.join(out_dir, "clf"), "--no-progress"]
+        )
     with open(os.path.join(out_dir, f"printed-{rank}.txt"), "w") as f:
         f.write(f"{rc}\n{printed.getvalue()}")
 
@@ -588,8 +748,10 @@ def test_train_classifier_cli_writes_and_prints_on_rank_0_only(tmp_path, monkeyp
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     toml = tmp_path / "clf.toml"
-    toml.write_text('[data]\nname = "digits"\n[classifier]\nmodel = "tiny-cnn"\nepochs = 1\nbatch_size = 64\nlr = 0.05\n'
-                    'augment = "none"\ndevice = "cpu"\n')
+    toml.write_text(
+        '[data]\nname = "digits"\n[classifier]\nmodel = "tiny-cnn"\nepochs = 1\nbatch_size = 64\nlr = 0.05\n'
+        'augment = "none"\ndevice = "cpu"\n'
+    )
     mp.spawn(_classifier_cli_worker, args=(2, _free_port(), str(tmp_path), str(toml)), nprocs=2, join=True)
     assert (tmp_path / "printed-1.txt").read_text() == "0\n"
     rc, printed = (tmp_path / "printed-0.txt").read_text().split("\n", 1)
@@ -601,19 +763,43 @@ def test_train_classifier_cli_writes_and_prints_on_rank_0_only(tmp_path, monkeyp
 def _reproduce_kw(tmp: str, results: str) -> dict:
     from pathlib import Path
 
-    return dict(runs_dir=Path(tmp) / "runs", results_dir=Path(tmp) / results, quick=True, ablations=False,
-                baselines=False, eval_n=24, progress=False, device="cpu", attacks={"linf": "fgsm,pgd-bpda"},
-                full_split_clean=True,
-                overrides=("classifier.epochs=1", "pssr.epochs=1", "pssr.pgd_steps=2", "pssr.train_subset=120",
-                           "pssr.val_size=40", "run.eval_n=20", "run.adaptive_n=10", "run.eval_steps=2"))
+    return dict(
+        runs_dir=Path(tmp) / "runs",
+        results_dir=Path(tmp) / results,
+        quick=True,
+        ablations=False,
+        baselines=False,
+        eval_n=24,
+        progress=False,
+        device="cpu",
+        attacks={"linf": "fgsm,pgd-bpda"},
+        full_split_clean=True,
+        overrides=(
+            "classifier.epochs=1",
+            "pssr.epochs=1",
+            "pssr.pgd_steps=2",
+            "pssr.train_subset=120",
+            "pssr.val_size=40",
+            "run.eval_n=20",
+            "run.adaptive_n=10",
+            "run.eval_steps=2",
+        ),
+    )
 
 
 def _reproduce_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import pssr.reproduce as R
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     if rank == 1:  # the results are rank 0's to write
+
         def refuse(*args, **kwargs):
             raise AssertionError("rank 1 wrote the preset's report")
 

@@ -49,7 +49,7 @@ class _TPGD(Attack):
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             loss = F.cross_entropy(grad_model(x_adv), y)
-            grad, = torch.autograd.grad(loss, x_adv)
+            (grad,) = torch.autograd.grad(loss, x_adv)
             if self.norm == "linf":
                 step = grad.sign()
             else:
@@ -71,7 +71,7 @@ class _TFGSM(Attack):
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         x = x.clone().requires_grad_(True)
-        grad, = torch.autograd.grad(F.cross_entropy(self.model(x), y), x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x), y), x)
         return x.detach() + self.eps * grad.sign()
 
 
@@ -198,11 +198,15 @@ def _res(report: Report, model: str, threat: str, attack: str, eps: float) -> fl
 
 
 def test_parse_attacks_names_dicts_threats_and_labels():
-    specs = parse_attacks(["t-pgd", "t-pgd@adaptive", {"name": "t-pgd", "steps": 3, "threat_model": "adaptive"},
-                           "t-fgsm"])
+    specs = parse_attacks(
+        ["t-pgd", "t-pgd@adaptive", {"name": "t-pgd", "steps": 3, "threat_model": "adaptive"}, "t-fgsm"]
+    )
     assert [(s.name, s.threat_model, s.label) for s in specs] == [
-        ("t-pgd", "paper", "t-pgd"), ("t-pgd", "adaptive", "t-pgd"), ("t-pgd", "adaptive", "t-pgd#2"),
-        ("t-fgsm", "paper", "t-fgsm")]
+        ("t-pgd", "paper", "t-pgd"),
+        ("t-pgd", "adaptive", "t-pgd"),
+        ("t-pgd", "adaptive", "t-pgd#2"),
+        ("t-fgsm", "paper", "t-fgsm"),
+    ]
     assert dict(specs[2].kwargs) == {"steps": 3}
     assert [s.label for s in parse_attacks("t-fgsm, t-pgd@adaptive")] == ["t-fgsm", "t-pgd"]
     with pytest.raises(ValueError, match="threat_model"):
@@ -217,19 +221,35 @@ def test_argument_validation(clf, digits):
     with pytest.raises(ValueError, match="norm"):
         evaluate({"m": clf}, digits.test, attacks="t-fgsm", eps=0.1, norm="l1", n=8, progress=False)
     with pytest.raises(ValueError, match="gray_box_source"):
-        evaluate({"m": clf}, digits.test, attacks="t-fgsm", eps=0.1, n=8, progress=False,
-                 gray_box_source={"other": clf})
+        evaluate(
+            {"m": clf},
+            digits.test,
+            attacks="t-fgsm",
+            eps=0.1,
+            n=8,
+            progress=False,
+            gray_box_source={"other": clf},
+        )
     with pytest.raises(ValueError, match="non-empty dict"):
         evaluate({}, digits.test, attacks="t-fgsm", eps=0.1)
     with pytest.raises(ValueError, match="unknown attack"):
-        evaluate({"m": clf}, digits.test, attacks="no-such-attack", eps=0.1, n=8, progress=False, checks=False)
+        evaluate(
+            {"m": clf}, digits.test, attacks="no-such-attack", eps=0.1, n=8, progress=False, checks=False
+        )
 
 
 def test_invariants_robust_le_clean_and_worst_le_each_attack(clf, digits):
     noisy = Noisy(clf, sigma=0.05)
-    rep = evaluate({"none": clf, "noisy": noisy}, digits.test,
-                   attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
-                   eps=[0.05, 0.15], n=96, batch_size=40, progress=False, checks=CHECKS)
+    rep = evaluate(
+        {"none": clf, "noisy": noisy},
+        digits.test,
+        attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
+        eps=[0.05, 0.15],
+        n=96,
+        batch_size=40,
+        progress=False,
+        checks=CHECKS,
+    )
     eps_list = [0.05, 0.15]
     for m in ("none", "noisy"):
         clean = rep.accuracy(m, "clean")
@@ -264,9 +284,16 @@ def test_invariants_robust_le_clean_and_worst_le_each_attack(clf, digits):
 
 def test_gradient_masking_defense_is_flagged_and_broken(clf, digits):
     masked = Quantize(clf)
-    rep = evaluate({"none": clf, "masked": masked}, digits.test,
-                   attacks=["t-pgd@adaptive", "t-pgd-bpda@adaptive", "t-search@adaptive"],
-                   eps=0.25, n=96, batch_size=48, progress=False, checks=CHECKS)
+    rep = evaluate(
+        {"none": clf, "masked": masked},
+        digits.test,
+        attacks=["t-pgd@adaptive", "t-pgd-bpda@adaptive", "t-search@adaptive"],
+        eps=0.25,
+        n=96,
+        batch_size=48,
+        progress=False,
+        checks=CHECKS,
+    )
     names = {f["name"] for f in rep.flags("masked")}
     assert "zero_gradients" in names
     assert "large_eps_not_broken" in names
@@ -277,18 +304,30 @@ def test_gradient_masking_defense_is_flagged_and_broken(clf, digits):
     # plain PGD is blind (only its random start can flip a prediction) but BPDA / search are not,
     # so the reported robust accuracy (worst case) is far below what plain PGD suggests
     assert worst <= 0.5 * plain
-    assert min(_res(rep, "masked", "adaptive", "t-pgd-bpda", 0.25),
-               _res(rep, "masked", "adaptive", "t-search", 0.25)) < plain - 0.2
+    assert (
+        min(
+            _res(rep, "masked", "adaptive", "t-pgd-bpda", 0.25),
+            _res(rep, "masked", "adaptive", "t-search", 0.25),
+        )
+        < plain - 0.2
+    )
     md = render_markdown(rep.to_dict())
     assert "masked ⚠" in md and "zero_gradients" in md
 
 
 def test_gradient_free_and_gap_flags(clf, digits):
     masked = Quantize(clf)
-    rep = evaluate({"masked": masked}, digits.test,
-                   attacks=["t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
-                   gray_box_source={"masked": masked},  # 'paper' attacks also blind: both blind PGDs
-                   eps=0.25, n=64, batch_size=64, progress=False, checks=CHECKS)
+    rep = evaluate(
+        {"masked": masked},
+        digits.test,
+        attacks=["t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
+        gray_box_source={"masked": masked},  # 'paper' attacks also blind: both blind PGDs
+        eps=0.25,
+        n=64,
+        batch_size=64,
+        progress=False,
+        checks=CHECKS,
+    )
     names = {f["name"] for f in rep.flags("masked")}
     assert "black_box_beats_white_box" in names
     # paper protocol through the masked model ~ clean accuracy; adaptive (search) much lower
@@ -312,8 +351,16 @@ class _Collapsed(nn.Module):
 
 def test_a_collapsed_model_is_flagged_not_called_robust(clf, digits):
     collapsed = _Collapsed(clf, digits.test.x[:1].clone())
-    rep = evaluate({"none": clf, "collapsed": collapsed}, digits.test, attacks=["t-pgd@adaptive"], eps=0.25, n=60,
-                   batch_size=60, progress=False, checks=CHECKS)
+    rep = evaluate(
+        {"none": clf, "collapsed": collapsed},
+        digits.test,
+        attacks=["t-pgd@adaptive"],
+        eps=0.25,
+        n=60,
+        batch_size=60,
+        progress=False,
+        checks=CHECKS,
+    )
     flags = [f for f in rep.flags("collapsed") if f["name"] == "collapsed_predictions"]
     assert len(flags) == 1 and "100%" in flags[0]["message"]
     share = rep.models["collapsed"]["checks"]["collapse"]["label_share"]
@@ -326,9 +373,16 @@ def test_identity_defense_scores_as_no_defense(clf, digits):
     from pssr.defense.baselines import create_baseline
 
     ident = create_baseline("identity", clf)
-    rep = evaluate({"none": clf, "identity": ident}, digits.test,
-                   attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"], eps=0.1, n=64,
-                   batch_size=32, progress=False, checks=CHECKS)
+    rep = evaluate(
+        {"none": clf, "identity": ident},
+        digits.test,
+        attacks=["t-fgsm", "t-pgd", "t-pgd@adaptive", "t-search@adaptive"],
+        eps=0.1,
+        n=64,
+        batch_size=32,
+        progress=False,
+        checks=CHECKS,
+    )
 
     def strip(r):
         return {k: v for k, v in r.items() if k != "model"}
@@ -358,8 +412,15 @@ def _interrupt_at_attack_save(monkeypatch, k: int):
 
 def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path, monkeypatch, caplog):
     models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
-    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1, 0.2], n=50, batch_size=16, progress=False,
-              checks=CHECKS, seed=3)
+    kw = dict(
+        attacks=["t-fgsm", "t-pgd@adaptive"],
+        eps=[0.1, 0.2],
+        n=50,
+        batch_size=16,
+        progress=False,
+        checks=CHECKS,
+        seed=3,
+    )
     full = evaluate(models, digits.test, **kw)
 
     orig = _interrupt_at_attack_save(monkeypatch, 1)
@@ -377,7 +438,9 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
     assert resumed.records == full.records
     # a log line per unit computed (long runs go without a progress bar): the partial one says where it resumed
     lines = [r.getMessage() for r in caplog.records if ": accuracy " in r.getMessage()]
-    assert [m for m in lines if "(resumed at batch 2)" in m] == [m for m in lines if m.startswith(partial[0] + ":")]
+    assert [m for m in lines if "(resumed at batch 2)" in m] == [
+        m for m in lines if m.startswith(partial[0] + ":")
+    ]
     logged = [m.split(": accuracy ")[0] for m in lines]
     done_before = {k for k, v in idx["units"].items() if v["complete"]}
     assert partial[0] in logged and len(logged) == len(set(logged)) and not set(logged) & done_before
@@ -390,7 +453,9 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
     assert not [r for r in caplog.records if ": accuracy " in r.getMessage()]
     # other settings reuse what they share (checks, clean passes) and compute the rest
     saved = []
-    monkeypatch.setattr(state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit)))
+    monkeypatch.setattr(
+        state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit))
+    )
     other = evaluate(models, digits.test, state_dir=str(state_dir), **{**kw, "eps": [0.3]})
     assert saved and all(k.startswith("attack|") and k.endswith("|0.3") for k in saved)
     assert other.records == evaluate(models, digits.test, **{**kw, "eps": [0.3]}).records
@@ -398,12 +463,21 @@ def test_resume_after_interruption_gives_identical_records(clf, digits, tmp_path
 
 def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_path, monkeypatch):
     models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
-    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1], n=50, batch_size=16, progress=False,
-              checks=CHECKS, seed=3)
+    kw = dict(
+        attacks=["t-fgsm", "t-pgd@adaptive"],
+        eps=[0.1],
+        n=50,
+        batch_size=16,
+        progress=False,
+        checks=CHECKS,
+        seed=3,
+    )
     state_dir = tmp_path / "state"
     with pytest.raises(ValueError, match="holds none"):
         evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
-    orig = _interrupt_at_attack_save(monkeypatch, 6)  # none: t-fgsm done (4 batches), t-pgd stopped after 2 of 4
+    orig = _interrupt_at_attack_save(
+        monkeypatch, 6
+    )  # none: t-fgsm done (4 batches), t-pgd stopped after 2 of 4
     with pytest.raises(KeyboardInterrupt):
         evaluate(models, digits.test, state_dir=state_dir, **kw)
     monkeypatch.setattr(state_mod.StateStore, "save", orig)
@@ -421,7 +495,8 @@ def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_
     full = evaluate(models, digits.test, **kw)
     assert {(r["model"], r["attack"]) for r in rep.records} == {("none", "clean"), ("none", "t-fgsm")}
     assert [r for r in rep.records if r["model"] == "none"] == [
-        r for r in full.records if r["model"] == "none" and r["attack"] != "t-pgd"]
+        r for r in full.records if r["model"] == "none" and r["attack"] != "t-pgd"
+    ]
     # a worst case over fewer attacks than its threat model's would be an upper bound: left out
     worst = {(r["model"], r["threat_model"]) for r in rep.results if r["attack"] == "worst-case"}
     assert worst == {("none", "paper")}
@@ -436,8 +511,15 @@ def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_
 
 def test_compute_a_subset_of_models_reports_the_others_from_the_state(clf, digits, tmp_path, monkeypatch):
     models = {"none": clf, "noisy": Noisy(clf, sigma=0.05)}
-    kw = dict(attacks=["t-fgsm", "t-pgd@adaptive"], eps=[0.1], n=40, batch_size=16, progress=False,
-              checks=CHECKS, seed=3)
+    kw = dict(
+        attacks=["t-fgsm", "t-pgd@adaptive"],
+        eps=[0.1],
+        n=40,
+        batch_size=16,
+        progress=False,
+        checks=CHECKS,
+        seed=3,
+    )
     state_dir = tmp_path / "state"
     with pytest.raises(ValueError, match=r"compute names \['nope'\]"):
         evaluate(models, digits.test, state_dir=state_dir, compute=["nope"], **kw)
@@ -458,7 +540,9 @@ def test_compute_a_subset_of_models_reports_the_others_from_the_state(clf, digit
     assert rep.config["complete"] is False and "pending" not in rep.models["noisy"]
     assert set(rep.models["none"]["pending"]) == {"checks", "clean", "paper/t-fgsm", "adaptive/t-pgd"}
     full = evaluate(models, digits.test, **kw)
-    assert [r for r in rep.records if r["model"] == "noisy"] == [r for r in full.records if r["model"] == "noisy"]
+    assert [r for r in rep.records if r["model"] == "noisy"] == [
+        r for r in full.records if r["model"] == "noisy"
+    ]
     # then the other model: the state is complete, the report is the whole one
     attacked.clear()
     rest = evaluate(models, digits.test, state_dir=state_dir, compute=["none"], **kw)
@@ -483,11 +567,20 @@ class Threshold(Quantize):
 
 
 def test_state_is_reused_unit_by_unit_never_across_changed_inputs(clf, digits, tmp_path, monkeypatch):
-    kw = dict(attacks=["t-fgsm", "t-pgd-bpda@adaptive"], eps=[0.1], n=40, batch_size=20, progress=False, checks=CHECKS)
+    kw = dict(
+        attacks=["t-fgsm", "t-pgd-bpda@adaptive"],
+        eps=[0.1],
+        n=40,
+        batch_size=20,
+        progress=False,
+        checks=CHECKS,
+    )
     state = str(tmp_path / "state")
     orig = state_mod.StateStore.save
     saved: list[str] = []
-    monkeypatch.setattr(state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit)))
+    monkeypatch.setattr(
+        state_mod.StateStore, "save", lambda self, unit: (saved.append(unit.key), orig(self, unit))
+    )
 
     def run(models):
         saved.clear()
@@ -517,12 +610,26 @@ def test_state_is_reused_unit_by_unit_never_across_changed_inputs(clf, digits, t
 
 
 def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):
-    rep = evaluate({"none": clf, "masked": Quantize(clf)}, digits.test,
-                   attacks=["t-fgsm", "t-pgd-bpda@adaptive"], eps=[0.1, 0.2], n=40, batch_size=40,
-                   progress=False, checks=CHECKS, n_examples=4)
+    rep = evaluate(
+        {"none": clf, "masked": Quantize(clf)},
+        digits.test,
+        attacks=["t-fgsm", "t-pgd-bpda@adaptive"],
+        eps=[0.1, 0.2],
+        n=40,
+        batch_size=40,
+        progress=False,
+        checks=CHECKS,
+        n_examples=4,
+    )
     out = rep.save(tmp_path / "report")
-    for f in ("report.json", "records.jsonl", "report.md", "accuracy_vs_eps.png", "examples_masked.png",
-              "examples_masked.npz"):
+    for f in (
+        "report.json",
+        "records.jsonl",
+        "report.md",
+        "accuracy_vs_eps.png",
+        "examples_masked.png",
+        "examples_masked.npz",
+    ):
         assert (out / f).is_file(), f
     assert "examples_none.png" not in rep.plots  # no purify method
     d = json.loads((out / "report.json").read_text())
@@ -568,8 +675,9 @@ def test_no_checks_and_strict_json(clf, digits, tmp_path):
     assert d["models"]["model"]["checks"] is None and d["config"]["checks"] is None
     text = json.dumps(d, allow_nan=False)  # NaN/inf never reach the JSON
     assert "t-fgsm" in text
-    assert math.isclose(rep.accuracy("model", "clean"), sum(r["correct"] for r in rep.records
-                                                           if r["attack"] == "clean") / 10)
+    assert math.isclose(
+        rep.accuracy("model", "clean"), sum(r["correct"] for r in rep.records if r["attack"] == "clean") / 10
+    )
 
 
 def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path, capsys):
@@ -579,9 +687,27 @@ def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path, capsys):
     ck = tmp_path / "clf.pt"
     train_classifier("tiny-cnn", digits, epochs=1, batch_size=128, checkpoint=str(ck), progress=False, seed=0)
     out = tmp_path / "rep"
-    argv = ["evaluate", "--checkpoint", f"none={ck}", "--checkpoint", f"jpeg:quality=60@{ck}",
-            "--data", "digits", "--attacks", "t-fgsm,t-fgsm@adaptive", "--eps", "0.1,2/10", "--n", "16",
-            "--batch-size", "16", "--out", str(out), "--no-checks", "--no-progress"]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        f"none={ck}",
+        "--checkpoint",
+        f"jpeg:quality=60@{ck}",
+        "--data",
+        "digits",
+        "--attacks",
+        "t-fgsm,t-fgsm@adaptive",
+        "--eps",
+        "0.1,2/10",
+        "--n",
+        "16",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--no-checks",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     d = json.loads((out / "report.json").read_text())
     assert set(d["models"]) == {"none", "jpeg(quality=60)"}
@@ -609,8 +735,22 @@ def test_cli_evaluate_baseline_spec_and_report(digits, tmp_path, capsys):
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file()
-    assert main(["evaluate", "--checkpoint", f"nope:x=1@{ck}", "--data", "digits", "--eps", "0.1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                f"nope:x=1@{ck}",
+                "--data",
+                "digits",
+                "--eps",
+                "0.1",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
@@ -618,23 +758,39 @@ def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
     from pssr.defense.baselines import create_baseline
 
     specs = parse_attacks("paper,adaptive", "digits")
-    want = [(e.label, t) for t in ("paper", "adaptive") for e in attack_set(t, "digits")
-            if e.kwargs.get("norm", "linf") == "linf"]
+    want = [
+        (e.label, t)
+        for t in ("paper", "adaptive")
+        for e in attack_set(t, "digits")
+        if e.kwargs.get("norm", "linf") == "linf"
+    ]
     assert [(s.label, s.threat_model) for s in specs] == want
     assert all(s.threat_model == "paper" for s in parse_attacks("paper", "digits", norm="l2"))
     assert {s.label for s in parse_attacks("paper", "digits", norm="l2")} == {
-        e.label for e in attack_set("paper", "digits") if e.kwargs.get("norm") == "l2"}
+        e.label for e in attack_set("paper", "digits") if e.kwargs.get("norm") == "l2"
+    }
     pgd = next(s for s in specs if s.label == "pgd")
-    assert pgd.kwargs["steps"] == dict(next(e for e in attack_set("paper", "digits") if e.label == "pgd").kwargs)["steps"]
+    assert (
+        pgd.kwargs["steps"]
+        == dict(next(e for e in attack_set("paper", "digits") if e.label == "pgd").kwargs)["steps"]
+    )
     with pytest.raises(ValueError, match="dataset"):
         parse_attacks("paper", None)
 
     jpeg = create_baseline("jpeg", clf, quality=50)
-    rep = evaluate({"none": clf, "jpeg": jpeg}, digits,  # a Dataset: test split, digits budgets
-                   attacks=[{"name": "pgd", "steps": 5}, {"name": "square", "n_queries": 30},
-                            {"name": "transfer-pgd", "attack_kwargs": {"steps": 5}},
-                            {"name": "pgd-bpda-eot", "steps": 2, "eot_samples": 2}],
-                   n=24, progress=False, checks=False)
+    rep = evaluate(
+        {"none": clf, "jpeg": jpeg},
+        digits,  # a Dataset: test split, digits budgets
+        attacks=[
+            {"name": "pgd", "steps": 5},
+            {"name": "square", "n_queries": 30},
+            {"name": "transfer-pgd", "attack_kwargs": {"steps": 5}},
+            {"name": "pgd-bpda-eot", "steps": 2, "eot_samples": 2},
+        ],
+        n=24,
+        progress=False,
+        checks=False,
+    )
     assert rep.config["eps"] == [BUDGETS["digits"]["linf"]] and rep.config["dataset"] == "digits"
     assert set(rep.models["none"]["skipped_attacks"]) == {"adaptive/transfer-pgd", "adaptive/pgd-bpda-eot"}
     assert set(rep.models["jpeg"]["skipped_attacks"]) == {"adaptive/pgd-bpda-eot"}
@@ -650,23 +806,46 @@ def test_autoattack_bpda_on_a_plain_model_reuses_the_paper_autoattack(clf, digit
     """On a model without a BPDA view AutoAttack-BPDA is the paper column's AutoAttack: copied, not rerun."""
     aa = {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 5}
     attacks = [{"name": "autoattack", **aa}, {"name": "autoattack-bpda", "threat_model": "adaptive", **aa}]
-    rep = evaluate({"none": clf, "quant": Quantize(clf)}, digits.test, attacks=attacks, eps=0.1, n=40,
-                   batch_size=20, progress=False, checks=False, state_dir=tmp_path / "state")
+    rep = evaluate(
+        {"none": clf, "quant": Quantize(clf)},
+        digits.test,
+        attacks=attacks,
+        eps=0.1,
+        n=40,
+        batch_size=20,
+        progress=False,
+        checks=False,
+        state_dir=tmp_path / "state",
+    )
     rows = {(r["model"], r["threat_model"], r["attack"]): r for r in rep.results}
     reused = rows[("none", "adaptive", "autoattack-bpda")]
     assert reused["reused_from"] == "paper/autoattack" and reused["seconds"] == 0.0
     assert reused["accuracy"] == rows[("none", "paper", "autoattack")]["accuracy"]
-    assert "reused_from" not in rows[("quant", "adaptive", "autoattack-bpda")]  # a BPDA view: a run of its own
+    assert (
+        "reused_from" not in rows[("quant", "adaptive", "autoattack-bpda")]
+    )  # a BPDA view: a run of its own
     assert rows[("quant", "adaptive", "autoattack-bpda")]["seconds"] > 0
 
     def of(model, threat):
-        return [{k: v for k, v in r.items() if k not in ("threat_model", "attack")}
-                for r in rep.records if r["model"] == model and r["threat_model"] == threat]
+        return [
+            {k: v for k, v in r.items() if k not in ("threat_model", "attack")}
+            for r in rep.records
+            if r["model"] == model and r["threat_model"] == threat
+        ]
 
     assert of("none", "adaptive") == of("none", "paper")
     assert "records of paper/autoattack" in render_markdown(rep.to_dict())
-    again = evaluate({"none": clf, "quant": Quantize(clf)}, digits.test, attacks=attacks, eps=0.1, n=40,
-                     batch_size=20, progress=False, checks=False, state_dir=tmp_path / "state")
+    again = evaluate(
+        {"none": clf, "quant": Quantize(clf)},
+        digits.test,
+        attacks=attacks,
+        eps=0.1,
+        n=40,
+        batch_size=20,
+        progress=False,
+        checks=False,
+        state_dir=tmp_path / "state",
+    )
     assert again.records == rep.records  # resumed from the saved (copied) unit
 
 
@@ -677,13 +856,23 @@ def test_a_class_sorted_first_n_is_reported(clf, digits, caplog):
     order = digits.test.y.argsort(stable=True)
     sorted_split = Split(digits.test.x[order], digits.test.y[order])
     caplog.set_level("WARNING", logger="pssr.evaluation.harness")
-    rep = evaluate({"none": clf}, sorted_split, attacks=["t-fgsm"], eps=0.1, n=20, progress=False, checks=False)
+    rep = evaluate(
+        {"none": clf}, sorted_split, attacks=["t-fgsm"], eps=0.1, n=20, progress=False, checks=False
+    )
     cov = rep.config["classes"]
     assert cov["in_subset"] == 1 and cov["in_split"] == 10 and cov["missing"] == list(range(1, 10))
     assert any("1 of the split's 10 classes" in r.getMessage() for r in caplog.records)
     assert "1 of 10 classes" in render_markdown(rep.to_dict())
     # a random subset (or the loaders' shuffled splits) covers them
     caplog.clear()
-    rep = evaluate({"none": clf}, sorted_split, attacks=["t-fgsm"], eps=0.1, n=60, subset_seed=0, progress=False,
-                   checks=False)
+    rep = evaluate(
+        {"none": clf},
+        sorted_split,
+        attacks=["t-fgsm"],
+        eps=0.1,
+        n=60,
+        subset_seed=0,
+        progress=False,
+        checks=False,
+    )
     assert rep.config["classes"]["missing"] == [] and "classes" not in caplog.text

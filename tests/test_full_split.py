@@ -60,8 +60,12 @@ def test_changed_weights_or_data_are_computed_again_and_compute_false_leaves_pen
     split, cache = _split(), tmp_path / "clean.json"
     clean_accuracy({"m": Fixed(0)}, split, cache=cache)
     assert clean_accuracy({"m": Fixed(1)}, split, cache=cache, compute=False)["m"] == {
-        "pending": True, "fingerprint": clean_accuracy({"m": Fixed(1)}, split, compute=False)["m"]["fingerprint"]}
-    assert clean_accuracy({"m": Fixed(1)}, split, cache=cache)["m"]["correct"] == 8  # class 1: indices 1, 4, ..., 22
+        "pending": True,
+        "fingerprint": clean_accuracy({"m": Fixed(1)}, split, compute=False)["m"]["fingerprint"],
+    }
+    assert (
+        clean_accuracy({"m": Fixed(1)}, split, cache=cache)["m"]["correct"] == 8
+    )  # class 1: indices 1, 4, ..., 22
     other = Split(split.x, (split.y + 1) % 3)  # other labels: the cache is not for this split
     assert clean_accuracy({"m": Fixed(1)}, other, cache=cache, compute=False)["m"].get("pending")
     # compute= a collection: only those models are computed
@@ -90,5 +94,7 @@ def test_bad_arguments_are_named(tmp_path):
         clean_accuracy({"m": Fixed(0)}, split, compute={"x"})
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert clean_accuracy({"m": Fixed(0)}, split, cache=bad)["m"]["correct"] == 8  # unreadable cache: computed again
+    assert (
+        clean_accuracy({"m": Fixed(0)}, split, cache=bad)["m"]["correct"] == 8
+    )  # unreadable cache: computed again
     assert json.loads(bad.read_text())["models"]["m"]["correct"] == 8

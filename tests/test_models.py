@@ -18,7 +18,16 @@ def _input_for(name: str) -> tuple[int, int]:
 
 
 def test_registry_lists_the_documented_models():
-    expected = {"tiny-cnn", "small-cnn", "resnet20", "resnet20-wide", "vgg8", "preact-resnet18", "wrn-28-10", "wrn-34-10"}
+    expected = {
+        "tiny-cnn",
+        "small-cnn",
+        "resnet20",
+        "resnet20-wide",
+        "vgg8",
+        "preact-resnet18",
+        "wrn-28-10",
+        "wrn-34-10",
+    }
     assert expected <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'nope'.*small-cnn"):
         create_model("nope")

@@ -12,8 +12,17 @@ from pssr.train import losses
 from pssr.train.pssr_train import STATE_FILE, pgd, quick_eval, train_pssr
 
 SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
-TINY = dict(epochs=2, train_subset=192, val_size=64, batch_size=64, gen_width=8, scorer_width=8, pgd_steps=3,
-            eps=0.3, ratio=0.25)
+TINY = dict(
+    epochs=2,
+    train_subset=192,
+    val_size=64,
+    batch_size=64,
+    gen_width=8,
+    scorer_width=8,
+    pgd_steps=3,
+    eps=0.3,
+    ratio=0.25,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +37,19 @@ def classifier(digits, tmp_path_factory) -> tuple[nn.Module, str]:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clf") / "classifier.pt"
-    clf = train_classifier("tiny-cnn", digits, epochs=15, batch_size=64, lr=0.05, weight_decay=5e-4,
-                           schedule="onecycle", augment="none", seed=0, progress=False, checkpoint=path)
+    clf = train_classifier(
+        "tiny-cnn",
+        digits,
+        epochs=15,
+        batch_size=64,
+        lr=0.05,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        augment="none",
+        seed=0,
+        progress=False,
+        checkpoint=path,
+    )
     for p in clf.parameters():
         p.grad = None
     return clf.eval(), str(path)
@@ -71,7 +91,9 @@ def test_same_seed_same_result(classifier, digits) -> None:
     a = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1}), progress=False, classifier_spec=SPEC)
     b = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1}), progress=False, classifier_spec=SPEC)
     assert all(torch.equal(p, q) for p, q in zip(_weights(a), _weights(b)))
-    c = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "seed": 1}), progress=False, classifier_spec=SPEC)
+    c = train_pssr(
+        clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "seed": 1}), progress=False, classifier_spec=SPEC
+    )
     assert not all(torch.equal(p, q) for p, q in zip(_weights(a), _weights(c)))
     assert all(p.requires_grad for p in clf.parameters()) and all(p.grad is None for p in clf.parameters())
     h = a.metrics["history"][0]  # the learned scorer's loss is logged with its floor (target entropy)
@@ -88,7 +110,15 @@ def test_resume_after_interrupt_equals_uninterrupted(classifier, digits, tmp_pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC, on_epoch_end=stop)
+        train_pssr(
+            clf,
+            digits,
+            cfg,
+            out_dir=tmp_path / "cut",
+            progress=False,
+            classifier_spec=SPEC,
+            on_epoch_end=stop,
+        )
     assert (tmp_path / "cut" / STATE_FILE).is_file() and not (tmp_path / "cut" / "pssr.pt").exists()
     resumed = train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC)
     assert all(torch.equal(p, q) for p, q in zip(_weights(full), _weights(resumed)))
@@ -96,20 +126,38 @@ def test_resume_after_interrupt_equals_uninterrupted(classifier, digits, tmp_pat
     assert full.metrics["history"][1]["val_graybox_acc"] == resumed.metrics["history"][1]["val_graybox_acc"]
     # a different config in the same folder is refused, not silently mixed
     with pytest.raises(ValueError, match="different config"):
-        train_pssr(clf, digits, PSSRConfig(**{**TINY, "ratio": 0.5}), out_dir=tmp_path / "cut", progress=False,
-                   classifier_spec=SPEC)
+        train_pssr(
+            clf,
+            digits,
+            PSSRConfig(**{**TINY, "ratio": 0.5}),
+            out_dir=tmp_path / "cut",
+            progress=False,
+            classifier_spec=SPEC,
+        )
     loaded = PSSR.load(tmp_path / "cut" / "pssr.pt")
     x = digits.test.x[:16]
     assert torch.equal(loaded(x), resumed(x))
 
 
-@pytest.mark.parametrize("cfg", [{"scorer": "gradient"}, {"use_surgery": False}, {"use_regeneration": False},
-                                 {"w_rdrop": 0.0, "adv_mode": "online", "fgsm_fraction": 0.5},
-                                 {"w_semantic_feat": 1.0, "feature_layer": "features", "condition": "logits"}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"scorer": "gradient"},
+        {"use_surgery": False},
+        {"use_regeneration": False},
+        {"w_rdrop": 0.0, "adv_mode": "online", "fgsm_fraction": 0.5},
+        {"w_semantic_feat": 1.0, "feature_layer": "features", "condition": "logits"},
+    ],
+)
 def test_ablation_switches_train(classifier, digits, cfg: dict) -> None:
     clf, _ = classifier
-    d = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "train_subset": 64, **cfg}), progress=False,
-                   classifier_spec=SPEC)
+    d = train_pssr(
+        clf,
+        digits,
+        PSSRConfig(**{**TINY, "epochs": 1, "train_subset": 64, **cfg}),
+        progress=False,
+        classifier_spec=SPEC,
+    )
     x = digits.test.x[:8]
     p = d.purify(x)
     assert p.shape == x.shape and 0 <= p.min() and p.max() <= 1
@@ -132,7 +180,15 @@ def test_classifier_finetuning_trains_a_copy_saves_it_and_resumes(classifier, di
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC, on_epoch_end=stop)
+        train_pssr(
+            clf,
+            digits,
+            cfg,
+            out_dir=tmp_path / "cut",
+            progress=False,
+            classifier_spec=SPEC,
+            on_epoch_end=stop,
+        )
     resumed = train_pssr(clf, digits, cfg, out_dir=tmp_path / "cut", progress=False, classifier_spec=SPEC)
     assert all(torch.equal(p, q) for p, q in zip(_weights(full), _weights(resumed)))
     loaded = PSSR.load(tmp_path / "cut" / "pssr.pt")  # the fine-tuned classifier travels in the checkpoint
@@ -146,9 +202,22 @@ def test_pipeline_attack_training_runs_and_is_validated(classifier, digits) -> N
         PSSRConfig(adv_target="pipeline", adv_mode="cache")
     with pytest.raises(ValueError, match="classifier_lr"):
         PSSRConfig(classifier_lr=-1.0)
-    d = train_pssr(clf, digits, PSSRConfig(**{**TINY, "epochs": 1, "train_subset": 64, "adv_mode": "online",
-                                              "adv_target": "pipeline", "classifier_lr": 1e-3}),
-                   progress=False, classifier_spec=SPEC)
+    d = train_pssr(
+        clf,
+        digits,
+        PSSRConfig(
+            **{
+                **TINY,
+                "epochs": 1,
+                "train_subset": 64,
+                "adv_mode": "online",
+                "adv_target": "pipeline",
+                "classifier_lr": 1e-3,
+            }
+        ),
+        progress=False,
+        classifier_spec=SPEC,
+    )
     assert len(d.metrics["history"]) == 1 and all(p.grad is None for p in clf.parameters())
 
 
@@ -157,12 +226,29 @@ def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path, caps
 
     _, clf_path = classifier
     cfg = tmp_path / "pssr-test.toml"
-    cfg.write_text(f'[data]\nname = "digits"\n[pssr]\nepochs = 1\ntrain_subset = 64\nval_size = 32\ngen_width = 8\n'
-                   f'scorer_width = 8\npgd_steps = 2\n[run]\nclassifier = "{clf_path}"\neval_n = 40\neval_steps = 3\n'
-                   f'adaptive_n = 20\n')
+    cfg.write_text(
+        f'[data]\nname = "digits"\n[pssr]\nepochs = 1\ntrain_subset = 64\nval_size = 32\ngen_width = 8\n'
+        f'scorer_width = 8\npgd_steps = 2\n[run]\nclassifier = "{clf_path}"\neval_n = 40\neval_steps = 3\n'
+        f"adaptive_n = 20\n"
+    )
     res = tmp_path / "res.json"
-    assert main(["train-pssr", "--config", str(cfg), "--out", str(tmp_path / "o"), "--results", str(res),
-                 "--set", "pssr.ratio=0.1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train-pssr",
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "o"),
+                "--results",
+                str(res),
+                "--set",
+                "pssr.ratio=0.1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     import json
 
     s = json.loads(res.read_text())
@@ -174,8 +260,20 @@ def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path, caps
     assert _checkpoint_data(load_models([str(tmp_path / "o" / "pssr.pt")])[1])["name"] == "digits"
     assert main(["train-pssr", "--config", str(cfg), "--set", "run.classifier=''"]) == 2  # clear error
     # no adaptive attack asked for: the summary line says so instead of failing on the missing keys
-    args = ["train-pssr", "--config", str(cfg), "--out", str(tmp_path / "o"), "--results", str(res),
-            "--set", "pssr.ratio=0.1", "--set", "run.adaptive_n=0", "--no-progress"]
+    args = [
+        "train-pssr",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "o"),
+        "--results",
+        str(res),
+        "--set",
+        "pssr.ratio=0.1",
+        "--set",
+        "run.adaptive_n=0",
+        "--no-progress",
+    ]
     assert main([*args, "--no-resume"]) == 0
     assert "no adaptive attack" in capsys.readouterr().out
     assert json.loads(res.read_text())["test"]["adaptive_n"] == 0
@@ -197,8 +295,17 @@ def test_training_improves_graybox_pgd_accuracy_on_digits(classifier, digits) ->
     set: a short PSSR training must lift robust accuracy well above the undefended classifier's (about 0)
     while keeping a usable clean accuracy. About 30 s on one free core."""
     clf, _ = classifier
-    cfg = PSSRConfig(eps=0.3, ratio=0.3, epochs=20, batch_size=64, pgd_steps=5, gen_width=16, scorer_width=8,
-                     lr=3e-3, seed=0)
+    cfg = PSSRConfig(
+        eps=0.3,
+        ratio=0.3,
+        epochs=20,
+        batch_size=64,
+        pgd_steps=5,
+        gen_width=16,
+        scorer_width=8,
+        lr=3e-3,
+        seed=0,
+    )
     d = train_pssr(clf, digits, cfg, progress=False, classifier_spec=SPEC)
     r = quick_eval(d, digits.test.x, digits.test.y, eps=0.3, steps=20, adaptive_n=0)
     assert r["clf_pgd_acc"] < 0.1, r
@@ -206,7 +313,9 @@ def test_training_improves_graybox_pgd_accuracy_on_digits(classifier, digits) ->
     assert r["pssr_clean_acc"] > 0.6, r
 
 
-def test_pssr_training_logs_heartbeats_without_a_progress_bar(classifier, digits, monkeypatch, caplog) -> None:
+def test_pssr_training_logs_heartbeats_without_a_progress_bar(
+    classifier, digits, monkeypatch, caplog
+) -> None:
     import logging
 
     from pssr.train import loop

@@ -11,23 +11,45 @@ from pssr.cli import main
 from pssr.reproduce import PRESETS, list_presets, reproduce
 
 # Tiny settings: this checks the chain and its resume, not the numbers.
-TINY = ("classifier.epochs=2", "adv_train.epochs=1", "adv_train.eval_steps=2", "adv_train.steps=2",
-        "pssr.epochs=1", "pssr.pgd_steps=2", "pssr.train_subset=200", "pssr.val_size=50",
-        "run.eval_n=30", "run.adaptive_n=10", "run.eval_steps=2")
+TINY = (
+    "classifier.epochs=2",
+    "adv_train.epochs=1",
+    "adv_train.eval_steps=2",
+    "adv_train.steps=2",
+    "pssr.epochs=1",
+    "pssr.pgd_steps=2",
+    "pssr.train_subset=200",
+    "pssr.val_size=50",
+    "run.eval_n=30",
+    "run.adaptive_n=10",
+    "run.eval_steps=2",
+)
 ATTACKS = {"linf": "fgsm,pgd-bpda", "l2": "ddn-l2"}
 
 
 def test_presets_are_registered_with_their_configs():
-    assert {"digits", "mnist-10k", "fashion-mnist", "cifar10-jpeg", "mnist", "cifar10", "cifar100"} <= set(list_presets())
+    assert {"digits", "mnist-10k", "fashion-mnist", "cifar10-jpeg", "mnist", "cifar10", "cifar100"} <= set(
+        list_presets()
+    )
     with pytest.raises(ValueError, match="unknown preset"):
         PRESETS.create("imagenet")
 
 
 @pytest.mark.slow
 def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thread, monkeypatch):
-    kw = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "out", quick=True, ablations=False,
-              eval_n=24, overrides=TINY, attacks=ATTACKS, input_transforms=("jpeg", "median"), progress=False,
-              calibrate=(0.0, 0.25), full_split_clean=True)
+    kw = dict(
+        runs_dir=tmp_path / "runs",
+        results_dir=tmp_path / "out",
+        quick=True,
+        ablations=False,
+        eval_n=24,
+        overrides=TINY,
+        attacks=ATTACKS,
+        input_transforms=("jpeg", "median"),
+        progress=False,
+        calibrate=(0.0, 0.25),
+        full_split_clean=True,
+    )
     with pytest.raises(ValueError, match="classifier is not trained yet"):
         reproduce("digits", **kw, report_only=True)
     first = reproduce("digits", **kw)
@@ -81,7 +103,10 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     create_attack = harness._create_attack
     monkeypatch.setattr(harness, "_create_attack", no_recalibration)
     only = reproduce("digits", **kw, report_only=True)
-    assert only["complete"] is True and only["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
+    assert (
+        only["complete"] is True
+        and only["evaluations"]["linf"]["results"] == first["evaluations"]["linf"]["results"]
+    )
     shutil.rmtree(tmp_path / "runs" / "eval-l2")
     partial = reproduce("digits", **kw, report_only=True)
     assert partial["complete"] is False and set(partial["evaluations"]) == {"linf"}
@@ -97,8 +122,12 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     assert some["complete"] is False and "pending" not in l2["pssr"]
     assert {m for m, info in l2.items() if info.get("pending")} == set(l2) - {"pssr"}
     done = reproduce("digits", **kw)
+
     def untimed(rep):
-        return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rep["evaluations"]["l2"]["results"]]
+        return [
+            {k: v for k, v in r.items() if not k.startswith("seconds")}
+            for r in rep["evaluations"]["l2"]["results"]
+        ]
 
     assert done["complete"] is True and untimed(done) == untimed(first)  # the same numbers, computed again
 

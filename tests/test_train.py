@@ -80,8 +80,17 @@ def test_every_augmentation_keeps_shape_range_and_device():
 
 
 # --- configs and schedules ----------------------------------------------------------------------
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(schedule="linear"), dict(augment="mixup"),
-                                 dict(optimizer="lbfgs"), dict(label_smoothing=1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(epochs=0),
+        dict(lr=-1.0),
+        dict(schedule="linear"),
+        dict(augment="mixup"),
+        dict(optimizer="lbfgs"),
+        dict(label_smoothing=1.0),
+    ],
+)
 def test_config_validation_names_the_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):
@@ -93,9 +102,13 @@ def test_lr_schedules():
     lrs = [lr_at(cfg, s, 100) for s in range(100)]
     assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 25
     assert lrs[0] < 0.05 and lrs[-1] < 1e-3
-    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26])) and all(a >= b for a, b in zip(lrs[25:], lrs[26:]))
+    assert all(a <= b for a, b in zip(lrs[:25], lrs[1:26])) and all(
+        a >= b for a, b in zip(lrs[25:], lrs[26:])
+    )
     step = ClassifierConfig(lr=1.0, schedule="step")
-    assert [lr_at(step, s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert [lr_at(step, s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
     cos = ClassifierConfig(lr=1.0, schedule="cosine", warmup=0.0)
     assert lr_at(cos, 0, 100) == pytest.approx(1.0) and lr_at(cos, 50, 100) == pytest.approx(0.5)
 
@@ -136,7 +149,9 @@ def test_resume_after_interrupt_equals_uninterrupted_run(digits, tmp_path):
         train_classifier_run("tiny-cnn", digits, checkpoint=ck, callbacks=[stop_after_two], **kw)
     assert torch.load(ck, weights_only=True)["epoch"] == 2
     seen: list[int] = []
-    resumed = train_classifier_run("tiny-cnn", digits, checkpoint=ck, callbacks=[lambda r: seen.append(r["epoch"])], **kw)
+    resumed = train_classifier_run(
+        "tiny-cnn", digits, checkpoint=ck, callbacks=[lambda r: seen.append(r["epoch"])], **kw
+    )
     assert seen == [3, 4]  # no epoch lost, none repeated
     assert _same_weights(full.model, resumed.model)
     drop = ("train_seconds", "images_per_second", "epoch_seconds")
@@ -149,7 +164,18 @@ def test_checkpoint_is_weights_only_and_rebuilds_the_model(digits, tmp_path):
     path = tmp_path / "clf.pt"
     model = train_classifier("tiny-cnn", digits, epochs=2, checkpoint=path, **FAST)
     ck = torch.load(path, weights_only=True)
-    for key in ("model", "state_dict", "optimizer", "scheduler", "rng", "epoch", "config", "history", "metrics", "metadata"):
+    for key in (
+        "model",
+        "state_dict",
+        "optimizer",
+        "scheduler",
+        "rng",
+        "epoch",
+        "config",
+        "history",
+        "metrics",
+        "metadata",
+    ):
         assert key in ck, key
     assert ck["model"]["name"] == "tiny-cnn" and ck["epoch"] == 2 and ck["config"]["epochs"] == 2
     assert 0.0 <= ck["metrics"]["test_acc"] <= 1.0 and len(ck["history"]) == 2
@@ -169,20 +195,25 @@ def test_resume_refuses_a_checkpoint_from_other_settings(digits, tmp_path):
     path = tmp_path / "clf.pt"
     train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, **FAST)
     with pytest.raises(ValueError, match="differing settings: lr"):
-        train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False)
+        train_classifier(
+            "tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False
+        )
     with pytest.raises(ValueError, match="trained on 'digits'"):
         import dataclasses
 
         other = dataclasses.replace(digits, train=digits.train.subset(500))
         train_classifier("tiny-cnn", other, epochs=1, checkpoint=path, **FAST)
     # resume=False starts over
-    train_classifier("tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False, resume=False)
+    train_classifier(
+        "tiny-cnn", digits, epochs=1, checkpoint=path, batch_size=64, lr=0.01, progress=False, resume=False
+    )
     assert torch.load(path, weights_only=True)["config"]["lr"] == 0.01
 
 
 def test_bf16_channels_last_and_custom_module(digits):
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 64, 10))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 10)
+    )
     res = train_classifier_run(net, digits, epochs=2, bf16=True, channels_last=True, **FAST)
     assert res.model is net
     assert all(p.is_contiguous() for p in net.parameters())
@@ -214,14 +245,32 @@ def test_cli_train_classifier_end_to_end(tmp_path, capsys):
     config.write_text((ROOT / "configs" / "digits.toml").read_text() + '\n[pssr]\nscorer = "whatever"\n')
     out = tmp_path / "run"
     summary = tmp_path / "results" / "classifier.json"
-    rc = main(["train-classifier", "--config", str(config), "--out", str(out), "--epochs", "6",
-               "--set", "classifier.seed=2", "--summary", str(summary), "--no-progress"])
+    rc = main(
+        [
+            "train-classifier",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--epochs",
+            "6",
+            "--set",
+            "classifier.seed=2",
+            "--summary",
+            str(summary),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "test_acc=" in capsys.readouterr().out
     s = json.loads(summary.read_text())
     assert s == json.loads((out / "classifier.json").read_text())
-    assert s["epochs"] == 6 and s["seed"] == 2 and s["config"]["epochs"] == 6 and s["metrics"]["test_acc"] > 0.7
-    assert s["command"].startswith("pssr train-") and s["images_per_second"] > 0 and "hardware" in s["metadata"]
+    assert (
+        s["epochs"] == 6 and s["seed"] == 2 and s["config"]["epochs"] == 6 and s["metrics"]["test_acc"] > 0.7
+    )
+    assert (
+        s["command"].startswith("pssr train-") and s["images_per_second"] > 0 and "hardware" in s["metadata"]
+    )
     assert load_classifier(out / "classifier.pt") is not None
 
 
@@ -268,10 +317,15 @@ def test_adv_config_validation():
 
 def test_cli_train_adversarial(tmp_path):
     config = tmp_path / "adv.toml"
-    config.write_text('[data]\nname = "digits"\n[classifier]\nmodel = "tiny-cnn"\n'
-                      '[adv_train]\nmodel = "tiny-cnn"\nmethod = "trades"\neps = 0.1\nalpha = 0.05\nsteps = 2\n'
-                      'epochs = 1\nbatch_size = 64\nlr = 0.05\neval_steps = 2\neval_n = 50\n')
-    assert main(["train-adversarial", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    config.write_text(
+        '[data]\nname = "digits"\n[classifier]\nmodel = "tiny-cnn"\n'
+        '[adv_train]\nmodel = "tiny-cnn"\nmethod = "trades"\neps = 0.1\nalpha = 0.05\nsteps = 2\n'
+        "epochs = 1\nbatch_size = 64\nlr = 0.05\neval_steps = 2\neval_n = 50\n"
+    )
+    assert (
+        main(["train-adversarial", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"])
+        == 0
+    )
     s = json.loads((tmp_path / "r" / "trades.json").read_text())
     assert s["kind"] == "trades" and "pgd2_robust_acc" in s["metrics"]
 

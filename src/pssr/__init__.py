@@ -43,4 +43,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'pssr' has no attribute {name!r}")
 
 
-__all__ = ["PSSR", "__version__", "calibrate_ratio", "create_attack", "create_model", "evaluate", "train_classifier", "train_pssr"]
+__all__ = [
+    "PSSR",
+    "__version__",
+    "calibrate_ratio",
+    "create_attack",
+    "create_model",
+    "evaluate",
+    "train_classifier",
+    "train_pssr",
+]

@@ -103,7 +103,9 @@ def build(cls: type[T], mapping: dict[str, Any] | None, prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(mapping) - names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; allowed: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _check_type(v, hints[k], prefix + k) for k, v in mapping.items()}
     try:
         return cls(**kwargs)

@@ -52,12 +52,18 @@ class DistInfo:
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment variables; (0, 1, 0) without them."""
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        return (
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
     except ValueError as e:
         raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {e}") from e
 
 
-def init_distributed(device: torch.device | None = None, backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(
+    device: torch.device | None = None, backend: str | None = None, timeout_s: float = 1800.0
+) -> DistInfo:
     """Join the process group when launched by torchrun (or already initialized); else single process.
 
     ``backend`` defaults to NCCL for CUDA devices and gloo otherwise. On CUDA each rank uses
@@ -70,7 +76,9 @@ def init_distributed(device: torch.device | None = None, backend: str | None = N
         return DistInfo()
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
-    use_cuda = (device is None and torch.cuda.is_available()) or (device is not None and device.type == "cuda")
+    use_cuda = (device is None and torch.cuda.is_available()) or (
+        device is not None and device.type == "cuda"
+    )
     backend = backend or ("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
@@ -122,7 +130,7 @@ def global_batches(perm: Tensor, global_batch: int, info: DistInfo, drop_last: b
         raise ValueError(f"batch size {global_batch} must be divisible by the world size {info.world_size}")
     out = []
     for start in range(0, len(perm), global_batch):
-        b = perm[start:start + global_batch]  # (<= global_batch,)
+        b = perm[start : start + global_batch]  # (<= global_batch,)
         if len(b) < global_batch:
             if drop_last:
                 break
@@ -132,7 +140,7 @@ def global_batches(perm: Tensor, global_batch: int, info: DistInfo, drop_last: b
             if len(b) == 0:
                 break
         per = len(b) // info.world_size
-        out.append(b[info.rank * per:(info.rank + 1) * per])
+        out.append(b[info.rank * per : (info.rank + 1) * per])
     return out
 
 
@@ -178,16 +186,20 @@ def all_reduce_grads(params: Sequence[nn.Parameter], info: DistInfo, average: bo
     for p in params[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
     dev = params[0].device
-    flat = torch.cat([(p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                      for p in params]
-                     + [torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=dev)])
+    flat = torch.cat(
+        [
+            (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+            for p in params
+        ]
+        + [torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=dev)]
+    )
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    present = flat[-len(params):].tolist()  # (P,) number of ranks that had a gradient
+    present = flat[-len(params) :].tolist()  # (P,) number of ranks that had a gradient
     if average:
         flat /= info.world_size
     at = 0
     for p, n_ranks in zip(params, present):
-        g = flat[at:at + p.numel()].view_as(p).to(p.dtype)  # a view of the reduced buffer
+        g = flat[at : at + p.numel()].view_as(p).to(p.dtype)  # a view of the reduced buffer
         at += p.numel()
         p.grad = g if n_ranks > 0 else None
 

@@ -41,9 +41,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Callable[..., T]:
         key = name.strip().lower() if isinstance(name, str) else name
         if key not in self._builders:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._builders))}"
-            )
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._builders))}")
         return self._builders[key]
 
     def create(self, name: str, **kwargs: Any) -> T:

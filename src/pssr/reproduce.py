@@ -71,8 +71,13 @@ ABLATIONS: Mapping[str, Mapping[str, Any]] = {
 }
 
 _QUICK_SMALL = (
-    "classifier.epochs=3", "adv_train.epochs=1", "adv_train.eval_steps=10",
-    "pssr.epochs=2", "pssr.train_subset=1000", "run.eval_n=200", "run.adaptive_n=100",
+    "classifier.epochs=3",
+    "adv_train.epochs=1",
+    "adv_train.eval_steps=10",
+    "pssr.epochs=2",
+    "pssr.train_subset=1000",
+    "run.eval_n=200",
+    "run.adaptive_n=100",
 )
 
 
@@ -80,11 +85,23 @@ def _register(p: Preset) -> None:
     PRESETS.register(p.name)(lambda p=p: p)
 
 
-_register(Preset("digits", "digits.toml", "pssr-digits.toml", eval_n=0,
-                 quick=("pssr.epochs=25", "adv_train.epochs=5", "run.adaptive_n=100"), quick_eval_n=120))
+_register(
+    Preset(
+        "digits",
+        "digits.toml",
+        "pssr-digits.toml",
+        eval_n=0,
+        quick=("pssr.epochs=25", "adv_train.epochs=5", "run.adaptive_n=100"),
+        quick_eval_n=120,
+    )
+)
 _register(Preset("mnist-10k", "mnist-10k.toml", "pssr-mnist-10k.toml", eval_n=0, quick=_QUICK_SMALL))
-_register(Preset("fashion-mnist", "fashion-mnist.toml", "pssr-fashion-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
-_register(Preset("cifar10-jpeg", "cifar10-jpeg.toml", "pssr-cifar10-jpeg.toml", eval_n=500, quick=_QUICK_SMALL))
+_register(
+    Preset("fashion-mnist", "fashion-mnist.toml", "pssr-fashion-mnist.toml", eval_n=1000, quick=_QUICK_SMALL)
+)
+_register(
+    Preset("cifar10-jpeg", "cifar10-jpeg.toml", "pssr-cifar10-jpeg.toml", eval_n=500, quick=_QUICK_SMALL)
+)
 _register(Preset("mnist", "mnist.toml", "pssr-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
 _register(Preset("cifar10", "cifar10.toml", "pssr-cifar10.toml", eval_n=1000, quick=_QUICK_SMALL))
 _register(Preset("cifar100", "cifar100.toml", "pssr-cifar100.toml", eval_n=1000, quick=_QUICK_SMALL))
@@ -110,7 +127,9 @@ def _adv_defaults(mapping: dict[str, Any], runs: Path) -> dict[str, Any]:
     """``[adv_train]`` of the config, fine-tuned from this run's classifier."""
     adv = dict(mapping.get("adv_train") or {})
     if not adv:
-        raise ValueError("the preset's config has no [adv_train] table for the adversarial-training baselines")
+        raise ValueError(
+            "the preset's config has no [adv_train] table for the adversarial-training baselines"
+        )
     adv["model"] = adv.get("model") or mapping["classifier"]["model"]
     adv["init_checkpoint"] = str(runs / "classifier.pt")
     return {"data": mapping.get("data", {}), "adv_train": adv}
@@ -183,8 +202,12 @@ def reproduce(
     if ablations:
         variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
     if only:  # checked before any training: an unknown name would otherwise fail hours later
-        names = ["none", *((*p.adv_methods, *input_transforms) if baselines else ()), *variants,
-                 *(("pssr-calibrated",) if calibrate else ())]
+        names = [
+            "none",
+            *((*p.adv_methods, *input_transforms) if baselines else ()),
+            *variants,
+            *(("pssr-calibrated",) if calibrate else ()),
+        ]
         unknown = sorted(set(only) - set(names))
         if unknown:
             raise ValueError(f"only: {', '.join(unknown)} not among this run's models ({', '.join(names)})")
@@ -198,7 +221,9 @@ def reproduce(
 
     def cfg(file: str, *more: str) -> dict[str, Any]:
         m = _config(file, cdir)
-        return apply_overrides(m, [o for o in (*extra, *more) if o.split(".", 1)[0] in m or o.startswith("run.")])
+        return apply_overrides(
+            m, [o for o in (*extra, *more) if o.split(".", 1)[0] in m or o.startswith("run.")]
+        )
 
     # 1. classifier
     base = cfg(p.config)
@@ -209,8 +234,14 @@ def reproduce(
             return fn(*a, progress=progress, command=command)
         return _finished_summary(what, ckpt, epochs)
 
-    steps["classifier"] = train("classifier", runs / "classifier.pt", base["classifier"].get("epochs"),
-                                classifier.run_from_config, base, runs)
+    steps["classifier"] = train(
+        "classifier",
+        runs / "classifier.pt",
+        base["classifier"].get("epochs"),
+        classifier.run_from_config,
+        base,
+        runs,
+    )
     clf = load_classifier(runs / "classifier.pt")
     from pssr.config import build
 
@@ -222,8 +253,14 @@ def reproduce(
         for method in p.adv_methods:
             log.info("[%s] 2/4 adversarial training: %s", tag, method)
             m = apply_overrides(_adv_defaults(base, runs), [f'adv_train.method="{method}"'])
-            steps[method] = train(method, runs / f"{method}.pt", m["adv_train"].get("epochs"),
-                                  adversarial.run_from_config, m, runs)
+            steps[method] = train(
+                method,
+                runs / f"{method}.pt",
+                m["adv_train"].get("epochs"),
+                adversarial.run_from_config,
+                m,
+                runs,
+            )
             models[method] = load_classifier(runs / f"{method}.pt")
         for name in input_transforms:
             models[name] = create_baseline(name, clf)
@@ -235,12 +272,19 @@ def reproduce(
         run = dict(pm.get("run") or {})
         run.update(classifier=str(runs / "classifier.pt"), out=str(runs / name), results="")
         pm["run"] = run
-        steps[name] = train(name, runs / name / "pssr.pt", (pm.get("pssr") or {}).get("epochs"),
-                            pssr_train.run_from_config, pm)
+        steps[name] = train(
+            name,
+            runs / name / "pssr.pt",
+            (pm.get("pssr") or {}).get("epochs"),
+            pssr_train.run_from_config,
+            pm,
+        )
         models[name] = PSSR.load(runs / name / "pssr.pt")
     if calibrate:
         log.info("[%s] 3/4 pssr-calibrated (ratios %s)", tag, ", ".join(f"{r:g}" for r in calibrate))
-        steps["pssr-calibrated"], models["pssr-calibrated"] = _calibrated(runs, data, tuple(calibrate), report_only)
+        steps["pssr-calibrated"], models["pssr-calibrated"] = _calibrated(
+            runs, data, tuple(calibrate), report_only
+        )
 
     # 4. evaluation: L-inf (paper + adaptive) and L2 (paper's minimum-norm attacks), same examples
     n = eval_n if eval_n is not None else (p.quick_eval_n if quick else p.eval_n)
@@ -253,21 +297,37 @@ def reproduce(
         if report_only and not (state / "state.json").is_file():
             log.info("[%s] no %s evaluation saved in %s yet: left out of the report", tag, norm, state)
             continue
-        rep = evaluate(models, data.test, attacks=names, eps=p.eps if norm == "linf" else None, norm=norm, n=n_eval, seed=0,
-                       state_dir=state, progress=progress, dataset=data.name, device=device,
-                       compute=set(only) if only else not report_only)
+        rep = evaluate(
+            models,
+            data.test,
+            attacks=names,
+            eps=p.eps if norm == "linf" else None,
+            norm=norm,
+            n=n_eval,
+            seed=0,
+            state_dir=state,
+            progress=progress,
+            dataset=data.name,
+            device=device,
+            compute=set(only) if only else not report_only,
+        )
         if D.current().is_main:  # under torchrun every rank holds the report; rank 0 writes it
             rep.save(out / norm)
         evaluations[norm] = rep.to_dict()
 
     full_clean: dict[str, Any] = {}
     cache = runs / "clean-full-split.json"
-    if (not quick if full_split_clean is None else full_split_clean) and n_eval is not None \
-            and (not report_only or cache.is_file()):
+    if (
+        (not quick if full_split_clean is None else full_split_clean)
+        and n_eval is not None
+        and (not report_only or cache.is_file())
+    ):
         from pssr.evaluation.full_split import clean_accuracy
 
         log.info("[%s] clean accuracy on the whole test split (n=%d)", tag, len(data.test))
-        full_clean = clean_accuracy(models, data.test, cache=cache, compute=set(only) if only else not report_only)
+        full_clean = clean_accuracy(
+            models, data.test, cache=cache, compute=set(only) if only else not report_only
+        )
 
     combined = {
         "preset": p.name,
@@ -283,8 +343,8 @@ def reproduce(
         "attacks": attack_lists,
         "full_suite": _is_full_suite(attack_lists),
         # relative to ``attacks``: a run of other lists than the full suite says so in "full_suite"
-        "complete": set(evaluations) == set(attack_lists) and all(e["config"].get("complete", True)
-                                                                    for e in evaluations.values()),
+        "complete": set(evaluations) == set(attack_lists)
+        and all(e["config"].get("complete", True) for e in evaluations.values()),
         "wall_seconds_this_invocation": time.perf_counter() - t0,
         "metadata": run_metadata(),
     }
@@ -297,8 +357,11 @@ def reproduce(
 
 def _is_full_suite(lists: Mapping[str, str]) -> bool:
     """Whether ``lists`` (norm -> comma-separated attacks) are the preset's full suite, in any order."""
+
     def norm(m: Mapping[str, str]) -> dict[str, frozenset[str]]:
-        return {k.strip().lower(): frozenset(a.strip() for a in v.split(",") if a.strip()) for k, v in m.items()}
+        return {
+            k.strip().lower(): frozenset(a.strip() for a in v.split(",") if a.strip()) for k, v in m.items()
+        }
 
     return norm(lists) == norm(FULL_SUITE)
 
@@ -310,10 +373,16 @@ def _full_split_lines(combined: Mapping[str, Any]) -> list[str]:
         return []
     sub_models = next(iter(combined.get("evaluations", {}).values()), {}).get("models", {})
     n_full = next((e["n"] for e in full.values() if "n" in e), None)
-    lines = ["", "## Clean accuracy, whole test split", "",
-             f"The attacks run on the first {combined.get('eval_n')} test images; one draw of that size varies by a "
-             f"few points. Clean accuracy over all {n_full} test images, beside the subset's:", "",
-             "| model | whole split | attacked subset | subset - whole |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "## Clean accuracy, whole test split",
+        "",
+        f"The attacks run on the first {combined.get('eval_n')} test images; one draw of that size varies by a "
+        f"few points. Clean accuracy over all {n_full} test images, beside the subset's:",
+        "",
+        "| model | whole split | attacked subset | subset - whole |",
+        "|---|---|---|---|",
+    ]
     for name, e in full.items():
         sub = (sub_models.get(name) or {}).get("summary", {}).get("clean_accuracy")
         whole = None if e.get("pending") else e.get("accuracy")
@@ -328,13 +397,17 @@ def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
     from pssr.utils import load_checkpoint
 
     if not ckpt.is_file():
-        raise ValueError(f"report only: {what} is not trained yet ({ckpt} is missing); run the preset's command "
-                         "without --report-only to train it")
+        raise ValueError(
+            f"report only: {what} is not trained yet ({ckpt} is missing); run the preset's command "
+            "without --report-only to train it"
+        )
     ck = load_checkpoint(ckpt)
     done = ck.get("epoch", ck.get("epochs_done"))
     if isinstance(epochs, int) and isinstance(done, int) and done < epochs:
-        raise ValueError(f"report only: {what} is trained {done} of {epochs} epochs ({ckpt}); run the preset's "
-                         "command without --report-only to finish it")
+        raise ValueError(
+            f"report only: {what} is trained {done} of {epochs} epochs ({ckpt}); run the preset's "
+            "command without --report-only to finish it"
+        )
     summary_file = ckpt.with_suffix(".json") if ckpt.name != "pssr.pt" else ckpt.with_name("pssr-train.json")
     try:
         return json.loads(summary_file.read_text())
@@ -342,8 +415,9 @@ def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
         return {"checkpoint": str(ckpt), "note": f"no readable training summary at {summary_file}"}
 
 
-def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...], report_only: bool = False
-                ) -> tuple[dict[str, Any], Any]:
+def _calibrated(
+    runs: Path, data: Any, ratios: tuple[float, ...], report_only: bool = False
+) -> tuple[dict[str, Any], Any]:
     """PSSR of ``runs/pssr`` with the removal ratio chosen on its validation split: computed once per
     checkpoint and candidate list (``runs/pssr-calibrated.json``), reused afterwards."""
     from pssr.data.download import file_digest
@@ -360,16 +434,22 @@ def _calibrated(runs: Path, data: Any, ratios: tuple[float, ...], report_only: b
         done = None
     if not (isinstance(done, dict) and done.get("key") == key):
         if report_only:
-            raise ValueError(f"report only: PSSR's removal ratio is not calibrated yet for ratios {list(ratios)} "
-                             f"({path}); run the preset's command without --report-only")
+            raise ValueError(
+                f"report only: PSSR's removal ratio is not calibrated yet for ratios {list(ratios)} "
+                f"({path}); run the preset's command without --report-only"
+            )
         done = {"key": key, "calibration": calibrate_ratio(defense, data, ratios)}
         atomic_write_json(path, done)
     cal = done["calibration"]
     with_ratio(defense, cal["chosen"])
     defense.metrics["calibration"] = cal
     clean = next(r["clean_acc"] for r in cal["rows"] if r["ratio"] == cal["chosen"])
-    summary = {"kind": "pssr-calibration", "chosen_ratio": cal["chosen"], "calibration": cal,
-               "validation_clean_acc": clean}
+    summary = {
+        "kind": "pssr-calibration",
+        "chosen_ratio": cal["chosen"],
+        "calibration": cal,
+        "validation_clean_acc": clean,
+    }
     return summary, defense
 
 
@@ -387,7 +467,9 @@ def _strip_history(summary: Mapping[str, Any]) -> dict[str, Any]:
     s.pop("history", None)
     if isinstance(s.get("validation"), dict):
         hist = s["validation"].pop("history", None)
-        if hist:  # PSSR: epochs and training time over all epochs (a resumed invocation may have trained none)
+        if (
+            hist
+        ):  # PSSR: epochs and training time over all epochs (a resumed invocation may have trained none)
             s.setdefault("epochs", len(hist))
             s.setdefault("train_seconds", round(sum(h.get("seconds", 0.0) for h in hist), 1))
     return s
@@ -397,36 +479,60 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     """report.md of a preset: training summary, then each evaluation's tables (from the JSON)."""
     from pssr.evaluation.report import render_markdown
 
-    lines = [f"# pssr reproduction: preset `{combined['preset']}`" + (" (quick smoke run: not a result)" if combined.get("quick") else ""), ""]
+    lines = [
+        f"# pssr reproduction: preset `{combined['preset']}`"
+        + (" (quick smoke run: not a result)" if combined.get("quick") else ""),
+        "",
+    ]
     if combined.get("full_suite") is False:
         ran = "; ".join(f"{k}={v}" for k, v in combined.get("attacks", {}).items())
         full = "; ".join(f"{k}={v}" for k, v in FULL_SUITE.items())
-        lines += [f"**⚠ Not the preset's full evaluation**: written with `--attacks` ({ran}); the full suite is "
-                  f"{full}. Rows and worst cases below cover those attacks only.", ""]
+        lines += [
+            f"**⚠ Not the preset's full evaluation**: written with `--attacks` ({ran}); the full suite is "
+            f"{full}. Rows and worst cases below cover those attacks only.",
+            "",
+        ]
     if combined.get("complete") is False:
         missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
-        lines += ["**⚠ Partial report** (written with `--report-only` or `--only` while the preset's evaluation is "
-                  "unfinished): a \"–\" of a pending unit is not computed yet, not zero"
-                  + (f"; not started: {', '.join(missing)} evaluation" if missing else "")
-                  + ". Run the command without `--report-only` / `--only` to finish it.", ""]
+        lines += [
+            "**⚠ Partial report** (written with `--report-only` or `--only` while the preset's evaluation is "
+            'unfinished): a "–" of a pending unit is not computed yet, not zero'
+            + (f"; not started: {', '.join(missing)} evaluation" if missing else "")
+            + ". Run the command without `--report-only` / `--only` to finish it.",
+            "",
+        ]
     if combined.get("report_only") or combined.get("only"):
         how = "`--report-only`" if combined.get("report_only") else f"`--only {','.join(combined['only'])}`"
-        lines += [f"Written with {how} from saved evaluation state: the versions and hardware below are "
-                  "those of the machine that wrote the report; the units (and their timings) may have been computed "
-                  "elsewhere (a GPU, say).", ""]
+        lines += [
+            f"Written with {how} from saved evaluation state: the versions and hardware below are "
+            "those of the machine that wrote the report; the units (and their timings) may have been computed "
+            "elsewhere (a GPU, say).",
+            "",
+        ]
     if combined.get("command"):
         lines += ["Command:", "", f"    {combined['command']}", ""]
     meta = combined.get("metadata", {})
-    lines += [f"pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, git {meta.get('git_revision')}, "
-              f"hardware {meta.get('hardware')}", ""]
-    lines += ["## Training", "", "| model | test accuracy (clean) | test images | epochs | train seconds |",
-              "|---|---|---|---|---|"]
+    lines += [
+        f"pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, git {meta.get('git_revision')}, "
+        f"hardware {meta.get('hardware')}",
+        "",
+    ]
+    lines += [
+        "## Training",
+        "",
+        "| model | test accuracy (clean) | test images | epochs | train seconds |",
+        "|---|---|---|---|---|",
+    ]
     for name, s in combined.get("training", {}).items():
         if s.get("kind") == "pssr-calibration":
-            sweep = ", ".join(f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}"
-                              for r in s["calibration"]["rows"])
-            lines.append(f"| {name} | weights of pssr; removal ratio **{s['chosen_ratio']:g}** chosen on its validation "
-                         f"split (ratio: clean / gray-box %: {sweep}) | | | |")
+            sweep = ", ".join(
+                f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}"
+                for r in s["calibration"]["rows"]
+            )
+            lines.append(
+                f"| {name} | weights of pssr; removal ratio **{s['chosen_ratio']:g}** chosen on its validation "
+                f"split (ratio: clean / gray-box %: {sweep}) | | | |"
+            )
             continue
         acc, n_test = (s.get("metrics") or {}).get("test_acc"), (s.get("metrics") or {}).get("n_test", "")
         if acc is None:  # PSSR: its training run's own check, on a seeded random subset of the test split
@@ -435,8 +541,10 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
             if n_test and "seed" in test:
                 n_test = f"{n_test} (random, seed {test['seed']})"
         secs = s.get("train_seconds") or s.get("train_seconds_this_invocation")
-        lines.append(f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {n_test} | {s.get('epochs', '')} | "
-                     f"{'' if secs is None else f'{secs:.0f}'} |")
+        lines.append(
+            f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {n_test} | {s.get('epochs', '')} | "
+            f"{'' if secs is None else f'{secs:.0f}'} |"
+        )
     lines += _full_split_lines(combined)
     for norm, rep in combined.get("evaluations", {}).items():
         body = render_markdown(rep)
@@ -444,7 +552,9 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
         for ln in body.splitlines():
             if ln.startswith("#"):
                 ln = "#" + ln
-            elif ln.startswith("!["):  # plots and records live in the norm's own folder (results/NAME/<norm>/)
+            elif ln.startswith(
+                "!["
+            ):  # plots and records live in the norm's own folder (results/NAME/<norm>/)
                 ln = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", rf"]({norm}/\1)", ln)
             elif ln.startswith("Per-example records: `"):
                 ln = ln.replace("`", f"`{norm}/", 1)

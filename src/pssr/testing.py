@@ -42,7 +42,7 @@ def digits_cnn(seed: int = 0, epochs: int = 15) -> tuple[nn.Module, Dataset]:
         model.train()
         perm = torch.randperm(len(data.train), generator=gen)
         for i in range(0, len(perm), 128):
-            b = perm[i:i + 128]
+            b = perm[i : i + 128]
             loss = F.cross_entropy(model(data.train.x[b]), data.train.y[b])
             opt.zero_grad()
             loss.backward()

@@ -67,8 +67,9 @@ def check_int(owner: str, name: str, value: object, low: int = 1) -> int:
     return value
 
 
-def check_float(owner: str, name: str, value: object, low: float = 0.0, high: float = math.inf,
-                low_open: bool = False) -> float:
+def check_float(
+    owner: str, name: str, value: object, low: float = 0.0, high: float = math.inf, low_open: bool = False
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:

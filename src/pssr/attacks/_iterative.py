@@ -35,8 +35,19 @@ from pssr.attacks.base import Attack, project
 
 
 def ascend(
-    model: nn.Module, grad_model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, *, eps: float, norm: str,
-    steps: int, alpha: float, loss: str, decay: float | None = None, early_stop: bool = True,
+    model: nn.Module,
+    grad_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x0: Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    alpha: float,
+    loss: str,
+    decay: float | None = None,
+    early_stop: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``steps`` projected ascent steps from ``x0`` (N, C, H, W).
 
@@ -100,9 +111,20 @@ class IterativeAttack(Attack):
     default_loss = "ce"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, loss: str | None = None,
-        decay: float | None = None, early_stop: bool = True, grad_model: nn.Module | None = None,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str | None = None,
+        decay: float | None = None,
+        early_stop: bool = True,
+        grad_model: nn.Module | None = None,
     ) -> None:
         super().__init__(model, eps, norm, seed)
         self.steps = check_int(self.name, "steps", steps)
@@ -114,8 +136,9 @@ class IterativeAttack(Attack):
         self.loss = loss.lower()
         self.decay = None if decay is None else check_float(self.name, "decay", decay)
         self.early_stop = bool(early_stop)
-        self.grad_model = (self.model if grad_model is None
-                           else check_module(self.name, "grad_model", grad_model))
+        self.grad_model = (
+            self.model if grad_model is None else check_module(self.name, "grad_model", grad_model)
+        )
 
     def managed_modules(self) -> list[nn.Module]:
         return [self.model] if self.grad_model is self.model else [self.model, self.grad_model]
@@ -132,8 +155,18 @@ class IterativeAttack(Attack):
             xs, ys = x[todo], y[todo]
             x0 = random_start(xs, self.eps, self.norm, gen) if (self.random_start or r > 0) else xs
             xb, f, lb = ascend(
-                self.model, self.grad_model, xs, ys, x0, eps=self.eps, norm=self.norm, steps=self.steps,
-                alpha=self.alpha, loss=self.loss, decay=self.decay, early_stop=self.early_stop,
+                self.model,
+                self.grad_model,
+                xs,
+                ys,
+                x0,
+                eps=self.eps,
+                norm=self.norm,
+                steps=self.steps,
+                alpha=self.alpha,
+                loss=self.loss,
+                decay=self.decay,
+                early_stop=self.early_stop,
             )
             take = f | (lb > best_loss[todo])
             x_best[todo[take]] = xb[take]
@@ -143,8 +176,14 @@ class IterativeAttack(Attack):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        cfg.update(steps=self.steps, alpha=self.alpha, restarts=self.restarts, random_start=self.random_start,
-                   loss=self.loss, early_stop=self.early_stop)
+        cfg.update(
+            steps=self.steps,
+            alpha=self.alpha,
+            restarts=self.restarts,
+            random_start=self.random_start,
+            loss=self.loss,
+            early_stop=self.early_stop,
+        )
         if self.decay is not None:
             cfg["decay"] = self.decay
         if self.grad_model is not self.model:

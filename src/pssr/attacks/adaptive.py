@@ -62,8 +62,10 @@ class _BPDAFunction(torch.autograd.Function):
         with torch.no_grad():
             out = forward_fn(x)
         if backward_fn is None and out.shape != x.shape:
-            raise ValueError(f"BPDA with the identity backward needs a shape-preserving transform, got "
-                             f"{tuple(x.shape)} -> {tuple(out.shape)}; pass a backward_fn surrogate")
+            raise ValueError(
+                f"BPDA with the identity backward needs a shape-preserving transform, got "
+                f"{tuple(x.shape)} -> {tuple(out.shape)}; pass a backward_fn surrogate"
+            )
         ctx.backward_fn = backward_fn
         ctx.save_for_backward(x)
         return out
@@ -93,8 +95,10 @@ def straight_through(fn_or_x: Transform | Tensor, out: Tensor | None = None) -> 
     """
     if isinstance(fn_or_x, Tensor):
         if out is None or out.shape != fn_or_x.shape:
-            raise ValueError("straight_through(x, out) needs out with the shape of x, got "
-                             f"{None if out is None else tuple(out.shape)} for {tuple(fn_or_x.shape)}")
+            raise ValueError(
+                "straight_through(x, out) needs out with the shape of x, got "
+                f"{None if out is None else tuple(out.shape)} for {tuple(fn_or_x.shape)}"
+            )
         return fn_or_x + (out - fn_or_x).detach()
     if not callable(fn_or_x) or out is not None:
         raise ValueError("straight_through takes a callable fn, or two tensors (x, out)")
@@ -125,8 +129,12 @@ class BPDAWrapper(nn.Module):
         logits = classifier(purifier(x))
     """
 
-    def __init__(self, module: nn.Module | Transform, forward_fn: Transform | None = None,
-                 backward_fn: Transform | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module | Transform,
+        forward_fn: Transform | None = None,
+        backward_fn: Transform | None = None,
+    ) -> None:
         super().__init__()
         if not callable(module):
             raise ValueError(f"module must be an nn.Module or a callable, got {type(module).__name__}")
@@ -251,12 +259,31 @@ class PGDFull(PGD):
     name = "pgd-full"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
         early_stop: bool = True,
     ) -> None:
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=restarts,
-                         random_start=random_start, loss=loss, early_stop=early_stop)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=restarts,
+            random_start=random_start,
+            loss=loss,
+            early_stop=early_stop,
+        )
 
 
 @ATTACKS.register("pgd-bpda")
@@ -274,14 +301,33 @@ class PGDBPDA(PGD):
     name = "pgd-bpda"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
         early_stop: bool = True,
     ) -> None:
         view = bpda_view(model) if isinstance(model, nn.Module) else model
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=restarts,
-                         random_start=random_start, loss=loss, early_stop=early_stop,
-                         grad_model=None if view is model else view)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=restarts,
+            random_start=random_start,
+            loss=loss,
+            early_stop=early_stop,
+            grad_model=None if view is model else view,
+        )
 
 
 @ATTACKS.register("pgd-bpda-eot")
@@ -301,14 +347,44 @@ class PGDBPDAEOT(PGD):
     name = "pgd-bpda-eot"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        early_stop: bool = True, eot_samples: int = 10, eot_average: str = "logits",
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
+        early_stop: bool = True,
+        eot_samples: int = 10,
+        eot_average: str = "logits",
     ) -> None:
-        view = EOT(bpda_view(model), k=eot_samples, seed=seed if isinstance(seed, int) and seed >= 0 else 0,
-                   average=eot_average) if isinstance(model, nn.Module) else model
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=restarts,
-                         random_start=random_start, loss=loss, early_stop=early_stop, grad_model=view)
+        view = (
+            EOT(
+                bpda_view(model),
+                k=eot_samples,
+                seed=seed if isinstance(seed, int) and seed >= 0 else 0,
+                average=eot_average,
+            )
+            if isinstance(model, nn.Module)
+            else model
+        )
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=restarts,
+            random_start=random_start,
+            loss=loss,
+            early_stop=early_stop,
+            grad_model=view,
+        )
         self.eot_samples, self.eot_average = eot_samples, eot_average
 
     def config(self) -> dict[str, Any]:
@@ -334,10 +410,28 @@ class AutoAttackBPDA(AutoAttackWrapper):
     name = "autoattack-bpda"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, version: str | None = None,
-        attacks: list[str] | tuple[str, ...] | None = None, n_queries: int | None = None,
-        n_iter: int | None = None, eot_iter: int | None = None,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        version: str | None = None,
+        attacks: list[str] | tuple[str, ...] | None = None,
+        n_queries: int | None = None,
+        n_iter: int | None = None,
+        eot_iter: int | None = None,
     ) -> None:
         view = bpda_view(model) if isinstance(model, nn.Module) else model
-        super().__init__(model, eps, norm, seed, version=version, attacks=attacks, n_queries=n_queries,
-                         n_iter=n_iter, eot_iter=eot_iter, grad_model=None if view is model else view)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            version=version,
+            attacks=attacks,
+            n_queries=n_queries,
+            n_iter=n_iter,
+            eot_iter=eot_iter,
+            grad_model=None if view is model else view,
+        )

@@ -76,9 +76,18 @@ class AutoAttackWrapper(Attack):
     default_version = "standard"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, version: str | None = None,
-        attacks: list[str] | tuple[str, ...] | None = None, n_queries: int | None = None,
-        n_iter: int | None = None, eot_iter: int | None = None, grad_model: nn.Module | None = None,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        version: str | None = None,
+        attacks: list[str] | tuple[str, ...] | None = None,
+        n_queries: int | None = None,
+        n_iter: int | None = None,
+        eot_iter: int | None = None,
+        grad_model: nn.Module | None = None,
     ) -> None:
         super().__init__(model, eps, norm, seed)
         version = self.default_version if version is None else version
@@ -86,18 +95,22 @@ class AutoAttackWrapper(Attack):
             raise ValueError(f"{self.name}: version={version!r} not supported; choose from {VERSIONS}")
         if version == "custom":
             if not attacks or any(a not in SUB_ATTACKS for a in attacks):
-                raise ValueError(f"{self.name}: version='custom' needs attacks= a non-empty list from "
-                                 f"{SUB_ATTACKS}, got {attacks!r}")
+                raise ValueError(
+                    f"{self.name}: version='custom' needs attacks= a non-empty list from "
+                    f"{SUB_ATTACKS}, got {attacks!r}"
+                )
         elif attacks is not None:
-            raise ValueError(f"{self.name}: attacks= is only used with version='custom', "
-                             f"got version={version!r}")
+            raise ValueError(
+                f"{self.name}: attacks= is only used with version='custom', got version={version!r}"
+            )
         self.version = version
         self.attacks = list(attacks) if attacks else None
         self.n_queries = None if n_queries is None else check_int(self.name, "n_queries", n_queries)
         self.n_iter = None if n_iter is None else check_int(self.name, "n_iter", n_iter)
         self.eot_iter = None if eot_iter is None else check_int(self.name, "eot_iter", eot_iter)
-        self.grad_model = (self.model if grad_model is None
-                           else check_module(self.name, "grad_model", grad_model))
+        self.grad_model = (
+            self.model if grad_model is None else check_module(self.name, "grad_model", grad_model)
+        )
 
     def managed_modules(self) -> list[nn.Module]:
         return [self.model] if self.grad_model is self.model else [self.model, self.grad_model]
@@ -115,9 +128,15 @@ class AutoAttackWrapper(Attack):
         trace = sys.gettrace()
         try:
             with torch.random.fork_rng(devices=devices):
-                aa = AutoAttack(self.grad_model, attacks=self.attacks, device=x.device, eps=self.eps,
-                                norm="Linf" if self.norm == "linf" else "L2", seed=self.seed,
-                                version=self.version)
+                aa = AutoAttack(
+                    self.grad_model,
+                    attacks=self.attacks,
+                    device=x.device,
+                    eps=self.eps,
+                    norm="Linf" if self.norm == "linf" else "L2",
+                    seed=self.seed,
+                    version=self.version,
+                )
                 aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, n_cls - 1)
                 aa.fab.n_target_classes = min(aa.fab.n_target_classes, n_cls - 1)
                 if self.n_queries is not None:
@@ -158,8 +177,17 @@ class AutoAttackRand(AutoAttackWrapper):
     name = "autoattack-rand"
     default_version = "rand"
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *,
-                 n_iter: int | None = None, eot_iter: int | None = None,
-                 grad_model: nn.Module | None = None) -> None:
-        super().__init__(model, eps, norm, seed, version="rand", n_iter=n_iter, eot_iter=eot_iter,
-                         grad_model=grad_model)
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        n_iter: int | None = None,
+        eot_iter: int | None = None,
+        grad_model: nn.Module | None = None,
+    ) -> None:
+        super().__init__(
+            model, eps, norm, seed, version="rand", n_iter=n_iter, eot_iter=eot_iter, grad_model=grad_model
+        )

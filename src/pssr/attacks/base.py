@@ -94,8 +94,9 @@ class Attack:
             clean_logits = self.model(x)  # (N, K)
         n_cls = clean_logits.shape[1]
         if int(y.min()) < 0 or int(y.max()) >= n_cls:
-            raise ValueError(f"y must hold class indices in [0, {n_cls - 1}], got range "
-                             f"[{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"y must hold class indices in [0, {n_cls - 1}], got range [{int(y.min())}, {int(y.max())}]"
+            )
         with torch.enable_grad():
             x_adv = self.perturb(x.clone(), y)
         x_adv = project(x_adv.detach(), x, self.eps, self.norm)

@@ -42,11 +42,30 @@ class BIM(IterativeAttack):
     name = "bim"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 10,
-        alpha: float | None = None, loss: str = "ce", early_stop: bool = True,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 10,
+        alpha: float | None = None,
+        loss: str = "ce",
+        early_stop: bool = True,
         grad_model: nn.Module | None = None,
     ) -> None:
         if alpha is None and isinstance(steps, int) and steps > 0 and isinstance(eps, (int, float)):
             alpha = 1.25 * float(eps) / steps
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=1, random_start=False,
-                         loss=loss, early_stop=early_stop, grad_model=grad_model)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=1,
+            random_start=False,
+            loss=loss,
+            early_stop=early_stop,
+            grad_model=grad_model,
+        )

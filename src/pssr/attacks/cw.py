@@ -67,8 +67,17 @@ class CW(Attack):
     norms = ("l2",)
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "l2", seed: int = 0, *, steps: int = 100,
-        binary_search_steps: int = 6, c_init: float = 0.1, kappa: float = 0.0, lr: float = 0.1,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "l2",
+        seed: int = 0,
+        *,
+        steps: int = 100,
+        binary_search_steps: int = 6,
+        c_init: float = 0.1,
+        kappa: float = 0.0,
+        lr: float = 0.1,
         early_stop: bool = True,
     ) -> None:
         super().__init__(model, eps, norm, seed)
@@ -129,8 +138,14 @@ class CW(Attack):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        cfg.update(steps=self.steps, binary_search_steps=self.binary_search_steps, c_init=self.c_init,
-                   kappa=self.kappa, lr=self.lr, early_stop=self.early_stop)
+        cfg.update(
+            steps=self.steps,
+            binary_search_steps=self.binary_search_steps,
+            c_init=self.c_init,
+            kappa=self.kappa,
+            lr=self.lr,
+            early_stop=self.early_stop,
+        )
         return cfg
 
 
@@ -151,10 +166,29 @@ class CWLinf(IterativeAttack):
     default_loss = "margin"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, early_stop: bool = True,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        early_stop: bool = True,
         grad_model: nn.Module | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=restarts,
-                         random_start=random_start, loss="margin", early_stop=early_stop,
-                         grad_model=grad_model)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=restarts,
+            random_start=random_start,
+            loss="margin",
+            early_stop=early_stop,
+            grad_model=grad_model,
+        )

@@ -51,8 +51,17 @@ class DDN(Attack):
     norms = ("l2",)
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "l2", seed: int = 0, *, steps: int = 100,
-        gamma: float = 0.05, init_norm: float = 1.0, alpha: float = 1.0, early_stop: bool = True,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "l2",
+        seed: int = 0,
+        *,
+        steps: int = 100,
+        gamma: float = 0.05,
+        init_norm: float = 1.0,
+        alpha: float = 1.0,
+        early_stop: bool = True,
     ) -> None:
         super().__init__(model, eps, norm, seed)
         self.steps = check_int(self.name, "steps", steps)
@@ -102,6 +111,11 @@ class DDN(Attack):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        cfg.update(steps=self.steps, gamma=self.gamma, init_norm=self.init_norm, alpha=self.alpha,
-                   early_stop=self.early_stop)
+        cfg.update(
+            steps=self.steps,
+            gamma=self.gamma,
+            init_norm=self.init_norm,
+            alpha=self.alpha,
+            early_stop=self.early_stop,
+        )
         return cfg

@@ -48,8 +48,15 @@ class DeepFool(Attack):
     name = "deepfool"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "l2", seed: int = 0, *, steps: int = 50,
-        overshoot: float = 0.02, candidates: int = 10,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "l2",
+        seed: int = 0,
+        *,
+        steps: int = 50,
+        overshoot: float = 0.02,
+        candidates: int = 10,
     ) -> None:
         super().__init__(model, eps, norm, seed)
         self.steps = check_int(self.name, "steps", steps)

@@ -38,8 +38,26 @@ class FGSM(IterativeAttack):
     __doc__ = __doc__
     name = "fgsm"
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, loss: str = "ce",
-                 grad_model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        loss: str = "ce",
+        grad_model: nn.Module | None = None,
+    ) -> None:
         alpha = float(eps) if isinstance(eps, (int, float)) else eps  # one step of the full budget
-        super().__init__(model, eps, norm, seed, steps=1, alpha=alpha, restarts=1, random_start=False,
-                         loss=loss, grad_model=grad_model)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=1,
+            alpha=alpha,
+            restarts=1,
+            random_start=False,
+            loss=loss,
+            grad_model=grad_model,
+        )

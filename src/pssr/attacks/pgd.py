@@ -50,9 +50,30 @@ class PGD(IterativeAttack):
     name = "pgd"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, steps: int = 40,
-        alpha: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        early_stop: bool = True, grad_model: nn.Module | None = None,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        steps: int = 40,
+        alpha: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str = "ce",
+        early_stop: bool = True,
+        grad_model: nn.Module | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, seed, steps=steps, alpha=alpha, restarts=restarts,
-                         random_start=random_start, loss=loss, early_stop=early_stop, grad_model=grad_model)
+        super().__init__(
+            model,
+            eps,
+            norm,
+            seed,
+            steps=steps,
+            alpha=alpha,
+            restarts=restarts,
+            random_start=random_start,
+            loss=loss,
+            early_stop=early_stop,
+            grad_model=grad_model,
+        )

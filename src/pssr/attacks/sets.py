@@ -33,18 +33,27 @@ from torch import nn
 from pssr.attacks.base import ATTACKS, Attack
 
 # family -> {norm: eps}
-BUDGETS: Mapping[str, Mapping[str, float]] = MappingProxyType({
-    "mnist": MappingProxyType({"linf": 0.3, "l2": 2.0}),
-    "fashion-mnist": MappingProxyType({"linf": 0.1, "l2": 1.5}),
-    "cifar": MappingProxyType({"linf": 8 / 255, "l2": 0.5}),
-    "digits": MappingProxyType({"linf": 0.1, "l2": 1.0}),
-})
+BUDGETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "mnist": MappingProxyType({"linf": 0.3, "l2": 2.0}),
+        "fashion-mnist": MappingProxyType({"linf": 0.1, "l2": 1.5}),
+        "cifar": MappingProxyType({"linf": 8 / 255, "l2": 0.5}),
+        "digits": MappingProxyType({"linf": 0.1, "l2": 1.0}),
+    }
+)
 
 # dataset name (as in pssr.data) -> family
-DATASET_FAMILIES: Mapping[str, str] = MappingProxyType({
-    "mnist": "mnist", "mnist-10k": "mnist", "fashion-mnist": "fashion-mnist", "digits": "digits",
-    "cifar10": "cifar", "cifar100": "cifar", "cifar10-jpeg": "cifar",
-})
+DATASET_FAMILIES: Mapping[str, str] = MappingProxyType(
+    {
+        "mnist": "mnist",
+        "mnist-10k": "mnist",
+        "fashion-mnist": "fashion-mnist",
+        "digits": "digits",
+        "cifar10": "cifar",
+        "cifar100": "cifar",
+        "cifar10-jpeg": "cifar",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -71,15 +80,21 @@ class AttackSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for reports)."""
-        return {"label": self.label, "attack": self.attack, "kwargs": dict(self.kwargs),
-                "for_randomized": self.for_randomized, "needs_surrogate": self.needs_surrogate}
+        return {
+            "label": self.label,
+            "attack": self.attack,
+            "kwargs": dict(self.kwargs),
+            "for_randomized": self.for_randomized,
+            "needs_surrogate": self.needs_surrogate,
+        }
 
     def build(self, model: nn.Module, **overrides: Any) -> Attack:
         """The attack on ``model``; ``overrides`` replace defaults (e.g. ``seed=``, ``surrogate=``)."""
         kw = {**self.kwargs, **overrides}
         if self.needs_surrogate and kw.get("surrogate") is None:
-            raise ValueError(f"attack {self.label!r} needs surrogate= (the model the examples are "
-                             "crafted on)")
+            raise ValueError(
+                f"attack {self.label!r} needs surrogate= (the model the examples are crafted on)"
+            )
         return ATTACKS.create(self.attack, model=model, **kw)
 
 
@@ -103,22 +118,32 @@ def _adaptive(family: str) -> tuple[AttackSpec, ...]:
     return (
         AttackSpec("pgd-full", "pgd-full", {"eps": linf, "norm": "linf", "steps": 100, "restarts": 1}),
         AttackSpec("pgd-bpda", "pgd-bpda", {"eps": linf, "norm": "linf", "steps": 100, "restarts": 2}),
-        AttackSpec("pgd-bpda-eot", "pgd-bpda-eot",
-                   {"eps": linf, "norm": "linf", "steps": 50, "eot_samples": 10}, for_randomized=True),
-        AttackSpec("autoattack-bpda", "autoattack-bpda",
-                   {"eps": linf, "norm": "linf", "version": "standard"}),
+        AttackSpec(
+            "pgd-bpda-eot",
+            "pgd-bpda-eot",
+            {"eps": linf, "norm": "linf", "steps": 50, "eot_samples": 10},
+            for_randomized=True,
+        ),
+        AttackSpec(
+            "autoattack-bpda", "autoattack-bpda", {"eps": linf, "norm": "linf", "version": "standard"}
+        ),
         AttackSpec("autoattack-rand", "autoattack-rand", {"eps": linf, "norm": "linf"}, for_randomized=True),
         AttackSpec("square", "square", {"eps": linf, "norm": "linf", "n_queries": 1000, "p_init": 0.8}),
-        AttackSpec("transfer-pgd", "transfer",
-                   {"eps": linf, "norm": "linf", "attack": "pgd", "attack_kwargs": {"steps": 100}},
-                   needs_surrogate=True),
+        AttackSpec(
+            "transfer-pgd",
+            "transfer",
+            {"eps": linf, "norm": "linf", "attack": "pgd", "attack_kwargs": {"steps": 100}},
+            needs_surrogate=True,
+        ),
     )
 
 
-ATTACK_SETS: Mapping[str, Mapping[str, tuple[AttackSpec, ...]]] = MappingProxyType({
-    "paper": MappingProxyType({f: _paper(f) for f in BUDGETS}),
-    "adaptive": MappingProxyType({f: _adaptive(f) for f in BUDGETS}),
-})
+ATTACK_SETS: Mapping[str, Mapping[str, tuple[AttackSpec, ...]]] = MappingProxyType(
+    {
+        "paper": MappingProxyType({f: _paper(f) for f in BUDGETS}),
+        "adaptive": MappingProxyType({f: _adaptive(f) for f in BUDGETS}),
+    }
+)
 
 
 def dataset_family(dataset: str) -> str:
@@ -127,8 +152,10 @@ def dataset_family(dataset: str) -> str:
     if key in BUDGETS:
         return key
     if key not in DATASET_FAMILIES:
-        raise ValueError(f"no attack budgets for dataset {dataset!r}; known datasets: "
-                         f"{', '.join(sorted(DATASET_FAMILIES))} (families: {', '.join(BUDGETS)})")
+        raise ValueError(
+            f"no attack budgets for dataset {dataset!r}; known datasets: "
+            f"{', '.join(sorted(DATASET_FAMILIES))} (families: {', '.join(BUDGETS)})"
+        )
     return DATASET_FAMILIES[key]
 
 

@@ -83,8 +83,15 @@ class Square(Attack):
     gradient_free = True
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *, n_queries: int = 1000,
-        p_init: float = 0.8, loss: str = "margin",
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        n_queries: int = 1000,
+        p_init: float = 0.8,
+        loss: str = "margin",
     ) -> None:
         super().__init__(model, eps, norm, seed)
         self.n_queries = check_int(self.name, "n_queries", n_queries)
@@ -106,8 +113,9 @@ class Square(Attack):
             return -margin_loss(logits, y), fooled
         return -F.cross_entropy(logits, y, reduction="none"), fooled
 
-    def _randint(self, high: int, size: tuple[int, ...], gen: torch.Generator,
-                 device: torch.device) -> Tensor:
+    def _randint(
+        self, high: int, size: tuple[int, ...], gen: torch.Generator, device: torch.device
+    ) -> Tensor:
         return torch.randint(0, high, size, generator=gen, device=device)
 
     def _sign(self, size: tuple[int, ...], gen: torch.Generator, device: torch.device) -> Tensor:
@@ -171,7 +179,7 @@ class Square(Attack):
         for vh in range(off_h, h - s + 1, s):
             for vw in range(off_w, w - s + 1, s):
                 sign = self._sign((n, c, 1, 1), gen, x.device)
-                delta[:, :, vh:vh + s, vw:vw + s] += pat * sign
+                delta[:, :, vh : vh + s, vw : vw + s] += pat * sign
         return delta / bshape(lp_norm(delta, "l2").clamp_min(1e-12), delta)
 
     def _l2_proposal(self, xc: Tensor, xb: Tensor, p: float, gen: torch.Generator) -> Tensor:

@@ -44,8 +44,15 @@ class Transfer(Attack):
     name = "transfer"
 
     def __init__(
-        self, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0, *,
-        surrogate: nn.Module | None = None, attack: str = "pgd", attack_kwargs: dict[str, Any] | None = None,
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: str = "linf",
+        seed: int = 0,
+        *,
+        surrogate: nn.Module | None = None,
+        attack: str = "pgd",
+        attack_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, eps, norm, seed)
         if surrogate is None:
@@ -54,8 +61,9 @@ class Transfer(Attack):
         if attack == "transfer":
             raise ValueError(f"{self.name}: attack='transfer' cannot be nested; name the inner attack")
         self.attack_kwargs = dict(attack_kwargs or {})
-        self.inner: Attack = ATTACKS.create(attack, model=surrogate, eps=eps, norm=norm, seed=seed,
-                                            **self.attack_kwargs)
+        self.inner: Attack = ATTACKS.create(
+            attack, model=surrogate, eps=eps, norm=norm, seed=seed, **self.attack_kwargs
+        )
 
     def managed_modules(self) -> list[nn.Module]:
         return [self.model, self.surrogate]
@@ -65,6 +73,7 @@ class Transfer(Attack):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        cfg.update(attack=self.inner.name, attack_config=self.inner.config(),
-                   surrogate=type(self.surrogate).__name__)
+        cfg.update(
+            attack=self.inner.name, attack_config=self.inner.config(), surrogate=type(self.surrogate).__name__
+        )
         return cfg

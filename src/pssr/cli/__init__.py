@@ -21,7 +21,9 @@ _COMMAND_MODULES = ("pssr.cli.train", "pssr.cli.defense", "pssr.cli.evaluate", "
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="pssr", description="PSSR adversarial purification: train, attack, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="pssr", description="PSSR adversarial purification: train, attack, evaluate."
+    )
     parser.add_argument("--version", action="version", version=f"pssr {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -22,18 +22,30 @@ def _train_pssr(args: argparse.Namespace) -> int:
     from pssr.train.pssr_train import run_from_config
 
     mapping = apply_overrides(load_toml(args.config), list(args.overrides))
-    s, is_main = D.run_and_leave(lambda: run_from_config(
-        mapping, args.out, results=args.results, resume=args.resume, progress=args.progress,
-        command=args.command_line))
+    s, is_main = D.run_and_leave(
+        lambda: run_from_config(
+            mapping,
+            args.out,
+            results=args.results,
+            resume=args.resume,
+            progress=args.progress,
+            command=args.command_line,
+        )
+    )
     if not is_main:  # under torchrun: rank 0 wrote the files and prints the summary
         return 0
     t = s["test"]
-    adaptive = (f"adaptive (n={t['adaptive_n']}) bpda-identity {t['pssr_adaptive_pgd_identity_acc']:.4f}, "
-                f"mask-constant {t['pssr_adaptive_pgd_mask-constant_acc']:.4f}, worst {t['pssr_adaptive_worst_acc']:.4f}"
-                if t["adaptive_n"] else "no adaptive attack (run.adaptive_n = 0)")
-    print(f"pssr on {s['dataset']} (n={t['n']}, Linf eps={t['eps']:.4g}, PGD-{t['steps']}): "
-          f"clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; gray-box PGD {t['clf_pgd_acc']:.4f} -> "
-          f"{t['pssr_graybox_pgd_acc']:.4f}; {adaptive}; checkpoint {s['checkpoint']}")
+    adaptive = (
+        f"adaptive (n={t['adaptive_n']}) bpda-identity {t['pssr_adaptive_pgd_identity_acc']:.4f}, "
+        f"mask-constant {t['pssr_adaptive_pgd_mask-constant_acc']:.4f}, worst {t['pssr_adaptive_worst_acc']:.4f}"
+        if t["adaptive_n"]
+        else "no adaptive attack (run.adaptive_n = 0)"
+    )
+    print(
+        f"pssr on {s['dataset']} (n={t['n']}, Linf eps={t['eps']:.4g}, PGD-{t['steps']}): "
+        f"clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; gray-box PGD {t['clf_pgd_acc']:.4f} -> "
+        f"{t['pssr_graybox_pgd_acc']:.4f}; {adaptive}; checkpoint {s['checkpoint']}"
+    )
     return 0
 
 
@@ -42,8 +54,10 @@ def _purify(args: argparse.Namespace) -> int:
 
     for r in purify_files(args.checkpoint, args.images, args.out, figure=args.figure, device=args.device):
         extra = f", figure {r['figure']}" if "figure" in r else ""
-        print(f"{r['input']} -> {r['output']} ({r['removed_pixels']} pixels restored; "
-              f"prediction {r['pred_before']} -> {r['pred_after']}{extra})")
+        print(
+            f"{r['input']} -> {r['output']} ({r['removed_pixels']} pixels restored; "
+            f"prediction {r['pred_before']} -> {r['pred_after']}{extra})"
+        )
     return 0
 
 
@@ -51,50 +65,92 @@ def _ratios(text: str) -> list[float]:
     try:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--ratios takes comma-separated numbers in [0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--ratios takes comma-separated numbers in [0, 1], got {text!r}"
+        ) from None
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from pssr.train.calibrate import calibrate_checkpoint
 
-    s = calibrate_checkpoint(args.checkpoint, args.ratios, out=args.out, results=args.results,
-                             max_clean_drop=args.max_clean_drop / 100.0, eps=args.eps, steps=args.steps, seed=args.seed,
-                             data=args.data, data_dir=args.data_dir, test_n=args.test_n, adaptive_n=args.adaptive_n,
-                             device=args.device, command=args.command_line)
+    s = calibrate_checkpoint(
+        args.checkpoint,
+        args.ratios,
+        out=args.out,
+        results=args.results,
+        max_clean_drop=args.max_clean_drop / 100.0,
+        eps=args.eps,
+        steps=args.steps,
+        seed=args.seed,
+        data=args.data,
+        data_dir=args.data_dir,
+        test_n=args.test_n,
+        adaptive_n=args.adaptive_n,
+        device=args.device,
+        command=args.command_line,
+    )
     c = s["calibration"]
-    print(f"validation split (n={c['n']}, Linf eps={c['eps']:.4g}, gray-box PGD-{c['steps']} on the classifier): "
-          f"classifier clean {c['classifier_clean_acc']:.4f}, PGD {c['classifier_graybox_acc']:.4f}")
+    print(
+        f"validation split (n={c['n']}, Linf eps={c['eps']:.4g}, gray-box PGD-{c['steps']} on the classifier): "
+        f"classifier clean {c['classifier_clean_acc']:.4f}, PGD {c['classifier_graybox_acc']:.4f}"
+    )
     for r in c["rows"]:
         mark = "  <- chosen" if r["ratio"] == c["chosen"] else ""
-        print(f"  ratio {r['ratio']:<6g} ({r['removed_pixels']} px): clean {r['clean_acc']:.4f}, "
-              f"gray-box {r['graybox_acc']:.4f}{mark}")
+        print(
+            f"  ratio {r['ratio']:<6g} ({r['removed_pixels']} px): clean {r['clean_acc']:.4f}, "
+            f"gray-box {r['graybox_acc']:.4f}{mark}"
+        )
     if not c["constraint_met"]:
-        print(f"no ratio keeps clean accuracy within {args.max_clean_drop:g} points of the classifier's; "
-              "chose the most accurate on clean images")
+        print(
+            f"no ratio keeps clean accuracy within {args.max_clean_drop:g} points of the classifier's; "
+            "chose the most accurate on clean images"
+        )
     if "test" in s:
         t = s["test"]
-        adaptive = f", adaptive worst (n={t['adaptive_n']}) {t['pssr_adaptive_worst_acc']:.4f}" if t["adaptive_n"] else ""
-        print(f"test (n={t['n']}, ratio {t['ratio']:g}): clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; "
-              f"gray-box PGD {t['clf_pgd_acc']:.4f} -> {t['pssr_graybox_pgd_acc']:.4f}{adaptive}")
+        adaptive = (
+            f", adaptive worst (n={t['adaptive_n']}) {t['pssr_adaptive_worst_acc']:.4f}"
+            if t["adaptive_n"]
+            else ""
+        )
+        print(
+            f"test (n={t['n']}, ratio {t['ratio']:g}): clean {t['clf_clean_acc']:.4f} -> {t['pssr_clean_acc']:.4f}; "
+            f"gray-box PGD {t['clf_pgd_acc']:.4f} -> {t['pssr_graybox_pgd_acc']:.4f}{adaptive}"
+        )
     if "calibrated_checkpoint" in s:
         print(f"wrote {s['calibrated_checkpoint']}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train-pssr", help="train the PSSR defense from a config file",
-                              description="Train PSSR ([data], [pssr], [run] tables of a TOML config) and evaluate it.")
+    p = subparsers.add_parser(
+        "train-pssr",
+        help="train the PSSR defense from a config file",
+        description="Train PSSR ([data], [pssr], [run] tables of a TOML config) and evaluate it.",
+    )
     p.add_argument("--config", required=True, help="TOML file, e.g. configs/pssr-digits.toml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable), e.g. --set pssr.epochs=3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set pssr.epochs=3",
+    )
     p.add_argument("--out", default=None, help="output folder (default: [run] out, else runs/<dataset>/pssr)")
-    p.add_argument("--results", default=None, help="also write the JSON summary here (default: [run] results)")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing training state")
+    p.add_argument(
+        "--results", default=None, help="also write the JSON summary here (default: [run] results)"
+    )
+    p.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="ignore an existing training state"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_train_pssr)
 
-    q = subparsers.add_parser("purify", help="purify image files with a trained PSSR checkpoint",
-                              description="Purify PNG/JPEG images (of the model's exact input size) with PSSR.")
+    q = subparsers.add_parser(
+        "purify",
+        help="purify image files with a trained PSSR checkpoint",
+        description="Purify PNG/JPEG images (of the model's exact input size) with PSSR.",
+    )
     q.add_argument("--checkpoint", required=True, help="PSSR checkpoint (pssr.pt from train-pssr)")
     q.add_argument("images", nargs="+", help="PNG/JPEG files")
     q.add_argument("--out", required=True, help="output folder for purified PNGs")
@@ -102,14 +158,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     q.set_defaults(func=_purify)
 
-    c = subparsers.add_parser("calibrate", help="choose PSSR's inference removal ratio on its validation split",
-                              description="Measure clean and gray-box accuracy of a PSSR checkpoint for several "
-                                          "removal ratios on the validation images it was not trained on, choose one "
-                                          "(highest gray-box accuracy within --max-clean-drop points of the classifier's "
-                                          "clean accuracy) and optionally save it and evaluate it on the test split.")
+    c = subparsers.add_parser(
+        "calibrate",
+        help="choose PSSR's inference removal ratio on its validation split",
+        description="Measure clean and gray-box accuracy of a PSSR checkpoint for several "
+        "removal ratios on the validation images it was not trained on, choose one "
+        "(highest gray-box accuracy within --max-clean-drop points of the classifier's "
+        "clean accuracy) and optionally save it and evaluate it on the test split.",
+    )
     c.add_argument("--checkpoint", required=True, help="PSSR checkpoint (pssr.pt from train-pssr)")
     c.add_argument("--ratios", required=True, type=_ratios, help="candidate ratios, e.g. 0,0.02,0.05,0.1")
-    c.add_argument("--max-clean-drop", type=float, default=3.0, help="points of clean accuracy PSSR may lose (default 3)")
+    c.add_argument(
+        "--max-clean-drop", type=float, default=3.0, help="points of clean accuracy PSSR may lose (default 3)"
+    )
     c.add_argument("--eps", type=float, default=None, help="Linf budget (default: the training eps)")
     c.add_argument("--steps", type=int, default=20, help="PGD steps of the gray-box attack (default 20)")
     c.add_argument("--seed", type=int, default=0)
@@ -117,8 +178,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--data-dir", default=None)
     c.add_argument("--out", default=None, help="save the calibrated checkpoint here")
     c.add_argument("--results", default=None, help="write the JSON summary here")
-    c.add_argument("--test-n", type=int, default=0,
-                   help="then evaluate the chosen ratio on N test images (-1: all; default 0: no test evaluation)")
-    c.add_argument("--adaptive-n", type=int, default=0, help="test images also attacked adaptively (BPDA views)")
+    c.add_argument(
+        "--test-n",
+        type=int,
+        default=0,
+        help="then evaluate the chosen ratio on N test images (-1: all; default 0: no test evaluation)",
+    )
+    c.add_argument(
+        "--adaptive-n", type=int, default=0, help="test images also attacked adaptively (BPDA views)"
+    )
     c.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     c.set_defaults(func=_calibrate)

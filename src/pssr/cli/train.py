@@ -17,11 +17,19 @@ from typing import Any
 
 def _common(p: argparse.ArgumentParser, section: str) -> None:
     p.add_argument("--config", required=True, help=f"TOML file with [data] and [{section}] tables")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=f"override one config value (repeatable), e.g. --set {section}.lr=0.05")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override one config value (repeatable), e.g. --set {section}.lr=0.05",
+    )
     p.add_argument("--out", default=None, help="output folder (default: runs/<config file stem>)")
     p.add_argument("--epochs", type=int, default=None, help=f"shortcut for --set {section}.epochs=N")
-    p.add_argument("--device", default=None, help=f"shortcut for --set {section}.device=... (auto, cpu, cuda)")
+    p.add_argument(
+        "--device", default=None, help=f"shortcut for --set {section}.device=... (auto, cpu, cuda)"
+    )
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for training")
     p.add_argument("--summary", default=None, help="also write the JSON summary to this path")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
@@ -48,9 +56,11 @@ def _out(args: argparse.Namespace) -> Path:
 def _print(summary: dict[str, Any]) -> None:
     m = summary["metrics"]
     parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()]
-    print(f"{summary['kind']} {summary['model']} on {summary['dataset']}: {', '.join(parts)}; "
-          f"{summary['epochs']} epochs, {summary['train_seconds']:.0f} s training, "
-          f"{summary['images_per_second']:.0f} img/s; checkpoint {summary['checkpoint']}")
+    print(
+        f"{summary['kind']} {summary['model']} on {summary['dataset']}: {', '.join(parts)}; "
+        f"{summary['epochs']} epochs, {summary['train_seconds']:.0f} s training, "
+        f"{summary['images_per_second']:.0f} img/s; checkpoint {summary['checkpoint']}"
+    )
 
 
 def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
@@ -67,24 +77,46 @@ def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
 def _train_classifier(args: argparse.Namespace) -> int:
     from pssr.train.classifier import run_from_config
 
-    return _run_and_print(lambda: run_from_config(_mapping(args, "classifier"), _out(args), summary_path=args.summary,
-                                                  resume=args.resume, progress=args.progress, command=args.command_line))
+    return _run_and_print(
+        lambda: run_from_config(
+            _mapping(args, "classifier"),
+            _out(args),
+            summary_path=args.summary,
+            resume=args.resume,
+            progress=args.progress,
+            command=args.command_line,
+        )
+    )
 
 
 def _train_adversarial(args: argparse.Namespace) -> int:
     from pssr.train.adversarial import run_from_config
 
-    return _run_and_print(lambda: run_from_config(_mapping(args, "adv_train"), _out(args), summary_path=args.summary,
-                                                  resume=args.resume, progress=args.progress, command=args.command_line))
+    return _run_and_print(
+        lambda: run_from_config(
+            _mapping(args, "adv_train"),
+            _out(args),
+            summary_path=args.summary,
+            resume=args.resume,
+            progress=args.progress,
+            command=args.command_line,
+        )
+    )
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("train-classifier", help="train a classifier from a config file",
-                              description="Train a classifier ([data] + [classifier] tables of a TOML config).")
+    p = subparsers.add_parser(
+        "train-classifier",
+        help="train a classifier from a config file",
+        description="Train a classifier ([data] + [classifier] tables of a TOML config).",
+    )
     _common(p, "classifier")
     p.set_defaults(func=_train_classifier)
 
-    p = subparsers.add_parser("train-adversarial", help="adversarial training baseline (PGD-AT, TRADES)",
-                              description="Adversarial training ([data] + [adv_train] tables of a TOML config).")
+    p = subparsers.add_parser(
+        "train-adversarial",
+        help="adversarial training baseline (PGD-AT, TRADES)",
+        description="Adversarial training ([data] + [adv_train] tables of a TOML config).",
+    )
     _common(p, "adv_train")
     p.set_defaults(func=_train_adversarial)

@@ -19,4 +19,13 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Split", "cache_dir", "list_datasets", "load", "shared_data_dir"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "Dataset",
+    "Split",
+    "cache_dir",
+    "list_datasets",
+    "load",
+    "shared_data_dir",
+]

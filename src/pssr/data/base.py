@@ -24,9 +24,13 @@ class Split:
         if self.x.ndim != 4:
             raise ValueError(f"Split.x must be (N, C, H, W), got shape {tuple(self.x.shape)}")
         if self.y.ndim != 1 or self.y.shape[0] != self.x.shape[0]:
-            raise ValueError(f"Split.y must be (N,) with N={self.x.shape[0]}, got shape {tuple(self.y.shape)}")
+            raise ValueError(
+                f"Split.y must be (N,) with N={self.x.shape[0]}, got shape {tuple(self.y.shape)}"
+            )
         if self.x.dtype != torch.float32 or self.y.dtype != torch.int64:
-            raise ValueError(f"Split needs float32 images and int64 labels, got {self.x.dtype} / {self.y.dtype}")
+            raise ValueError(
+                f"Split needs float32 images and int64 labels, got {self.x.dtype} / {self.y.dtype}"
+            )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -87,9 +91,7 @@ def to_float_nchw(images: np.ndarray, layout: str) -> Tensor:
     return t.contiguous().float().div_(255.0)
 
 
-def split_train_val(
-    x: Tensor, y: Tensor, val_fraction: float, seed: int
-) -> tuple[Split, Split]:
+def split_train_val(x: Tensor, y: Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Seeded, stratification-free split of a training set into train / validation.
 
     The training part keeps the source's order (training draws its own permutations, and PSSR's

@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 DATASETS: Registry[Dataset] = Registry("dataset")
 
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 # Official locations and checksums. MNIST's sha256 sums are the ones published alongside the
 # standard mirrors; Fashion-MNIST publishes md5 sums in its README.
@@ -50,7 +55,18 @@ FASHION_SUMS = {
     "t10k-labels-idx1-ubyte.gz": "md5:bb300cfdad3c16e7a12a480ee83cd310",
 }
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FASHION_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SUM = "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -85,12 +101,21 @@ def digits(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, va, te = three_way_split(x, y, test_fraction, val_fraction, seed)
-    return Dataset("digits", tr, va, te, tuple(str(i) for i in range(10)), {"source": "sklearn.datasets.load_digits"})
+    return Dataset(
+        "digits", tr, va, te, tuple(str(i) for i in range(10)), {"source": "sklearn.datasets.load_digits"}
+    )
 
 
 def _idx_dataset(
-    name: str, data_dir: Path | None, sums: dict[str, str], url: str, classes: tuple[str, ...],
-    val_fraction: float, seed: int, download_ok: bool, fallbacks: tuple[Path, ...] = (),
+    name: str,
+    data_dir: Path | None,
+    sums: dict[str, str],
+    url: str,
+    classes: tuple[str, ...],
+    val_fraction: float,
+    seed: int,
+    download_ok: bool,
+    fallbacks: tuple[Path, ...] = (),
 ) -> Dataset:
     candidates = [Path(data_dir)] if data_dir else [*fallbacks, cache_dir() / name]
     root = next((c for c in candidates if all((c / f).is_file() for f in IDX_FILES)), None)
@@ -100,7 +125,11 @@ def _idx_dataset(
             raise DataError(
                 f"{name}: the four IDX files ({', '.join(IDX_FILES)}) were not found in {where}. Pass "
                 f"--data-dir to a folder holding them, or allow download=True to fetch them from {url}"
-                + (" (or on Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else "")
+                + (
+                    " (or on Debian: apt-get install dataset-fashion-mnist)"
+                    if name == "fashion-mnist"
+                    else ""
+                )
             )
         root = Path(data_dir) if data_dir else cache_dir() / name
         for f in IDX_FILES:
@@ -108,7 +137,9 @@ def _idx_dataset(
     xtr, ytr, xte, yte = (read_idx(root / f) for f in IDX_FILES)
     for imgs, labels, which in ((xtr, ytr, "train"), (xte, yte, "t10k")):
         if imgs.shape[0] != labels.shape[0]:
-            raise DataError(f"{root}: {which} images ({imgs.shape[0]}) and labels ({labels.shape[0]}) disagree in count")
+            raise DataError(
+                f"{root}: {which} images ({imgs.shape[0]}) and labels ({labels.shape[0]}) disagree in count"
+            )
     x = to_float_nchw(xtr, "NHW")
     y = torch.from_numpy(ytr.astype(np.int64))
     train, val = split_train_val(x, y, val_fraction, seed)
@@ -117,17 +148,46 @@ def _idx_dataset(
 
 
 @DATASETS.register("mnist")
-def mnist(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, download: bool = False, **_: object) -> Dataset:
+def mnist(
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    download: bool = False,
+    **_: object,
+) -> Dataset:
     """MNIST from its gzipped IDX files (60k train / 10k test)."""
-    return _idx_dataset("mnist", Path(data_dir) if data_dir else None, MNIST_SUMS, MNIST_URL,
-                        tuple(str(i) for i in range(10)), val_fraction, seed, download)
+    return _idx_dataset(
+        "mnist",
+        Path(data_dir) if data_dir else None,
+        MNIST_SUMS,
+        MNIST_URL,
+        tuple(str(i) for i in range(10)),
+        val_fraction,
+        seed,
+        download,
+    )
 
 
 @DATASETS.register("fashion-mnist")
-def fashion_mnist(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, download: bool = False, **_: object) -> Dataset:
+def fashion_mnist(
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    download: bool = False,
+    **_: object,
+) -> Dataset:
     """Fashion-MNIST from gzipped IDX files; Debian's dataset-fashion-mnist package is found automatically."""
-    return _idx_dataset("fashion-mnist", Path(data_dir) if data_dir else None, FASHION_SUMS, FASHION_URL,
-                        FASHION_CLASSES, val_fraction, seed, download, fallbacks=(FASHION_DEBIAN_DIR,))
+    return _idx_dataset(
+        "fashion-mnist",
+        Path(data_dir) if data_dir else None,
+        FASHION_SUMS,
+        FASHION_URL,
+        FASHION_CLASSES,
+        val_fraction,
+        seed,
+        download,
+        fallbacks=(FASHION_DEBIAN_DIR,),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +200,14 @@ def _unpickle(path: Path) -> dict:
             # load them from the verified archive or a folder the user trusts.
             return pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f"{path} is truncated or not a CIFAR python batch ({e}); fetch the archive again") from e
+        raise DataError(
+            f"{path} is truncated or not a CIFAR python batch ({e}); fetch the archive again"
+        ) from e
 
 
-def _cifar_root(name: str, data_dir: Path | None, folder: str, url: str, checksum: str, download_ok: bool) -> Path:
+def _cifar_root(
+    name: str, data_dir: Path | None, folder: str, url: str, checksum: str, download_ok: bool
+) -> Path:
     bases = [Path(data_dir)] if data_dir else [cache_dir() / name]
     for b in bases:
         for cand in (b / folder, b):
@@ -157,7 +221,9 @@ def _cifar_root(name: str, data_dir: Path | None, folder: str, url: str, checksu
             f"{name}: no '{folder}' folder or archive in {', '.join(map(str, bases))}. Pass --data-dir to a folder "
             f"holding {folder}/ or {url.rsplit('/', 1)[1]}, or allow download=True to fetch {url}"
         )
-    archive = download(url, (Path(data_dir) if data_dir else cache_dir() / name) / url.rsplit("/", 1)[1], checksum)
+    archive = download(
+        url, (Path(data_dir) if data_dir else cache_dir() / name) / url.rsplit("/", 1)[1], checksum
+    )
     return _extract_cifar(archive, checksum, folder)
 
 
@@ -172,9 +238,22 @@ def _extract_cifar(archive: Path, checksum: str, folder: str) -> Path:
 
 
 @DATASETS.register("cifar10")
-def cifar10(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, download: bool = False, **_: object) -> Dataset:
+def cifar10(
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    download: bool = False,
+    **_: object,
+) -> Dataset:
     """CIFAR-10 from the official python pickle batches (folder or verified archive)."""
-    root = _cifar_root("cifar10", Path(data_dir) if data_dir else None, "cifar-10-batches-py", CIFAR10_URL, CIFAR10_SUM, download)
+    root = _cifar_root(
+        "cifar10",
+        Path(data_dir) if data_dir else None,
+        "cifar-10-batches-py",
+        CIFAR10_URL,
+        CIFAR10_SUM,
+        download,
+    )
     parts = [_unpickle(root / f"data_batch_{i}") for i in range(1, 6)]
     test = _unpickle(root / "test_batch")
     meta = _unpickle(root / "batches.meta")
@@ -190,14 +269,29 @@ def cifar10(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed:
 
 
 @DATASETS.register("cifar100")
-def cifar100(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, download: bool = False, **_: object) -> Dataset:
+def cifar100(
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    download: bool = False,
+    **_: object,
+) -> Dataset:
     """CIFAR-100 (fine labels) from the official python pickle batches."""
-    root = _cifar_root("cifar100", Path(data_dir) if data_dir else None, "cifar-100-python", CIFAR100_URL, CIFAR100_SUM, download)
+    root = _cifar_root(
+        "cifar100",
+        Path(data_dir) if data_dir else None,
+        "cifar-100-python",
+        CIFAR100_URL,
+        CIFAR100_SUM,
+        download,
+    )
     tr, te, meta = _unpickle(root / "train"), _unpickle(root / "test"), _unpickle(root / "meta")
 
     def arr(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return (to_float_nchw(b[b"data"].reshape(-1, 3, 32, 32), "NCHW"),
-                torch.from_numpy(np.asarray(b[b"fine_labels"], dtype=np.int64)))
+        return (
+            to_float_nchw(b[b"data"].reshape(-1, 3, 32, 32), "NCHW"),
+            torch.from_numpy(np.asarray(b[b"fine_labels"], dtype=np.int64)),
+        )
 
     train, val = split_train_val(*arr(tr), val_fraction, seed)
     classes = tuple(c.decode() for c in meta[b"fine_label_names"])
@@ -242,7 +336,9 @@ def _extract_archive(archive: Path) -> Path:
     return root
 
 
-def _read_class_folders(split_dir: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _read_class_folders(
+    split_dir: Path, classes: tuple[str, ...] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     from PIL import Image, UnidentifiedImageError
 
     found = tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir()))
@@ -268,7 +364,9 @@ def _read_class_folders(split_dir: Path, classes: tuple[str, ...] | None) -> tup
             if shape is None:
                 shape = arr.shape
             elif arr.shape != shape:
-                raise DataError(f"image {f} has shape {arr.shape}, others in the folder have {shape}; resize them to one size")
+                raise DataError(
+                    f"image {f} has shape {arr.shape}, others in the folder have {shape}; resize them to one size"
+                )
             images.append(arr)
             labels.append(label)
     if not images:
@@ -277,20 +375,29 @@ def _read_class_folders(split_dir: Path, classes: tuple[str, ...] | None) -> tup
 
 
 @DATASETS.register("image-folder")
-def image_folder(root: str | Path | None = None, data_dir: str | Path | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, **_: object) -> Dataset:
+def image_folder(
+    root: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **_: object,
+) -> Dataset:
     """Images in ``root/{train,test}/<class>/*.{png,jpg}`` (a folder or a .tar.gz of one).
 
     Decoded arrays are cached next to the extracted archive, so a second load takes a second.
     """
     root = Path(root or data_dir or "")
     if not str(root) or not root.exists():
-        raise DataError(f"image-folder: root {str(root)!r} does not exist; pass root=<folder or .tar.gz with train/ and test/>")
+        raise DataError(
+            f"image-folder: root {str(root)!r} does not exist; pass root=<folder or .tar.gz with train/ and test/>"
+        )
     if root.is_file():
         root = _extract_archive(root)
     for s in ("train", "test"):
         if not (root / s).is_dir():
-            raise DataError(f"image-folder: {root} has no '{s}' folder; expected {root}/{{train,test}}/<class>/*.png|jpg")
+            raise DataError(
+                f"image-folder: {root} has no '{s}' folder; expected {root}/{{train,test}}/<class>/*.png|jpg"
+            )
     cache = root / ".pssr-decoded.npz"
     if root.is_relative_to(cache_dir()) and cache.is_file():
         z = np.load(cache, allow_pickle=False)
@@ -312,21 +419,32 @@ def image_folder(root: str | Path | None = None, data_dir: str | Path | None = N
 
 
 @DATASETS.register("cifar10-jpeg")
-def cifar10_jpeg(data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, **kw: object) -> Dataset:
+def cifar10_jpeg(
+    data_dir: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0, **kw: object
+) -> Dataset:
     """The CIFAR-10 JPEG archive (``shared/data/cifar10-jpeg.tar.gz``) read through ``image-folder``."""
     path = Path(data_dir) if data_dir else None
     if path is None or path.is_dir() and not (path / "train").is_dir():
         base = path or shared_data_dir("cifar10-jpeg.tar.gz")
         path = base / "cifar10-jpeg.tar.gz" if base else None
     if path is None or not path.exists():
-        raise DataError("cifar10-jpeg: archive not found; pass --data-dir to cifar10-jpeg.tar.gz or its folder")
+        raise DataError(
+            "cifar10-jpeg: archive not found; pass --data-dir to cifar10-jpeg.tar.gz or its folder"
+        )
     d = image_folder(root=path, val_fraction=val_fraction, seed=seed)
     return Dataset("cifar10-jpeg", d.train, d.val, d.test, d.classes, d.info)
 
 
 @DATASETS.register("npz")
-def npz(path: str | Path | None = None, data_dir: str | Path | None = None, val_fraction: float = 0.1,
-        test_fraction: float = 0.2, seed: int = 0, name: str = "npz", **_: object) -> Dataset:
+def npz(
+    path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str = "npz",
+    **_: object,
+) -> Dataset:
     """Arrays ``x`` (uint8 (N,H,W) / (N,H,W,C), or float in [0,1]) and ``y`` in an .npz; seeded split.
 
     When the file also holds ``x_test``/``y_test`` those form the test split.
@@ -367,7 +485,9 @@ def npz(path: str | Path | None = None, data_dir: str | Path | None = None, val_
 
 
 @DATASETS.register("mnist-10k")
-def mnist_10k(data_dir: str | Path | None = None, val_fraction: float = 0.1, seed: int = 0, **_: object) -> Dataset:
+def mnist_10k(
+    data_dir: str | Path | None = None, val_fraction: float = 0.1, seed: int = 0, **_: object
+) -> Dataset:
     """The 10,000 real MNIST digits of ``shared/data/mnist-10k.npz`` with a seeded 70/10/20 split."""
     path = Path(data_dir) if data_dir else None
     if path is None or path.is_dir():

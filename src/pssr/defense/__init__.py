@@ -11,6 +11,19 @@ from pssr.defense.scoring import SCORERS, attack_share_target, create_scorer, li
 from pssr.defense.surgery import FILLS, apply_fill, list_fills, threshold_mask, topk_mask
 
 __all__ = [
-    "FILLS", "PSSR", "SCORERS", "BPDAView", "PSSRConfig", "Regenerator", "UNet", "apply_fill", "attack_share_target",
-    "compose", "create_scorer", "list_fills", "list_scorers", "threshold_mask", "topk_mask",
+    "FILLS",
+    "PSSR",
+    "SCORERS",
+    "BPDAView",
+    "PSSRConfig",
+    "Regenerator",
+    "UNet",
+    "apply_fill",
+    "attack_share_target",
+    "compose",
+    "create_scorer",
+    "list_fills",
+    "list_scorers",
+    "threshold_mask",
+    "topk_mask",
 ]

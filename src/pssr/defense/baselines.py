@@ -89,7 +89,9 @@ class InputTransformDefense(nn.Module):
     def __init__(self, classifier: nn.Module, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
-            raise ValueError(f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}")
+            raise ValueError(
+                f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}"
+            )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.classifier = classifier
@@ -256,8 +258,15 @@ def total_variation(x: Tensor, norm: int = 2) -> Tensor:
     return per_pixel.flatten(1).sum(1)
 
 
-def tvm_keep_mask(n: int, h: int, w: int, keep: float, *, generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> Tensor:
+def tvm_keep_mask(
+    n: int,
+    h: int,
+    w: int,
+    keep: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Bernoulli(``keep``) pixel mask, (N, 1, H, W) float in {0, 1}: 1 = pixel kept, shared by all channels.
 
     Drawn on the generator's device (a CPU generator gives the same mask on every device), then moved
@@ -281,7 +290,9 @@ def _fill_dropped(x: Tensor, m: Tensor) -> Tensor:
     num = F.conv2d((x * m).reshape(n * c, 1, h, w), box, padding=1).reshape(n, c, h, w)
     den = F.conv2d(m.reshape(n * c, 1, h, w), box, padding=1).reshape(n, c, h, w)
     kept = m.sum((2, 3), keepdim=True)  # (N, C, 1, 1)
-    mean = torch.where(kept > 0, (x * m).sum((2, 3), keepdim=True) / kept.clamp_min(1.0), torch.full_like(kept, 0.5))
+    mean = torch.where(
+        kept > 0, (x * m).sum((2, 3), keepdim=True) / kept.clamp_min(1.0), torch.full_like(kept, 0.5)
+    )
     local = torch.where(den > 0, num / den.clamp_min(1e-12), mean)
     return torch.where(m > 0, x, local)
 
@@ -314,10 +325,17 @@ def tv_minimize(x: Tensor, keep_mask: Tensor, lam: float, norm: int = 2, iters: 
         Not differentiable: attacks go through BPDA (:meth:`InputTransformDefense.bpda`).
     """
     _check_images(x)
-    if not isinstance(keep_mask, Tensor) or keep_mask.ndim != 4 or keep_mask.shape[0] != x.shape[0] \
-            or keep_mask.shape[2:] != x.shape[2:] or keep_mask.shape[1] not in (1, x.shape[1]):
-        raise ValueError(f"keep_mask must be (N, 1, H, W) or (N, C, H, W) for x of shape {tuple(x.shape)}, "
-                         f"got {getattr(keep_mask, 'shape', type(keep_mask))}")
+    if (
+        not isinstance(keep_mask, Tensor)
+        or keep_mask.ndim != 4
+        or keep_mask.shape[0] != x.shape[0]
+        or keep_mask.shape[2:] != x.shape[2:]
+        or keep_mask.shape[1] not in (1, x.shape[1])
+    ):
+        raise ValueError(
+            f"keep_mask must be (N, 1, H, W) or (N, C, H, W) for x of shape {tuple(x.shape)}, "
+            f"got {getattr(keep_mask, 'shape', type(keep_mask))}"
+        )
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam (TV weight) must be a finite number >= 0, got {lam!r}")
     norm = _check_norm(norm)
@@ -388,8 +406,17 @@ class TVMDefense(InputTransformDefense):
     name = "tvm"
     randomized = True
 
-    def __init__(self, classifier: nn.Module, keep: float | None = None, lam: float | None = None,
-                 norm: int | None = None, iters: int | None = None, seed: int = 0, *, impl: str = "torch") -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        keep: float | None = None,
+        lam: float | None = None,
+        norm: int | None = None,
+        iters: int | None = None,
+        seed: int = 0,
+        *,
+        impl: str = "torch",
+    ) -> None:
         super().__init__(classifier, seed)
         if impl not in TVM_IMPLS:
             raise ValueError(f"impl must be one of {TVM_IMPLS}, got {impl!r}")
@@ -408,8 +435,9 @@ class TVMDefense(InputTransformDefense):
         if impl == "art":
             from art.defences.preprocessor import TotalVarMin
 
-            self._art = TotalVarMin(prob=self.keep, norm=self.norm, lamb=self.lam, max_iter=self.iters,
-                                    clip_values=(0.0, 1.0))
+            self._art = TotalVarMin(
+                prob=self.keep, norm=self.norm, lamb=self.lam, max_iter=self.iters, clip_values=(0.0, 1.0)
+            )
 
     def _purify(self, x: Tensor) -> Tensor:
         if self.impl == "art":
@@ -431,8 +459,15 @@ class TVMDefense(InputTransformDefense):
         return out.transpose(0, 3, 1, 2)
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "impl": self.impl, "keep": self.keep, "lam": self.lam, "norm": self.norm,
-                "iters": self.iters, "seed": self.seed}
+        return {
+            "name": self.name,
+            "impl": self.impl,
+            "keep": self.keep,
+            "lam": self.lam,
+            "norm": self.norm,
+            "iters": self.iters,
+            "seed": self.seed,
+        }
 
 
 class IdentityDefense(InputTransformDefense):

@@ -92,7 +92,9 @@ class PSSRConfig:
     pgd_alpha: float = 0.0  # PGD step size; 0 means 2.5 * eps / pgd_steps
     fgsm_fraction: float = 0.0  # share of training examples made with FGSM instead of PGD
     adv_mode: str = "cache"  # cache (made once per run) | online (remade every batch)
-    adv_target: str = "classifier"  # online examples attack: classifier (gray-box) | pipeline (through PSSR, mask fixed)
+    adv_target: str = (
+        "classifier"  # online examples attack: classifier (gray-box) | pipeline (through PSSR, mask fixed)
+    )
     # --- invariance learning: fine-tune the classifier on restored images (0 = classifier frozen) ---
     classifier_lr: float = 0.0  # Adam lr of the classifier; > 0 trains it on R(x_adv) and R(x) (eval-mode BN)
     # --- optimization ---
@@ -128,9 +130,16 @@ class PSSRConfig:
         need(self.restore_scope in ("mask", "full"), "restore_scope", "mask, full")
         need(self.adv_mode in ("cache", "online"), "adv_mode", "cache, online")
         need(self.adv_target in ("classifier", "pipeline"), "adv_target", "classifier, pipeline")
-        need(self.adv_target == "classifier" or self.adv_mode == "online", "adv_target",
-             "'pipeline' only with adv_mode='online' (the pipeline changes while it trains)")
-        need(math.isfinite(self.classifier_lr) and self.classifier_lr >= 0.0, "classifier_lr", ">= 0 (0 = frozen)")
+        need(
+            self.adv_target == "classifier" or self.adv_mode == "online",
+            "adv_target",
+            "'pipeline' only with adv_mode='online' (the pipeline changes while it trains)",
+        )
+        need(
+            math.isfinite(self.classifier_lr) and self.classifier_lr >= 0.0,
+            "classifier_lr",
+            ">= 0 (0 = frozen)",
+        )
         need(0.0 <= self.ratio <= 1.0, "ratio", "[0, 1]")
         need(0.0 <= self.threshold <= 1.0, "threshold", "[0, 1]")
         need(0.0 <= self.fill_value <= 1.0, "fill_value", "[0, 1]")
@@ -139,14 +148,24 @@ class PSSRConfig:
         need(self.pgd_alpha >= 0.0, "pgd_alpha", ">= 0 (0 = 2.5 * eps / pgd_steps)")
         for name in ("scorer_width", "gen_width", "pgd_steps", "batch_size"):
             need(getattr(self, name) >= 1, name, ">= 1")
-        for name in ("scorer_depth", "gen_depth", "epochs", "train_subset", "val_size", "seed", "random_seed"):
+        for name in (
+            "scorer_depth",
+            "gen_depth",
+            "epochs",
+            "train_subset",
+            "val_size",
+            "seed",
+            "random_seed",
+        ):
             need(getattr(self, name) >= 0, name, ">= 0")
         need(self.lr > 0, "lr", "> 0")
         for f in dataclasses.fields(self):
             if f.name.startswith("w_"):
                 need(getattr(self, f.name) >= 0, f.name, ">= 0")
         if not (self.use_surgery or self.use_regeneration):
-            raise ValueError("PSSRConfig: use_surgery and use_regeneration cannot both be false (nothing would be purified)")
+            raise ValueError(
+                "PSSRConfig: use_surgery and use_regeneration cannot both be false (nothing would be purified)"
+            )
 
     @property
     def alpha(self) -> float:
@@ -200,12 +219,21 @@ class PSSR(nn.Module):
             self-contained checkpoint (default: ``classifier.pssr_spec`` if present).
     """
 
-    def __init__(self, classifier: nn.Module, config: PSSRConfig | None = None, image_shape: tuple[int, int, int] = (1, 28, 28),
-                 num_classes: int | None = None, scorer: nn.Module | None = None, generator: nn.Module | None = None,
-                 classifier_spec: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        config: PSSRConfig | None = None,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int | None = None,
+        scorer: nn.Module | None = None,
+        generator: nn.Module | None = None,
+        classifier_spec: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
-            raise ValueError(f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}")
+            raise ValueError(
+                f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}"
+            )
         config = config or PSSRConfig()
         if not isinstance(config, PSSRConfig):
             raise ValueError(f"config must be a PSSRConfig, got {type(config).__name__}")
@@ -222,10 +250,21 @@ class PSSR(nn.Module):
             with torch.no_grad(), eval_mode(classifier):
                 num_classes = int(classifier(probe).shape[1])
         self.num_classes = int(num_classes)
-        self.scorer = scorer if scorer is not None else create_scorer(config.scorer, **scorer_kwargs(config, c))
+        self.scorer = (
+            scorer if scorer is not None else create_scorer(config.scorer, **scorer_kwargs(config, c))
+        )
         if config.use_regeneration:
-            self.generator = generator if generator is not None else Regenerator(
-                c, width=config.gen_width, depth=config.gen_depth, condition=config.condition, num_classes=self.num_classes)
+            self.generator = (
+                generator
+                if generator is not None
+                else Regenerator(
+                    c,
+                    width=config.gen_width,
+                    depth=config.gen_depth,
+                    condition=config.condition,
+                    num_classes=self.num_classes,
+                )
+            )
         else:
             self.generator = None
         self.classifier_spec = classifier_spec or classifier_spec_of(classifier)
@@ -239,8 +278,10 @@ class PSSR(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
         if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"x must have (C, H, W) = {self.image_shape} (channels and size of this defense), "
-                             f"got {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"x must have (C, H, W) = {self.image_shape} (channels and size of this defense), "
+                f"got {tuple(x.shape[1:])}"
+            )
         if not x.is_floating_point():
             raise ValueError(f"x must be a float tensor with pixels in [0, 1], got dtype {x.dtype}")
         if x.shape[0] == 0:
@@ -285,7 +326,9 @@ class PSSR(nn.Module):
                 return compose(x, holed, m)
             cond = self.classifier(holed) if cfg.condition == "logits" else None
             generated = self.generator(holed, m, cond)
-            if cfg.restore_scope == "full":  # G also re-renders the kept pixels (the trivial attack is its input)
+            if (
+                cfg.restore_scope == "full"
+            ):  # G also re-renders the kept pixels (the trivial attack is its input)
                 return generated.to(x.dtype)
             return compose(x, generated, m)
 
@@ -308,8 +351,10 @@ class PSSR(nn.Module):
     # ---------------- persistence ----------------
     def state(self) -> dict[str, Any]:
         if self.classifier_spec is None:
-            raise ValueError("cannot save PSSR: the classifier's model name and kwargs are unknown; pass "
-                             "classifier_spec={'name': ..., 'kwargs': {...}} (pssr.models.create_model arguments)")
+            raise ValueError(
+                "cannot save PSSR: the classifier's model name and kwargs are unknown; pass "
+                "classifier_spec={'name': ..., 'kwargs': {...}} (pssr.models.create_model arguments)"
+            )
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
         return {
             "format": FORMAT,
@@ -318,10 +363,14 @@ class PSSR(nn.Module):
             "image_shape": list(self.image_shape),
             "num_classes": self.num_classes,
             "classifier": {**self.classifier_spec, "state_dict": cpu(self.classifier.state_dict())},
-            "scorer": {"name": self.config.scorer, "kwargs": dict(getattr(self.scorer, "kwargs", {})),
-                       "state_dict": cpu(self.scorer.state_dict())},
-            "generator": None if self.generator is None else {
-                "kwargs": dict(self.generator.kwargs), "state_dict": cpu(self.generator.state_dict())},
+            "scorer": {
+                "name": self.config.scorer,
+                "kwargs": dict(getattr(self.scorer, "kwargs", {})),
+                "state_dict": cpu(self.scorer.state_dict()),
+            },
+            "generator": None
+            if self.generator is None
+            else {"kwargs": dict(self.generator.kwargs), "state_dict": cpu(self.generator.state_dict())},
             "metrics": _plain(dict(self.metrics)),
             "metadata": _plain(run_metadata()),
         }
@@ -337,7 +386,9 @@ class PSSR(nn.Module):
         if ck.get("format") != FORMAT:
             raise ValueError(f"not a PSSR checkpoint (format={ck.get('format')!r}, expected {FORMAT!r})")
         if int(ck.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"PSSR checkpoint format_version {ck['format_version']} is newer than this pssr ({FORMAT_VERSION})")
+            raise ValueError(
+                f"PSSR checkpoint format_version {ck['format_version']} is newer than this pssr ({FORMAT_VERSION})"
+            )
         cfg = build(PSSRConfig, ck["config"])
         spec = ck["classifier"]
         clf = create_model(spec["name"], **spec.get("kwargs", {}))
@@ -350,8 +401,15 @@ class PSSR(nn.Module):
         if ck.get("generator") is not None:
             gen = Regenerator(**ck["generator"]["kwargs"])
             gen.load_state_dict(ck["generator"]["state_dict"])
-        model = cls(clf, cfg, image_shape=tuple(ck["image_shape"]), num_classes=int(ck["num_classes"]),
-                    scorer=scorer, generator=gen, classifier_spec=clf.pssr_spec)
+        model = cls(
+            clf,
+            cfg,
+            image_shape=tuple(ck["image_shape"]),
+            num_classes=int(ck["num_classes"]),
+            scorer=scorer,
+            generator=gen,
+            classifier_spec=clf.pssr_spec,
+        )
         model.metrics = dict(ck.get("metrics", {}))
         model.eval()
         return model.to(device) if device is not None else model
@@ -421,8 +479,10 @@ def read_image(path: str | Path, image_shape: tuple[int, int, int]) -> Tensor:
         raise ValueError(f"image files can feed 1- or 3-channel defenses, this one takes C={c}")
     with Image.open(path) as im:
         if im.size != (w, h):
-            raise ValueError(f"{path}: image is {im.size[0]}x{im.size[1]} (WxH) but the defense takes {w}x{h}; "
-                             "resize it first (pssr does not resize, to avoid silently changing the input)")
+            raise ValueError(
+                f"{path}: image is {im.size[0]}x{im.size[1]} (WxH) but the defense takes {w}x{h}; "
+                "resize it first (pssr does not resize, to avoid silently changing the input)"
+            )
         arr = torch.frombuffer(bytearray(im.convert("L" if c == 1 else "RGB").tobytes()), dtype=torch.uint8)
     return arr.view(h, w, c).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
@@ -442,8 +502,13 @@ def write_image(path: str | Path, x: Tensor) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def purify_files(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, figure: bool = False,
-                 device: str | torch.device | None = None) -> list[dict[str, Any]]:
+def purify_files(
+    checkpoint: str | Path,
+    images: list[str | Path],
+    out_dir: str | Path,
+    figure: bool = False,
+    device: str | torch.device | None = None,
+) -> list[dict[str, Any]]:
     """Purify image files with a saved PSSR; write ``<out>/<stem>.png`` (and ``<stem>-figure.png``).
 
     Returns one record per image: paths and the classifier's prediction before and after purification.
@@ -462,16 +527,26 @@ def purify_files(checkpoint: str | Path, images: list[str | Path], out_dir: str 
             before = int(defense.classifier(x).argmax(1))
             after = int(defense.classifier(x_p).argmax(1))
         dst = write_image(out / f"{Path(p).stem}.png", x_p[0])
-        rec: dict[str, Any] = {"input": str(p), "output": str(dst), "pred_before": before, "pred_after": after,
-                               "removed_pixels": int(mask.sum())}
+        rec: dict[str, Any] = {
+            "input": str(p),
+            "output": str(dst),
+            "pred_before": before,
+            "pred_after": after,
+            "removed_pixels": int(mask.sum()),
+        }
         if figure:
-            rec["figure"] = str(_figure(out / f"{Path(p).stem}-figure.png", x[0], scores[0, 0], mask[0, 0], x_p[0],
-                                        before, after))
+            rec["figure"] = str(
+                _figure(
+                    out / f"{Path(p).stem}-figure.png", x[0], scores[0, 0], mask[0, 0], x_p[0], before, after
+                )
+            )
         records.append(rec)
     return records
 
 
-def _figure(path: Path, x: Tensor, scores: Tensor, mask: Tensor, x_p: Tensor, before: int, after: int) -> Path:
+def _figure(
+    path: Path, x: Tensor, scores: Tensor, mask: Tensor, x_p: Tensor, before: int, after: int
+) -> Path:
     """Side-by-side PNG: input, score map, mask, restored image; predictions in the titles."""
     import io
 
@@ -487,10 +562,19 @@ def _figure(path: Path, x: Tensor, scores: Tensor, mask: Tensor, x_p: Tensor, be
         return a[:, :, 0] if a.shape[2] == 1 else a
 
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
-    panels = [(img(x), f"input (pred {before})", "gray"), (scores.cpu().numpy(), "pixel scores", "magma"),
-              (mask.cpu().numpy(), f"mask ({int(mask.sum())} removed)", "gray"), (img(x_p), f"restored (pred {after})", "gray")]
+    panels = [
+        (img(x), f"input (pred {before})", "gray"),
+        (scores.cpu().numpy(), "pixel scores", "magma"),
+        (mask.cpu().numpy(), f"mask ({int(mask.sum())} removed)", "gray"),
+        (img(x_p), f"restored (pred {after})", "gray"),
+    ]
     for ax, (a, title, cmap) in zip(axes, panels):
-        ax.imshow(a, cmap=cmap if a.ndim == 2 else None, vmin=None if cmap == "magma" else 0, vmax=None if cmap == "magma" else 1)
+        ax.imshow(
+            a,
+            cmap=cmap if a.ndim == 2 else None,
+            vmin=None if cmap == "magma" else 0,
+            vmax=None if cmap == "magma" else 1,
+        )
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -31,8 +31,10 @@ CONDITIONS = ("none", "logits")
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.LeakyReLU(0.1, inplace=True),
     )
 
 
@@ -43,16 +45,27 @@ class UNet(nn.Module):
     layer on the bottleneck driven by a (N, cond_dim) vector.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: int = 32, depth: int = 2, cond_dim: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, width: int = 32, depth: int = 2, cond_dim: int = 0
+    ) -> None:
         super().__init__()
-        for name, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1), ("width", width, 1),
-                            ("depth", depth, 0), ("cond_dim", cond_dim, 0)):
+        for name, v, lo in (
+            ("in_channels", in_channels, 1),
+            ("out_channels", out_channels, 1),
+            ("width", width, 1),
+            ("depth", depth, 0),
+            ("cond_dim", cond_dim, 0),
+        ):
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"UNet: {name} must be an int >= {lo}, got {v!r}")
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_block(in_channels, chans[0])] + [_block(chans[i - 1], chans[i]) for i in range(1, depth + 1)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(depth, 0, -1)])
+        self.down = nn.ModuleList(
+            [_block(in_channels, chans[0])] + [_block(chans[i - 1], chans[i]) for i in range(1, depth + 1)]
+        )
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(depth, 0, -1)]
+        )
         self.dec = nn.ModuleList([_block(2 * chans[i - 1], chans[i - 1]) for i in range(depth, 0, -1)])
         self.head = nn.Conv2d(chans[0], out_channels, 1)
         self.film = nn.Linear(cond_dim, 2 * chans[-1]) if cond_dim > 0 else None
@@ -91,21 +104,44 @@ class Regenerator(nn.Module):
         num_classes: size of the logits vector when ``condition == "logits"``.
     """
 
-    def __init__(self, channels: int = 1, width: int = 32, depth: int = 2, condition: str = "none", num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        channels: int = 1,
+        width: int = 32,
+        depth: int = 2,
+        condition: str = "none",
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         if condition not in CONDITIONS:
             raise ValueError(f"Regenerator: condition={condition!r} not supported; choose from {CONDITIONS}")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"Regenerator: num_classes must be an int >= 2, got {num_classes!r}")
         self.channels, self.condition = channels, condition
-        self.kwargs = {"channels": channels, "width": width, "depth": depth, "condition": condition, "num_classes": num_classes}
-        self.net = UNet(channels + 1, channels, width=width, depth=depth, cond_dim=num_classes if condition == "logits" else 0)
+        self.kwargs = {
+            "channels": channels,
+            "width": width,
+            "depth": depth,
+            "condition": condition,
+            "num_classes": num_classes,
+        }
+        self.net = UNet(
+            channels + 1,
+            channels,
+            width=width,
+            depth=depth,
+            cond_dim=num_classes if condition == "logits" else 0,
+        )
 
     def forward(self, x_holed: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
         if x_holed.ndim != 4 or x_holed.shape[1] != self.channels:
-            raise ValueError(f"Regenerator: x_holed must be (N, {self.channels}, H, W), got {tuple(x_holed.shape)}")
+            raise ValueError(
+                f"Regenerator: x_holed must be (N, {self.channels}, H, W), got {tuple(x_holed.shape)}"
+            )
         if mask.shape != (x_holed.shape[0], 1, *x_holed.shape[2:]):
-            raise ValueError(f"Regenerator: mask must be (N, 1, H, W) matching x_holed, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"Regenerator: mask must be (N, 1, H, W) matching x_holed, got {tuple(mask.shape)}"
+            )
         if self.condition == "logits":
             if cond is None:
                 raise ValueError("Regenerator(condition='logits') needs the classifier logits as cond")

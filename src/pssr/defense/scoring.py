@@ -139,6 +139,7 @@ def list_scorers(pattern: str = "*") -> list[str]:
 
 # ---- training targets: each pixel's share of the attack, (N, 1, H, W), summing to 1 per image ----
 
+
 def _normalize_share(t: Tensor) -> Tensor:
     """Per-image distribution over pixels; uniform where an image has no attack at all."""
     n, _, h, w = t.shape
@@ -149,13 +150,17 @@ def _normalize_share(t: Tensor) -> Tensor:
 
 
 @TARGETS.register("delta")
-def delta_target(x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None, y: Tensor | None = None) -> Tensor:
+def delta_target(
+    x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None, y: Tensor | None = None
+) -> Tensor:
     """``|delta|`` summed over channels. Weak under Linf PGD, where most |delta| saturate at eps."""
     return _normalize_share((x_adv - x).abs().sum(1, keepdim=True))
 
 
 @TARGETS.register("delta-grad")
-def delta_grad_target(x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None, y: Tensor | None = None) -> Tensor:
+def delta_grad_target(
+    x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None, y: Tensor | None = None
+) -> Tensor:
     """Each pixel's first-order contribution to the loss increase, ``relu(sum_c delta * g)``.
 
     ``g`` is the mean of ``grad_x CE`` at ``x`` and at ``x_adv`` (trapezoid rule of the integrated
@@ -169,7 +174,8 @@ def delta_grad_target(x: Tensor, x_adv: Tensor, classifier: nn.Module | None = N
     return _normalize_share(contrib.clamp_min(0))
 
 
-def attack_share_target(kind: str, x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None,
-                        y: Tensor | None = None) -> Tensor:
+def attack_share_target(
+    kind: str, x: Tensor, x_adv: Tensor, classifier: nn.Module | None = None, y: Tensor | None = None
+) -> Tensor:
     """The learned scorer's target (see :data:`TARGETS`): (N, 1, H, W), each image sums to 1."""
     return TARGETS.get(kind)(x, x_adv, classifier, y)

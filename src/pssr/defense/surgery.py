@@ -33,7 +33,9 @@ FILLS: Registry[Callable[..., Tensor]] = Registry("fill")
 
 def _check_scores(scores: Tensor) -> None:
     if not isinstance(scores, Tensor) or scores.ndim != 4 or scores.shape[1] != 1:
-        raise ValueError(f"scores must be a (N, 1, H, W) tensor, got {getattr(scores, 'shape', type(scores))}")
+        raise ValueError(
+            f"scores must be a (N, 1, H, W) tensor, got {getattr(scores, 'shape', type(scores))}"
+        )
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN")
 

@@ -56,7 +56,10 @@ class CheckConfig:
     random_tol: float = 1e-4  # relative logit change between two passes that counts as randomness
     zero_grad_fraction: float = 0.1  # flag when more than this share has an exactly zero gradient
     large_eps: float | None = None  # None: Linf 1.0, L2 sqrt(C*H*W) (the whole image cube)
-    large_eps_attacks: tuple[str, ...] = ("pgd", "pgd-bpda")  # registry names; bpda only for models with .bpda
+    large_eps_attacks: tuple[str, ...] = (
+        "pgd",
+        "pgd-bpda",
+    )  # registry names; bpda only for models with .bpda
     # Extra attack arguments. No random start: at a budget that reaches any image a random start
     # alone already misclassifies most inputs, which would hide a blind gradient.
     large_eps_kwargs: dict[str, Any] = field(default_factory=lambda: {"random_start": False})
@@ -103,22 +106,27 @@ def check_randomness(model: nn.Module, x: Tensor, tol: float) -> tuple[dict[str,
     if not finite:
         flags.append(flag("nonfinite_outputs", "the model's logits contain NaN or inf on clean inputs"))
     if random:
-        flags.append(flag("random_forward",
-                          f"two forward passes differ (max logit change {diff:.3g}): the defense is randomized; "
-                          "gradient attacks need EOT (e.g. pgd-bpda-eot) and one-pass accuracies are noisy"))
+        flags.append(
+            flag(
+                "random_forward",
+                f"two forward passes differ (max logit change {diff:.3g}): the defense is randomized; "
+                "gradient attacks need EOT (e.g. pgd-bpda-eot) and one-pass accuracies are noisy",
+            )
+        )
     return {"max_logit_diff": diff, "random": random, "finite": finite}, flags
 
 
-def check_gradients(model: nn.Module, x: Tensor, y: Tensor, zero_fraction: float
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def check_gradients(
+    model: nn.Module, x: Tensor, y: Tensor, zero_fraction: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Input gradients of the margin and cross-entropy losses; flags zero / non-finite gradients."""
     xr = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xr)
         margin = _margin_loss(logits, y).sum()
-        g_margin, = torch.autograd.grad(margin, xr, retain_graph=True, allow_unused=True)
+        (g_margin,) = torch.autograd.grad(margin, xr, retain_graph=True, allow_unused=True)
         ce = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-        g_ce, = torch.autograd.grad(ce, xr, allow_unused=True)
+        (g_ce,) = torch.autograd.grad(ce, xr, allow_unused=True)
     if g_margin is None:  # the output does not depend on x in the graph at all
         g_margin = torch.zeros_like(xr)
     if g_ce is None:
@@ -137,13 +145,21 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor, zero_fraction: float
     }
     flags = []
     if res["zero_fraction"] > zero_fraction:
-        flags.append(flag("zero_gradients",
-                          f"{res['zero_fraction']:.0%} of the examples have an exactly zero input gradient "
-                          "(margin loss): gradient attacks through this model are blind; use BPDA or a "
-                          "gradient-free attack (Square)"))
+        flags.append(
+            flag(
+                "zero_gradients",
+                f"{res['zero_fraction']:.0%} of the examples have an exactly zero input gradient "
+                "(margin loss): gradient attacks through this model are blind; use BPDA or a "
+                "gradient-free attack (Square)",
+            )
+        )
     if res["nonfinite_fraction"] > 0:
-        flags.append(flag("nonfinite_gradients",
-                          f"{res['nonfinite_fraction']:.0%} of the examples have NaN/inf input gradients"))
+        flags.append(
+            flag(
+                "nonfinite_gradients",
+                f"{res['nonfinite_fraction']:.0%} of the examples have NaN/inf input gradients",
+            )
+        )
     return res, flags
 
 
@@ -176,10 +192,14 @@ def check_large_eps(
             acc = float((model(x_adv).argmax(1) == y).float().mean())
         res["accuracy"][name] = acc
         if acc > config.large_eps_max_accuracy:
-            flags.append(flag("large_eps_not_broken",
-                              f"{name} at eps={eps:.3g} ({norm}), a budget that reaches any image, leaves "
-                              f"accuracy {acc:.1%}: the attack gets no useful gradient (obfuscation) or is too weak",
-                              attack=name))
+            flags.append(
+                flag(
+                    "large_eps_not_broken",
+                    f"{name} at eps={eps:.3g} ({norm}), a budget that reaches any image, leaves "
+                    f"accuracy {acc:.1%}: the attack gets no useful gradient (obfuscation) or is too weak",
+                    attack=name,
+                )
+            )
     return res, flags
 
 
@@ -195,8 +215,9 @@ def _attack_factory():  # noqa: ANN202 - returns the attacks package's create fu
     return create_attack
 
 
-def run_pre_checks(model: nn.Module, x: Tensor, y: Tensor, norm: str, seed: int, config: CheckConfig
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_pre_checks(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, seed: int, config: CheckConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All pre-attack checks on (x, y) (already on the model's device); restores the model's mode."""
     was = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -220,8 +241,9 @@ def run_pre_checks(model: nn.Module, x: Tensor, y: Tensor, norm: str, seed: int,
 # ----------------------------------------------------------------------------------------------
 
 
-def check_black_box(records: list[dict[str, Any]], black_box: dict[tuple[str, str], bool],
-                    margin: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def check_black_box(
+    records: list[dict[str, Any]], black_box: dict[tuple[str, str], bool], margin: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per (threat model, eps): examples broken only by black-box controls (Square, transfer).
 
     ``records``: one model's attack records; ``black_box[(threat_model, attack)]`` says which
@@ -245,16 +267,22 @@ def check_black_box(records: list[dict[str, Any]], black_box: dict[tuple[str, st
         frac = extra / max(1, len(idx))
         res[f"{threat}@{eps:g}"] = {"only_black_box_broken": extra, "fraction": frac, "n": len(idx)}
         if frac > margin:
-            flags.append(flag("black_box_beats_white_box",
-                              f"[{threat}, eps={eps:g}] black-box attacks (gradient-free / transfer) broke {extra} "
-                              f"example(s) ({frac:.1%}) that every white-box gradient attack left robust: the "
-                              "gradients mislead the attacks",
-                              eps=eps, threat_model=threat))
+            flags.append(
+                flag(
+                    "black_box_beats_white_box",
+                    f"[{threat}, eps={eps:g}] black-box attacks (gradient-free / transfer) broke {extra} "
+                    f"example(s) ({frac:.1%}) that every white-box gradient attack left robust: the "
+                    "gradients mislead the attacks",
+                    eps=eps,
+                    threat_model=threat,
+                )
+            )
     return res, flags
 
 
-def check_adaptive_gap(worst: dict[tuple[str, float], float], gap: float
-                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def check_adaptive_gap(
+    worst: dict[tuple[str, float], float], gap: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``worst[(threat_model, eps)]``: worst-case accuracy; flags a large paper-vs-adaptive gap."""
     res: dict[str, Any] = {}
     flags = []
@@ -264,10 +292,14 @@ def check_adaptive_gap(worst: dict[tuple[str, float], float], gap: float
         diff = acc_paper - worst[("adaptive", eps)]
         res[f"{eps:g}"] = {"paper": acc_paper, "adaptive": worst[("adaptive", eps)], "gap": diff}
         if diff > gap:
-            flags.append(flag("adaptive_much_lower",
-                              f"[eps={eps:g}] adaptive attacks leave {worst[('adaptive', eps)]:.1%} vs {acc_paper:.1%} "
-                              "under the paper's gray-box protocol: the paper protocol overstates robustness",
-                              eps=eps))
+            flags.append(
+                flag(
+                    "adaptive_much_lower",
+                    f"[eps={eps:g}] adaptive attacks leave {worst[('adaptive', eps)]:.1%} vs {acc_paper:.1%} "
+                    "under the paper's gray-box protocol: the paper protocol overstates robustness",
+                    eps=eps,
+                )
+            )
     return res, flags
 
 
@@ -293,10 +325,14 @@ def check_collapse(clean: list[dict[str, Any]]) -> tuple[dict[str, Any], list[di
     res = {"top_prediction": top, "top_prediction_share": k / n, "label_share": labels.get(top, 0) / n}
     flags = []
     if k / n >= COLLAPSE_SHARE and labels.get(top, 0) / n < COLLAPSE_SHARE:
-        flags.append(flag("collapsed_predictions",
-                          f"the model predicts class {top} for {k / n:.0%} of the clean examples (its share of the "
-                          f"labels: {labels.get(top, 0) / n:.0%}): its accuracies under attack are those of a constant "
-                          "classifier, not robustness"))
+        flags.append(
+            flag(
+                "collapsed_predictions",
+                f"the model predicts class {top} for {k / n:.0%} of the clean examples (its share of the "
+                f"labels: {labels.get(top, 0) / n:.0%}): its accuracies under attack are those of a constant "
+                "classifier, not robustness",
+            )
+        )
     return res, flags
 
 
@@ -307,9 +343,13 @@ def check_budget(records: list[dict[str, Any]], tol: float) -> tuple[dict[str, A
     flags = []
     if bad:
         names = sorted({r["attack"] for r in bad})
-        flags.append(flag("budget_violation",
-                          f"{len(bad)} adversarial example(s) lie outside their eps-ball ({', '.join(names)}); "
-                          "those attacks are buggy and their numbers are not comparable"))
+        flags.append(
+            flag(
+                "budget_violation",
+                f"{len(bad)} adversarial example(s) lie outside their eps-ball ({', '.join(names)}); "
+                "those attacks are buggy and their numbers are not comparable",
+            )
+        )
     return res, flags
 
 

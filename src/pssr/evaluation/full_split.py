@@ -62,7 +62,11 @@ def clean_accuracy(
         compute: False computes nothing (models without a saved result get ``{"pending": True}``);
             a collection of names computes those models only.
     """
-    if not isinstance(models, Mapping) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
+    if (
+        not isinstance(models, Mapping)
+        or not models
+        or not all(isinstance(m, nn.Module) for m in models.values())
+    ):
         raise ValueError("models must be a non-empty dict {name: nn.Module}")
     if not isinstance(split, Split):
         raise ValueError(f"split must be a pssr.data.Split, got {type(split).__name__}")
@@ -71,7 +75,9 @@ def clean_accuracy(
     if not isinstance(compute, bool):
         unknown = sorted(set(compute) - set(models))
         if isinstance(compute, str) or unknown:
-            raise ValueError(f"compute must be True, False or a collection of model names; unknown: {unknown or compute!r}")
+            raise ValueError(
+                f"compute must be True, False or a collection of model names; unknown: {unknown or compute!r}"
+            )
     info = D.current()
     path = Path(cache) if cache is not None else None
     data_fp = _data_fingerprint(split.x, split.y)
@@ -99,20 +105,30 @@ def clean_accuracy(
                 with torch.no_grad():
                     for b in mine:
                         _reseed(model, _derived_seed(seed, "clean-full-split", name, b))
-                        xb = split.x[starts[b]:starts[b] + batch_size].to(dev)
-                        yb = split.y[starts[b]:starts[b] + batch_size].to(dev)
+                        xb = split.x[starts[b] : starts[b] + batch_size].to(dev)
+                        yb = split.y[starts[b] : starts[b] + batch_size].to(dev)
                         c += int((model(xb).argmax(1) == yb).sum())
             finally:
                 model.train(was_training)
             return c
 
         correct = sum(D.all_gather_results(count, info))
-        entry = {"n": n, "correct": correct, "accuracy": correct / n,
-                 "seconds": round(time.perf_counter() - t0, 1), "fingerprint": fp}
+        entry = {
+            "n": n,
+            "correct": correct,
+            "accuracy": correct / n,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "fingerprint": fp,
+        }
         out[name] = saved[name] = entry
         if info.is_main:
-            log.info("clean accuracy of %s on the whole split: %.2f%% (n=%d), %.0f s", name, 100 * entry["accuracy"],
-                     n, entry["seconds"])
+            log.info(
+                "clean accuracy of %s on the whole split: %.2f%% (n=%d), %.0f s",
+                name,
+                100 * entry["accuracy"],
+                n,
+                entry["seconds"],
+            )
         if path is not None:
             D.on_main(lambda: _write(path, data_fp, saved), info)
     return out

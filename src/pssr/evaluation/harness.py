@@ -91,7 +91,9 @@ class AttackSpec:
 
     def __post_init__(self) -> None:
         if self.threat_model not in THREAT_MODELS:
-            raise ValueError(f"attack {self.name!r}: threat_model={self.threat_model!r}; choose from {THREAT_MODELS}")
+            raise ValueError(
+                f"attack {self.name!r}: threat_model={self.threat_model!r}; choose from {THREAT_MODELS}"
+            )
         if not self.label:
             object.__setattr__(self, "label", self.name)
         bad = {"eps", "norm", "seed", "model"} & set(self.kwargs)
@@ -99,10 +101,17 @@ class AttackSpec:
             raise ValueError(f"attack {self.label!r}: {sorted(bad)} are set by evaluate(), not per attack")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "threat_model": self.threat_model, "label": self.label,
-                "kwargs": {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v))
-                           for k, v in self.kwargs.items()},
-                "for_randomized": self.for_randomized, "needs_surrogate": self.needs_surrogate}
+        return {
+            "name": self.name,
+            "threat_model": self.threat_model,
+            "label": self.label,
+            "kwargs": {
+                k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v))
+                for k, v in self.kwargs.items()
+            },
+            "for_randomized": self.for_randomized,
+            "needs_surrogate": self.needs_surrogate,
+        }
 
 
 def _attacks_module() -> Any:
@@ -139,8 +148,9 @@ def _set_entries(set_name: str, dataset: str | None) -> list[Any]:
     return list(sets[set_name][fam])
 
 
-def _defaults_for(name: str, threat: str | None, dataset: str | None, norm: str
-                  ) -> tuple[Any | None, str | None, bool]:
+def _defaults_for(
+    name: str, threat: str | None, dataset: str | None, norm: str
+) -> tuple[Any | None, str | None, bool]:
     """The set entry describing attack ``name``, its set's name, and whether its hyper-parameters apply.
 
     Looks the name up as a label, then as a registry name, in the set of ``threat`` first, preferring
@@ -161,13 +171,23 @@ def _defaults_for(name: str, threat: str | None, dataset: str | None, norm: str
     return None, None, False
 
 
-def _from_set_entry(entry: Any, threat: str, label: str = "", extra: Mapping[str, Any] | None = None,
-                    with_kwargs: bool = True) -> AttackSpec:
-    kw = {k: v for k, v in dict(entry.kwargs).items() if k not in ("eps", "norm", "seed")} if with_kwargs else {}
+def _from_set_entry(
+    entry: Any, threat: str, label: str = "", extra: Mapping[str, Any] | None = None, with_kwargs: bool = True
+) -> AttackSpec:
+    kw = (
+        {k: v for k, v in dict(entry.kwargs).items() if k not in ("eps", "norm", "seed")}
+        if with_kwargs
+        else {}
+    )
     kw.update(extra or {})
-    return AttackSpec(name=entry.attack, threat_model=threat, kwargs=kw, label=label or entry.label,
-                      for_randomized=bool(getattr(entry, "for_randomized", False)),
-                      needs_surrogate=bool(getattr(entry, "needs_surrogate", False)))
+    return AttackSpec(
+        name=entry.attack,
+        threat_model=threat,
+        kwargs=kw,
+        label=label or entry.label,
+        for_randomized=bool(getattr(entry, "for_randomized", False)),
+        needs_surrogate=bool(getattr(entry, "needs_surrogate", False)),
+    )
 
 
 def _entry_norm(entry: Any) -> str:
@@ -194,14 +214,21 @@ def _spec_from(item: str | Mapping[str, Any], dataset: str | None, norm: str) ->
     entry, set_name, exact = _defaults_for(name, threat or None, dataset, norm)
     threat = threat or set_name or "paper"
     if entry is not None:
-        return _from_set_entry(entry, threat, label=label or (entry.label if exact else name), extra=kw,
-                               with_kwargs=exact)
-    return AttackSpec(name=name, threat_model=threat, kwargs=kw, label=label,
-                      needs_surrogate=name == "transfer" and "surrogate" not in kw)
+        return _from_set_entry(
+            entry, threat, label=label or (entry.label if exact else name), extra=kw, with_kwargs=exact
+        )
+    return AttackSpec(
+        name=name,
+        threat_model=threat,
+        kwargs=kw,
+        label=label,
+        needs_surrogate=name == "transfer" and "surrogate" not in kw,
+    )
 
 
-def parse_attacks(attacks: str | Sequence[str | Mapping[str, Any]], dataset: str | None = None,
-                  norm: str = "linf") -> list[AttackSpec]:
+def parse_attacks(
+    attacks: str | Sequence[str | Mapping[str, Any]], dataset: str | None = None, norm: str = "linf"
+) -> list[AttackSpec]:
     """Attack specs from a set name, a comma list, or a list of names / dicts.
 
     * ``"paper"`` / ``"adaptive"`` expand to ``pssr.attacks.ATTACK_SETS[set][family of dataset]``
@@ -228,8 +255,13 @@ def parse_attacks(attacks: str | Sequence[str | Mapping[str, Any]], dataset: str
             set_name = item.strip().lower()
             for e in _set_entries(set_name, dataset):
                 if _entry_norm(e) != norm:
-                    log.info("attack set %r: %s (%s) left out of a %s evaluation", set_name, e.label,
-                             _entry_norm(e), norm)
+                    log.info(
+                        "attack set %r: %s (%s) left out of a %s evaluation",
+                        set_name,
+                        e.label,
+                        _entry_norm(e),
+                        norm,
+                    )
                     continue
                 specs.append(_from_set_entry(e, set_name))
         else:
@@ -240,8 +272,9 @@ def parse_attacks(attacks: str | Sequence[str | Mapping[str, Any]], dataset: str
         k = (s.threat_model, s.label)
         seen[k] = seen.get(k, 0) + 1
         if seen[k] > 1:
-            s = AttackSpec(s.name, s.threat_model, s.kwargs, f"{s.label}#{seen[k]}", s.for_randomized,
-                           s.needs_surrogate)
+            s = AttackSpec(
+                s.name, s.threat_model, s.kwargs, f"{s.label}#{seen[k]}", s.for_randomized, s.needs_surrogate
+            )
         out.append(s)
     if not out:
         raise ValueError(f"no attacks to run from attacks={attacks!r} (norm={norm!r})")
@@ -306,8 +339,11 @@ def _model_fingerprint(model: nn.Module) -> str:
         h.update(k.encode())
         if isinstance(v, Tensor):
             h.update(str(tuple(v.shape)).encode())
-            h.update(v.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                     if v.numel() else b"")
+            h.update(
+                v.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                if v.numel()
+                else b""
+            )
     return h.hexdigest()[:24]
 
 
@@ -365,7 +401,9 @@ def _describe(model: nn.Module, source_kind: str) -> dict[str, Any]:
         except TypeError:
             c = None
         if isinstance(c, Mapping):
-            d["config"] = {k: v for k, v in c.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+            d["config"] = {
+                k: v for k, v in c.items() if isinstance(v, (str, int, float, bool, type(None), list))
+            }
     return d
 
 
@@ -384,7 +422,9 @@ def _model_config(model: nn.Module) -> Any:
     return _jsonable(cfg) if isinstance(cfg, Mapping) else None
 
 
-def _gray_box_source(name: str, model: nn.Module, given: Mapping[str, nn.Module] | None) -> tuple[nn.Module, str]:
+def _gray_box_source(
+    name: str, model: nn.Module, given: Mapping[str, nn.Module] | None
+) -> tuple[nn.Module, str]:
     if given and name in given:
         return given[name], "user"
     clf = getattr(model, "classifier", None)
@@ -496,14 +536,18 @@ def evaluate(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not isinstance(compute, bool):
         if isinstance(compute, str) or not compute or not all(isinstance(c, str) for c in compute):
-            raise ValueError(f"compute must be True, False or a non-empty collection of model names, got {compute!r}")
+            raise ValueError(
+                f"compute must be True, False or a non-empty collection of model names, got {compute!r}"
+            )
         unknown = sorted(set(compute) - set(models))
         if unknown:
             raise ValueError(f"compute names {unknown}, not among the models ({', '.join(models)})")
         compute = frozenset(compute)
     if compute is False and (state_dir is None or not Path(state_dir, "state.json").is_file()):
-        raise ValueError("compute=False reports what an evaluation saved in its state folder; "
-                         + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)"))
+        raise ValueError(
+            "compute=False reports what an evaluation saved in its state folder; "
+            + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)")
+        )
     check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
     if checks is not False and check_cfg is None:
         raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
@@ -532,14 +576,23 @@ def evaluate(
     if subset_seed is None:
         idx = torch.arange(n_eval)
     else:
-        idx = torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval].sort().values
+        idx = (
+            torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval]
+            .sort()
+            .values
+        )
     x_all, y_all = split.x[idx], split.y[idx]
     index = idx.tolist()
     coverage = _class_coverage(split.y, y_all)
     if coverage["missing"] and info.is_main:
-        log.warning("the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
-                    "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
-                    n_eval, coverage["in_subset"], coverage["in_split"], coverage["missing"])
+        log.warning(
+            "the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
+            "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
+            n_eval,
+            coverage["in_subset"],
+            coverage["in_split"],
+            coverage["missing"],
+        )
 
     sources = {name: _gray_box_source(name, m, gray_box_source) for name, m in models.items()}
     descriptions = {name: _describe(m, sources[name][1]) for name, m in models.items()}
@@ -580,20 +633,52 @@ def evaluate(
         "state_dir": str(state_dir) if state_dir is not None else None,
     }
     if info.enabled:
-        config["distributed"] = {"world_size": info.world_size, "backend": info.backend,
-                                 "seconds": "summed over ranks (device-seconds), not wall-clock"}
+        config["distributed"] = {
+            "world_size": info.world_size,
+            "backend": info.backend,
+            "seconds": "summed over ranks (device-seconds), not wall-clock",
+        }
 
     # Keep the caller's global RNG streams untouched by the per-batch reseeding.
     py_state, np_state = random.getstate(), np.random.get_state()
-    cuda_devs = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cuda_devs = (
+        [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
     try:
         with torch.random.fork_rng(devices=cuda_devs):
             # what every unit of a model depends on besides its attack and eps (see state.unit_fingerprint)
             common = {k: settings[k] for k in ("data", "index", "norm", "seed", "batch_size", "checks")}
-            unit_inputs = {name: {**common, "model": settings["models"][name], "source": settings["sources"][name],
-                                  "model_config": _model_config(m)} for name, m in models.items()}
-            run = _Run(models, sources, x_all, y_all, index, specs, eps_list, norm, batch_size, seed, dev, store,
-                       progress and info.is_main, check_cfg, n_examples, info, unit_inputs, compute)
+            unit_inputs = {
+                name: {
+                    **common,
+                    "model": settings["models"][name],
+                    "source": settings["sources"][name],
+                    "model_config": _model_config(m),
+                }
+                for name, m in models.items()
+            }
+            run = _Run(
+                models,
+                sources,
+                x_all,
+                y_all,
+                index,
+                specs,
+                eps_list,
+                norm,
+                batch_size,
+                seed,
+                dev,
+                store,
+                progress and info.is_main,
+                check_cfg,
+                n_examples,
+                info,
+                unit_inputs,
+                compute,
+            )
             run.execute()
     finally:
         random.setstate(py_state)
@@ -605,7 +690,11 @@ def evaluate(
     if run.pending:  # a worst case over fewer attacks than the threat model's is an upper bound: left out
         partial = {(m, p.split("/", 1)[0]) for m, units in run.pending.items() for p in units if "/" in p}
         partial |= {(m, "all") for m, _ in partial}
-        results = [r for r in results if not (r["attack"] == "worst-case" and (r["model"], r["threat_model"]) in partial)]
+        results = [
+            r
+            for r in results
+            if not (r["attack"] == "worst-case" and (r["model"], r["threat_model"]) in partial)
+        ]
     config["complete"] = not run.pending
     model_info: dict[str, Any] = {}
     for name in models:
@@ -618,13 +707,23 @@ def evaluate(
         if run.pending.get(name):
             info["pending"] = run.pending[name]
         model_info[name] = info
-    return Report(config=config, models=model_info, results=results, records=records, metadata=run_metadata(),
-                  examples=run.examples)
+    return Report(
+        config=config,
+        models=model_info,
+        results=results,
+        records=records,
+        metadata=run_metadata(),
+        examples=run.examples,
+    )
 
 
-def _post_checks(name: str, records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str], dict[str, Any]],
-                 results: list[dict[str, Any]], cfg: CheckConfig | None
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _post_checks(
+    name: str,
+    records: list[dict[str, Any]],
+    unit_meta: dict[tuple[str, str, str], dict[str, Any]],
+    results: list[dict[str, Any]],
+    cfg: CheckConfig | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if cfg is None:
         return {}, []
     mine = [r for r in records if r["model"] == name and r["attack"] != "clean"]
@@ -638,7 +737,9 @@ def _post_checks(name: str, records: list[dict[str, Any]], unit_meta: dict[tuple
     flags += f
     out["budget"], f = checks_mod.check_budget(mine, cfg.budget_tol)
     flags += f
-    out["collapse"], f = checks_mod.check_collapse([r for r in records if r["model"] == name and r["attack"] == "clean"])
+    out["collapse"], f = checks_mod.check_collapse(
+        [r for r in records if r["model"] == name and r["attack"] == "clean"]
+    )
     flags += f
     return out, flags
 
@@ -651,12 +752,27 @@ _SAME_ON_A_PLAIN_MODEL: Mapping[str, str] = {"autoattack-bpda": "autoattack"}
 class _Run:
     """The work of one ``evaluate`` call, cut into resumable units and chunks."""
 
-    def __init__(self, models: Mapping[str, nn.Module], sources: dict[str, tuple[nn.Module, str]], x: Tensor,
-                 y: Tensor, index: list[int], specs: list[AttackSpec], eps_list: list[float], norm: str,
-                 batch_size: int, seed: int, device: torch.device | None, store: StateStore, progress: bool,
-                 check_cfg: CheckConfig | None, n_examples: int, info: D.DistInfo | None = None,
-                 unit_inputs: dict[str, dict[str, Any]] | None = None,
-                 compute: bool | frozenset[str] = True) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, nn.Module],
+        sources: dict[str, tuple[nn.Module, str]],
+        x: Tensor,
+        y: Tensor,
+        index: list[int],
+        specs: list[AttackSpec],
+        eps_list: list[float],
+        norm: str,
+        batch_size: int,
+        seed: int,
+        device: torch.device | None,
+        store: StateStore,
+        progress: bool,
+        check_cfg: CheckConfig | None,
+        n_examples: int,
+        info: D.DistInfo | None = None,
+        unit_inputs: dict[str, dict[str, Any]] | None = None,
+        compute: bool | frozenset[str] = True,
+    ) -> None:
         self.models, self.sources = models, sources
         self.x, self.y, self.index = x, y, index
         self.specs, self.eps_list, self.norm = specs, eps_list, norm
@@ -683,7 +799,10 @@ class _Run:
         extra: dict[str, Any] = {}
         if spec is not None:
             attack = spec.to_dict()
-            for k, v in spec.kwargs.items():  # a model among the kwargs (a surrogate): its weights, not its repr
+            for (
+                k,
+                v,
+            ) in spec.kwargs.items():  # a model among the kwargs (a surrogate): its weights, not its repr
                 if isinstance(v, nn.Module):
                     attack["kwargs"][k] = _model_fingerprint(v)
             extra = {"attack": attack, "eps": eps}
@@ -699,8 +818,9 @@ class _Run:
     def _slice(self, c: int) -> slice:
         return slice(c * self.batch_size, min(self.n, (c + 1) * self.batch_size))
 
-    def _run_chunks(self, unit: UnitState, work: Callable[[int], tuple[list[dict[str, Any]], float]],
-                    bar: Any) -> None:
+    def _run_chunks(
+        self, unit: UnitState, work: Callable[[int], tuple[list[dict[str, Any]], float]], bar: Any
+    ) -> None:
         """Run ``work(c) -> (records, seconds)`` for the chunks ``unit`` has not done, saving after each.
 
         One process: chunk by chunk. N ranks: rounds of N chunks, rank k taking the round's k-th;
@@ -726,8 +846,14 @@ class _Run:
             c = stop
         if c > start and self.info.is_main:  # a line per unit computed: long runs go with --no-progress
             acc = sum(bool(r["correct"]) for r in unit.records) / max(1, len(unit.records))
-            log.info("%s: accuracy %.1f%% (n=%d), %.0f s%s", unit.key, 100 * acc,
-                     len(unit.records), unit.seconds, "" if start == 0 else f" (resumed at batch {start + 1})")
+            log.info(
+                "%s: accuracy %.1f%% (n=%d), %.0f s%s",
+                unit.key,
+                100 * acc,
+                len(unit.records),
+                unit.seconds,
+                "" if start == 0 else f" (resumed at batch {start + 1})",
+            )
 
     def _bar(self, total: int) -> Any:
         from tqdm.auto import tqdm
@@ -746,11 +872,17 @@ class _Run:
                     for eps in self.eps_list:
                         for spec in self.specs:
                             if clean_pred is None:  # report-only, clean predictions not saved yet
-                                self._pend(name, f"{spec.threat_model}/{spec.label}", "needs the clean predictions")
+                                self._pend(
+                                    name, f"{spec.threat_model}/{spec.label}", "needs the clean predictions"
+                                )
                             else:
                                 self._attack(name, model, spec, eps, clean_pred, dev, bar)
-                    if (name in self.computed and self.n_examples > 0 and callable(getattr(model, "purify", None))
-                            and self.specs):
+                    if (
+                        name in self.computed
+                        and self.n_examples > 0
+                        and callable(getattr(model, "purify", None))
+                        and self.specs
+                    ):
                         self._examples(name, model, clean_pred, dev)
 
     # -- units ------------------------------------------------------------------------------------
@@ -812,9 +944,21 @@ class _Run:
             for j in range(pred.shape[0]):
                 i = sl.start + j
                 p, lab = int(pred[j]), int(ys[j])
-                recs.append({"model": name, "threat_model": "none", "attack": "clean", "eps": 0.0,
-                             "index": self.index[i], "label": lab, "clean_pred": p, "adv_pred": p,
-                             "correct": p == lab, "attacked": False, "pert_norm": 0.0})
+                recs.append(
+                    {
+                        "model": name,
+                        "threat_model": "none",
+                        "attack": "clean",
+                        "eps": 0.0,
+                        "index": self.index[i],
+                        "label": lab,
+                        "clean_pred": p,
+                        "adv_pred": p,
+                        "correct": p == lab,
+                        "attacked": False,
+                        "pert_norm": 0.0,
+                    }
+                )
             return recs, seconds
 
         self._run_chunks(unit, work, bar)
@@ -822,11 +966,21 @@ class _Run:
         self.unit_meta[(name, "none", "clean")] = {"seconds": unit.seconds, "gradient_free": False}
         return torch.tensor([r["clean_pred"] for r in unit.records], dtype=torch.int64)
 
-    def _attack(self, name: str, model: nn.Module, spec: AttackSpec, eps: float, clean_pred: Tensor,
-                dev: torch.device, bar: Any) -> None:
+    def _attack(
+        self,
+        name: str,
+        model: nn.Module,
+        spec: AttackSpec,
+        eps: float,
+        clean_pred: Tensor,
+        dev: torch.device,
+        bar: Any,
+    ) -> None:
         key = f"attack|{name}|{spec.threat_model}|{spec.label}|{eps!r}"
         if spec.for_randomized and "checks" in self.pending.get(name, {}):
-            self._pend(name, f"{spec.threat_model}/{spec.label}", "runs or not as the checks find (not saved yet)")
+            self._pend(
+                name, f"{spec.threat_model}/{spec.label}", "runs or not as the checks find (not saved yet)"
+            )
             return
         reason = self._skip_reason(name, model, spec)
         if reason:
@@ -840,8 +994,9 @@ class _Run:
             bar.update(self.n_chunks - unit.chunks_done)
             self._finish_unit(name, spec, eps, unit)
             return
-        if self._unsaved(name, f"{spec.threat_model}/{spec.label}" + (f"@{eps:g}" if len(self.eps_list) > 1 else ""),
-                         unit):
+        if self._unsaved(
+            name, f"{spec.threat_model}/{spec.label}" + (f"@{eps:g}" if len(self.eps_list) > 1 else ""), unit
+        ):
             return
         source, source_kind = self.sources[name]
         target = model if spec.threat_model == "adaptive" else source
@@ -851,10 +1006,15 @@ class _Run:
             cfg = atk.config() if callable(getattr(atk, "config", None)) else {"name": spec.name}
             # Black-box controls: gradient-free attacks and transfer from a surrogate. When they beat
             # the white-box attacks, the white-box gradients are misleading (checks).
-            black_box = bool(getattr(atk, "gradient_free", False)) or getattr(atk, "surrogate", None) is not None
-            unit.meta = {"config": _jsonable(cfg), "gradient_free": bool(getattr(atk, "gradient_free", False)),
-                         "black_box": black_box,
-                         "target": "model" if target is model else f"gray-box source ({source_kind})"}
+            black_box = (
+                bool(getattr(atk, "gradient_free", False)) or getattr(atk, "surrogate", None) is not None
+            )
+            unit.meta = {
+                "config": _jsonable(cfg),
+                "gradient_free": bool(getattr(atk, "gradient_free", False)),
+                "black_box": black_box,
+                "target": "model" if target is model else f"gray-box source ({source_kind})",
+            }
         correct_clean = clean_pred == self.y
 
         def work(c: int) -> tuple[list[dict[str, Any]], float]:
@@ -872,11 +1032,15 @@ class _Run:
                 try:
                     x_adv = atk(xm, ym)  # type: ignore[misc]
                 except Exception as e:
-                    raise RuntimeError(f"attack {spec.label!r} ({spec.threat_model}) failed on model {name!r}, "
-                                       f"eps={eps:g}, batch {c}: {type(e).__name__}: {e}") from e
+                    raise RuntimeError(
+                        f"attack {spec.label!r} ({spec.threat_model}) failed on model {name!r}, "
+                        f"eps={eps:g}, batch {c}: {type(e).__name__}: {e}"
+                    ) from e
                 if x_adv.shape != xm.shape:
-                    raise RuntimeError(f"attack {spec.label!r} returned shape {tuple(x_adv.shape)}, expected "
-                                       f"{tuple(xm.shape)}")
+                    raise RuntimeError(
+                        f"attack {spec.label!r} returned shape {tuple(x_adv.shape)}, expected "
+                        f"{tuple(xm.shape)}"
+                    )
                 adv_pred[mask] = _predict(model, x_adv).cpu()
                 pert[mask] = _lp((x_adv - xm).float(), self.norm).cpu()
             seconds = time.perf_counter() - t0
@@ -884,11 +1048,21 @@ class _Run:
             for j in range(xs.shape[0]):
                 i = sl.start + j
                 lab, a = int(ys[j]), bool(mask[j])
-                recs.append({"model": name, "threat_model": spec.threat_model, "attack": spec.label,
-                             "eps": eps, "index": self.index[i], "label": lab,
-                             "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[j]),
-                             "correct": a and int(adv_pred[j]) == lab, "attacked": a,
-                             "pert_norm": float(pert[j])})
+                recs.append(
+                    {
+                        "model": name,
+                        "threat_model": spec.threat_model,
+                        "attack": spec.label,
+                        "eps": eps,
+                        "index": self.index[i],
+                        "label": lab,
+                        "clean_pred": int(clean_pred[i]),
+                        "adv_pred": int(adv_pred[j]),
+                        "correct": a and int(adv_pred[j]) == lab,
+                        "attacked": a,
+                        "pert_norm": float(pert[j]),
+                    }
+                )
             return recs, seconds
 
         self._run_chunks(unit, work, bar)
@@ -898,9 +1072,15 @@ class _Run:
         """Add a finished attack unit to the run's records and its timing/config to ``unit_meta``."""
         self.units.append(unit)
         meta = self.unit_meta.setdefault((name, spec.threat_model, spec.label), {})
-        meta.update({"gradient_free": unit.meta["gradient_free"], "black_box": unit.meta.get("black_box", False),
-                     "config": unit.meta["config"],
-                     "target": unit.meta["target"], "name": spec.name})
+        meta.update(
+            {
+                "gradient_free": unit.meta["gradient_free"],
+                "black_box": unit.meta.get("black_box", False),
+                "config": unit.meta["config"],
+                "target": unit.meta["target"],
+                "name": spec.name,
+            }
+        )
         if unit.meta.get("reused_from"):
             meta["reused_from"] = unit.meta["reused_from"]
         meta.setdefault("seconds", {})[repr(eps)] = unit.seconds
@@ -916,14 +1096,26 @@ class _Run:
         unit says so (``reused_from``). Only when the twin is complete; otherwise it runs.
         """
         twin_name = _SAME_ON_A_PLAIN_MODEL.get(spec.name)
-        if (twin_name is None or spec.threat_model != "adaptive" or callable(getattr(model, "bpda", None))
-                or self.sources[name][0] is not model):
+        if (
+            twin_name is None
+            or spec.threat_model != "adaptive"
+            or callable(getattr(model, "bpda", None))
+            or self.sources[name][0] is not model
+        ):
             return False
-        twin = next((t for t in self.specs if t.threat_model == "paper" and t.name == twin_name
-                     and t.kwargs == spec.kwargs), None)
+        twin = next(
+            (
+                t
+                for t in self.specs
+                if t.threat_model == "paper" and t.name == twin_name and t.kwargs == spec.kwargs
+            ),
+            None,
+        )
         if twin is None:
             return False
-        done = self._load(f"attack|{name}|{twin.threat_model}|{twin.label}|{eps!r}", self._fp(name, twin, eps))
+        done = self._load(
+            f"attack|{name}|{twin.threat_model}|{twin.label}|{eps!r}", self._fp(name, twin, eps)
+        )
         if not done.complete or not done.meta:
             return False
         unit.records = [dict(r, threat_model=spec.threat_model, attack=spec.label) for r in done.records]
@@ -965,15 +1157,27 @@ class _Run:
             rs = [r for r in u.records if r["model"] == name and r["attack"] != "clean" and r["eps"] == eps]
             if rs:
                 acc[(rs[0]["threat_model"], rs[0]["attack"])] = sum(r["correct"] for r in rs) / len(rs)
-        spec = min(runnable, key=lambda s: (s.threat_model != "adaptive", acc.get((s.threat_model, s.label), 2.0)))
+        spec = min(
+            runnable, key=lambda s: (s.threat_model != "adaptive", acc.get((s.threat_model, s.label), 2.0))
+        )
         key = f"examples|{name}|{spec.threat_model}|{spec.label}|{eps!r}#{self._fp(name, spec, eps)}"
         # Rank 0 alone makes (or reloads) the example images; every rank gets the arrays.
-        arrays = D.on_main(lambda: self._example_arrays(key, name, model, spec, eps, clean_pred, dev), self.info)
+        arrays = D.on_main(
+            lambda: self._example_arrays(key, name, model, spec, eps, clean_pred, dev), self.info
+        )
         if arrays is not None:
             self.examples[name] = arrays
 
-    def _example_arrays(self, key: str, name: str, model: nn.Module, spec: AttackSpec, eps: float,
-                        clean_pred: Tensor, dev: torch.device) -> dict[str, np.ndarray] | None:
+    def _example_arrays(
+        self,
+        key: str,
+        name: str,
+        model: nn.Module,
+        spec: AttackSpec,
+        eps: float,
+        clean_pred: Tensor,
+        dev: torch.device,
+    ) -> dict[str, np.ndarray] | None:
         arrays = self.store.load_arrays(key)
         if arrays is None:
             ok = (clean_pred == self.y).nonzero().flatten()[: self.n_examples]
@@ -986,12 +1190,20 @@ class _Run:
             with torch.no_grad():
                 p_clean, p_adv = model.purify(x), model.purify(x_adv)
                 pred_adv = _predict(model, x_adv)
-            arrays = {k: v.detach().float().cpu().numpy() for k, v in
-                      {"x": x, "x_adv": x_adv, "purified": p_clean, "purified_adv": p_adv}.items()}
-            arrays.update({"label": y.cpu().numpy(), "pred_adv": pred_adv.cpu().numpy(),
-                           "index": np.asarray([self.index[i] for i in ok.tolist()]),
-                           "attack": np.asarray(spec.label), "threat_model": np.asarray(spec.threat_model),
-                           "eps": np.asarray(eps)})
+            arrays = {
+                k: v.detach().float().cpu().numpy()
+                for k, v in {"x": x, "x_adv": x_adv, "purified": p_clean, "purified_adv": p_adv}.items()
+            }
+            arrays.update(
+                {
+                    "label": y.cpu().numpy(),
+                    "pred_adv": pred_adv.cpu().numpy(),
+                    "index": np.asarray([self.index[i] for i in ok.tolist()]),
+                    "attack": np.asarray(spec.label),
+                    "threat_model": np.asarray(spec.threat_model),
+                    "eps": np.asarray(eps),
+                }
+            )
             self.store.save_arrays(key, arrays)
         return arrays
 

@@ -59,7 +59,9 @@ def parse_eps(text: str) -> list[float]:
         try:
             out.append(float(Fraction(part)))
         except (ValueError, ZeroDivisionError) as e:
-            raise ValueError(f"--eps: cannot read {part!r} as a number or fraction (e.g. 0.3 or 8/255)") from e
+            raise ValueError(
+                f"--eps: cannot read {part!r} as a number or fraction (e.g. 0.3 or 8/255)"
+            ) from e
     if not out:
         raise ValueError(f"--eps: no values in {text!r}")
     return out
@@ -76,7 +78,9 @@ def _load_path(path: str) -> tuple[nn.Module, str, dict[str, Any]]:
         from pssr.train.classifier import load_classifier
 
         return load_classifier(path, device=None), "classifier", ck
-    raise ValueError(f"{path}: neither a PSSR checkpoint nor a pssr training checkpoint (keys: {sorted(ck)[:8]})")
+    raise ValueError(
+        f"{path}: neither a PSSR checkpoint nor a pssr training checkpoint (keys: {sorted(ck)[:8]})"
+    )
 
 
 def load_model_spec(spec: str) -> tuple[str, nn.Module, dict[str, Any]]:
@@ -100,15 +104,24 @@ def load_model_spec(spec: str) -> tuple[str, nn.Module, dict[str, Any]]:
         from pssr.defense.baselines import create_baseline, list_baselines
 
         if base.strip().lower() not in list_baselines():
-            raise ValueError(f"unknown baseline {base!r} in {spec!r}; available: {', '.join(list_baselines())}")
+            raise ValueError(
+                f"unknown baseline {base!r} in {spec!r}; available: {', '.join(list_baselines())}"
+            )
         inner, kind, ck = _load_path(path)
         clf = inner.classifier if kind == "pssr" else inner
         model = create_baseline(base.strip().lower(), clf, **kw)
         default = base.strip().lower() + (f"({','.join(f'{k}={v}' for k, v in kw.items())})" if kw else "")
-        return name or default, model, {"kind": f"baseline:{base}", "path": path, "checkpoint": ck, "kwargs": kw}
+        return (
+            name or default,
+            model,
+            {"kind": f"baseline:{base}", "path": path, "checkpoint": ck, "kwargs": kw},
+        )
     model, kind, ck = _load_path(spec)
-    return name or ("pssr" if kind == "pssr" else Path(spec).stem), model, {"kind": kind, "path": spec,
-                                                                            "checkpoint": ck}
+    return (
+        name or ("pssr" if kind == "pssr" else Path(spec).stem),
+        model,
+        {"kind": kind, "path": spec, "checkpoint": ck},
+    )
 
 
 def load_models(specs: Sequence[str]) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
@@ -190,11 +203,19 @@ def evaluate_checkpoints(
 
     D.on_main(prepare_state, info)  # only rank 0 reads OUT; an error there is raised on every rank
     eps_list = parse_eps(eps) if isinstance(eps, str) else eps
-    report = evaluate(models, getattr(ds, split), attacks=attacks, eps=eps_list, dataset=ds.name,
-                      state_dir=str(state_dir), **kwargs)
-    report.config["models_loaded_from"] = {k: {"kind": v["kind"], "path": str(v["path"]),
-                                               **({"kwargs": v["kwargs"]} if "kwargs" in v else {})}
-                                           for k, v in infos.items()}
+    report = evaluate(
+        models,
+        getattr(ds, split),
+        attacks=attacks,
+        eps=eps_list,
+        dataset=ds.name,
+        state_dir=str(state_dir),
+        **kwargs,
+    )
+    report.config["models_loaded_from"] = {
+        k: {"kind": v["kind"], "path": str(v["path"]), **({"kwargs": v["kwargs"]} if "kwargs" in v else {})}
+        for k, v in infos.items()
+    }
     report.config["split"] = split
     D.on_main(lambda: report.save(out), info)  # rank 0 writes; the others wait for it
     return report

@@ -43,14 +43,24 @@ def plot_accuracy_vs_eps(report: dict[str, Any], path: str | Path) -> Path | Non
     for i, m in enumerate(report["models"]):
         clean = next((r["accuracy"] for r in results if r["model"] == m and r["attack"] == "clean"), None)
         for t in ("paper", "adaptive"):
-            pts = sorted((r["eps"], r["accuracy"]) for r in results
-                         if r["model"] == m and r["threat_model"] == t and r["attack"] == "worst-case")
+            pts = sorted(
+                (r["eps"], r["accuracy"])
+                for r in results
+                if r["model"] == m and r["threat_model"] == t and r["attack"] == "worst-case"
+            )
             if not pts:
                 continue
             xs = [0.0] + [p[0] for p in pts]
             ys = [clean if clean is not None else math.nan] + [p[1] for p in pts]
-            ax.plot(xs, [100 * v for v in ys], styles[t], marker="o", ms=3, color=colors[i % len(colors)],
-                    label=f"{m} ({t})")
+            ax.plot(
+                xs,
+                [100 * v for v in ys],
+                styles[t],
+                marker="o",
+                ms=3,
+                color=colors[i % len(colors)],
+                label=f"{m} ({t})",
+            )
     ax.set_xlabel(f"eps ({report['config'].get('norm')})")
     ax.set_ylabel("worst-case accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -83,7 +93,9 @@ def plot_examples(arrays: dict[str, np.ndarray], path: str | Path, title: str = 
     scale = float(delta.max()) or 1.0
     rows.append((f"|δ| x{1 / scale:.3g}", delta / scale))
     k = x.shape[0]
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.2 * k + 1.2, 1.25 * len(rows) + 0.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), k, figsize=(1.2 * k + 1.2, 1.25 * len(rows) + 0.4), dpi=120, squeeze=False
+    )
     for r, (name, imgs) in enumerate(rows):
         for c in range(k):
             ax = axes[r][c]
@@ -107,8 +119,9 @@ def plot_examples(arrays: dict[str, np.ndarray], path: str | Path, title: str = 
     return path
 
 
-def render_plots(report: dict[str, Any], examples: dict[str, dict[str, np.ndarray]], out_dir: str | Path
-                 ) -> list[str]:
+def render_plots(
+    report: dict[str, Any], examples: dict[str, dict[str, np.ndarray]], out_dir: str | Path
+) -> list[str]:
     """Draw every plot the report supports into ``out_dir``; return the file names written."""
     from pssr.evaluation.report import safe_name
 
@@ -118,8 +131,11 @@ def render_plots(report: dict[str, Any], examples: dict[str, dict[str, np.ndarra
     if p is not None:
         written.append(p.name)
     for name, arrays in examples.items():
-        title = (f"{name}: {arrays['attack']} ({arrays['threat_model']}), eps={float(arrays['eps']):g}"
-                 if "attack" in arrays else name)
+        title = (
+            f"{name}: {arrays['attack']} ({arrays['threat_model']}), eps={float(arrays['eps']):g}"
+            if "attack" in arrays
+            else name
+        )
         written.append(plot_examples(arrays, out / f"examples_{safe_name(name)}.png", title).name)
     return written
 

@@ -45,8 +45,9 @@ THREAT_TITLES = {
 # ----------------------------------------------------------------------------------------------
 
 
-def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str], dict[str, Any]] | None = None
-              ) -> list[dict[str, Any]]:
+def summarize(
+    records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Result rows (clean, per attack, worst case per threat model and overall) from the records.
 
     ``unit_meta[(model, threat_model, attack)]`` adds timing, the attack's config and target.
@@ -60,8 +61,18 @@ def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str
         n = len(clean)
         n_ok = sum(r["correct"] for r in clean)
         meta = unit_meta.get((m, "none", "clean"), {})
-        rows.append({"model": m, "threat_model": "none", "attack": "clean", "eps": 0.0, "n": n, "n_correct": n_ok,
-                     "accuracy": n_ok / n if n else math.nan, "seconds": meta.get("seconds")})
+        rows.append(
+            {
+                "model": m,
+                "threat_model": "none",
+                "attack": "clean",
+                "eps": 0.0,
+                "n": n,
+                "n_correct": n_ok,
+                "accuracy": n_ok / n if n else math.nan,
+                "seconds": meta.get("seconds"),
+            }
+        )
         # (threat, attack, eps) -> records, kept in first-seen order
         groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
         for r in mine:
@@ -74,16 +85,27 @@ def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str
             meta = unit_meta.get((m, threat, attack), {})
             secs = (meta.get("seconds") or {}).get(repr(eps))
             attacked = [r for r in rs if r["attacked"]]
-            rows.append({
-                "model": m, "threat_model": threat, "attack": attack, "eps": eps, "n": len(rs), "n_correct": k,
-                "accuracy": k / len(rs) if rs else math.nan, "n_attacked": len(attacked), "seconds": secs,
-                "seconds_per_example": secs / len(attacked) if secs is not None and attacked else None,
-                "mean_pert_norm": float(np.mean([r["pert_norm"] for r in attacked])) if attacked else 0.0,
-                "gradient_free": meta.get("gradient_free"), "black_box": meta.get("black_box"),
-                "name": meta.get("name", attack),
-                "target": meta.get("target"), "config": meta.get("config"),
-                **({"reused_from": meta["reused_from"]} if meta.get("reused_from") else {}),
-            })
+            rows.append(
+                {
+                    "model": m,
+                    "threat_model": threat,
+                    "attack": attack,
+                    "eps": eps,
+                    "n": len(rs),
+                    "n_correct": k,
+                    "accuracy": k / len(rs) if rs else math.nan,
+                    "n_attacked": len(attacked),
+                    "seconds": secs,
+                    "seconds_per_example": secs / len(attacked) if secs is not None and attacked else None,
+                    "mean_pert_norm": float(np.mean([r["pert_norm"] for r in attacked])) if attacked else 0.0,
+                    "gradient_free": meta.get("gradient_free"),
+                    "black_box": meta.get("black_box"),
+                    "name": meta.get("name", attack),
+                    "target": meta.get("target"),
+                    "config": meta.get("config"),
+                    **({"reused_from": meta["reused_from"]} if meta.get("reused_from") else {}),
+                }
+            )
             for key in ((threat, eps), ("all", eps)):
                 w = worst[key]
                 for r in rs:
@@ -91,15 +113,27 @@ def summarize(records: list[dict[str, Any]], unit_meta: dict[tuple[str, str, str
         clean_ok = {r["index"]: bool(r["correct"]) for r in clean}
         for (threat, eps), w in worst.items():
             k = sum(1 for i, ok in w.items() if ok and clean_ok.get(i, False))
-            rows.append({"model": m, "threat_model": threat, "attack": "worst-case", "eps": eps, "n": len(w),
-                         "n_correct": k, "accuracy": k / len(w) if w else math.nan})
+            rows.append(
+                {
+                    "model": m,
+                    "threat_model": threat,
+                    "attack": "worst-case",
+                    "eps": eps,
+                    "n": len(w),
+                    "n_correct": k,
+                    "accuracy": k / len(w) if w else math.nan,
+                }
+            )
     return rows
 
 
 def worst_case_table(results: list[dict[str, Any]], model: str) -> dict[tuple[str, float], float]:
     """``{(threat_model, eps): worst-case accuracy}`` of one model."""
-    return {(r["threat_model"], r["eps"]): r["accuracy"] for r in results
-            if r["model"] == model and r["attack"] == "worst-case"}
+    return {
+        (r["threat_model"], r["eps"]): r["accuracy"]
+        for r in results
+        if r["model"] == model and r["attack"] == "worst-case"
+    }
 
 
 def _summary(results: list[dict[str, Any]], model: str, flags: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,15 +163,23 @@ class Report:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    def accuracy(self, model: str, attack: str = "worst-case", threat_model: str = "adaptive",
-                 eps: float | None = None) -> float:
+    def accuracy(
+        self, model: str, attack: str = "worst-case", threat_model: str = "adaptive", eps: float | None = None
+    ) -> float:
         """One number from the results (``attack="clean"`` ignores threat model and eps)."""
-        rows = [r for r in self.results if r["model"] == model and r["attack"] == attack
-                and (attack == "clean" or r["threat_model"] == threat_model)
-                and (attack == "clean" or eps is None or math.isclose(r["eps"], eps))]
+        rows = [
+            r
+            for r in self.results
+            if r["model"] == model
+            and r["attack"] == attack
+            and (attack == "clean" or r["threat_model"] == threat_model)
+            and (attack == "clean" or eps is None or math.isclose(r["eps"], eps))
+        ]
         if not rows:
-            raise ValueError(f"no result for model={model!r}, attack={attack!r}, threat_model={threat_model!r}, "
-                             f"eps={eps!r}; models: {sorted(self.models)}")
+            raise ValueError(
+                f"no result for model={model!r}, attack={attack!r}, threat_model={threat_model!r}, "
+                f"eps={eps!r}; models: {sorted(self.models)}"
+            )
         return float(rows[0]["accuracy"])
 
     def flags(self, model: str | None = None) -> list[dict[str, Any]]:
@@ -154,22 +196,28 @@ class Report:
             info["summary"] = _summary(self.results, name, info.get("flags", []))
             if name in self.examples:
                 ex = self.examples[name]
-                info["examples"] = {"image": f"examples_{safe_name(name)}.png",
-                                    "arrays": f"examples_{safe_name(name)}.npz",
-                                    "attack": str(ex["attack"]), "threat_model": str(ex["threat_model"]),
-                                    "eps": float(ex["eps"]), "n": int(ex["x"].shape[0])}
+                info["examples"] = {
+                    "image": f"examples_{safe_name(name)}.png",
+                    "arrays": f"examples_{safe_name(name)}.npz",
+                    "attack": str(ex["attack"]),
+                    "threat_model": str(ex["threat_model"]),
+                    "eps": float(ex["eps"]),
+                    "n": int(ex["x"].shape[0]),
+                }
             models[name] = info
-        return _clean_json({
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "config": self.config,
-            "metadata": self.metadata,
-            "models": models,
-            "results": self.results,
-            "records_file": "records.jsonl",
-            "n_records": len(self.records),
-            "plots": list(self.plots),
-        })
+        return _clean_json(
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "config": self.config,
+                "metadata": self.metadata,
+                "models": models,
+                "results": self.results,
+                "records_file": "records.jsonl",
+                "n_records": len(self.records),
+                "plots": list(self.plots),
+            }
+        )
 
     def save(self, out_dir: str | Path) -> Path:
         """Write report.json, records.jsonl, report.md, plots and example arrays into ``out_dir``."""
@@ -200,8 +248,15 @@ class Report:
             info.pop("summary", None)
             info.pop("examples", None)
             models[name] = info
-        return cls(config=d["config"], models=models, results=d["results"], records=records,
-                   metadata=d.get("metadata", {}), examples=load_examples(out, d), plots=list(d.get("plots", [])))
+        return cls(
+            config=d["config"],
+            models=models,
+            results=d["results"],
+            records=records,
+            metadata=d.get("metadata", {}),
+            examples=load_examples(out, d),
+            plots=list(d.get("plots", [])),
+        )
 
 
 def read_records(out: str | Path, d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -229,7 +284,9 @@ def _read_report_json(out: Path) -> dict[str, Any]:
     if d.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a pssr evaluation report (schema {d.get('schema')!r})")
     if d.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema_version {d.get('schema_version')!r}; this pssr reads {SCHEMA_VERSION}")
+        raise ValueError(
+            f"{path} has schema_version {d.get('schema_version')!r}; this pssr reads {SCHEMA_VERSION}"
+        )
     return d
 
 
@@ -291,14 +348,22 @@ def _pct(v: Any) -> str:
 
 def _table(header: list[str], rows: list[list[str]], n_text: int = 1) -> list[str]:
     """A Markdown table; the first ``n_text`` columns left-aligned, the rest (numbers) right-aligned."""
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < n_text else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < n_text else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md from a report.json dict: settings, checks, one table per threat model and eps, timings."""
-    cfg, meta, models, results = report["config"], report.get("metadata", {}), report["models"], report["results"]
+    cfg, meta, models, results = (
+        report["config"],
+        report.get("metadata", {}),
+        report["models"],
+        report["results"],
+    )
     names = list(models)
     flagged = {m for m in names if models[m].get("flags")}
 
@@ -306,8 +371,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{m} ⚠" if m in flagged else m
 
     def get(m: str, threat: str, attack: str, eps: float) -> dict[str, Any] | None:
-        return next((r for r in results if r["model"] == m and r["threat_model"] == threat and r["attack"] == attack
-                     and (attack == "clean" or math.isclose(r["eps"], eps))), None)
+        return next(
+            (
+                r
+                for r in results
+                if r["model"] == m
+                and r["threat_model"] == threat
+                and r["attack"] == attack
+                and (attack == "clean" or math.isclose(r["eps"], eps))
+            ),
+            None,
+        )
 
     def acc(m: str, threat: str, attack: str, eps: float) -> str:
         r = get(m, threat, attack, eps)
@@ -319,9 +393,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- dataset: **{cfg.get('dataset') or 'unnamed split'}**, n = {cfg.get('n')} of {cfg.get('n_available')} "
         f"examples ({'first n' if cfg.get('subset_seed') is None else 'random subset, seed ' + str(cfg.get('subset_seed'))})"
-        + (f"; ⚠ **{cfg['classes']['in_subset']} of {cfg['classes']['in_split']} classes** (missing "
-           f"{', '.join(map(str, cfg['classes']['missing']))}): not a sample of the whole split"
-           if (cfg.get("classes") or {}).get("missing") else ""),
+        + (
+            f"; ⚠ **{cfg['classes']['in_subset']} of {cfg['classes']['in_split']} classes** (missing "
+            f"{', '.join(map(str, cfg['classes']['missing']))}): not a sample of the whole split"
+            if (cfg.get("classes") or {}).get("missing")
+            else ""
+        ),
         f"- threat budget: {cfg.get('norm')} eps = {', '.join(f'{e:g}' for e in eps_list)}; attack seed {cfg.get('seed')}",
         f"- pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, python {meta.get('python_version')}, "
         f"git {meta.get('git_revision')}",
@@ -336,13 +413,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     pending = {m: models[m]["pending"] for m in names if models[m].get("pending")}
     if cfg.get("complete") is False or pending:
         n_units = sum(len(p) for p in pending.values())
-        lines += [f"**⚠ Partial report: the evaluation is unfinished** ({n_units} units of {len(pending)} models not "
-                  "computed yet, listed under Checks). A cell \"–\" is pending; a model's worst-case column is left "
-                  "out while an attack of its threat model is pending (over fewer attacks it would be an upper "
-                  "bound). Rerun the evaluation's command to finish it.", ""]
+        lines += [
+            f"**⚠ Partial report: the evaluation is unfinished** ({n_units} units of {len(pending)} models not "
+            'computed yet, listed under Checks). A cell "–" is pending; a model\'s worst-case column is left '
+            "out while an attack of its threat model is pending (over fewer attacks it would be an upper "
+            "bound). Rerun the evaluation's command to finish it.",
+            "",
+        ]
     # ---- headline ----
-    header = ["model", "clean"] + [f"{t} worst @{e:g}" for e in eps_list for t in ("paper", "adaptive", "all")
-                                   if any(r["threat_model"] == t for r in results)]
+    header = ["model", "clean"] + [
+        f"{t} worst @{e:g}"
+        for e in eps_list
+        for t in ("paper", "adaptive", "all")
+        if any(r["threat_model"] == t for r in results)
+    ]
     rows = []
     for m in names:
         row = [label(m), acc(m, "none", "clean", 0.0)]
@@ -355,19 +439,29 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     # ---- per threat model tables ----
     for t in ("paper", "adaptive"):
-        attacks = list(dict.fromkeys(r["attack"] for r in results
-                                     if r["threat_model"] == t and r["attack"] != "worst-case"))
+        attacks = list(
+            dict.fromkeys(
+                r["attack"] for r in results if r["threat_model"] == t and r["attack"] != "worst-case"
+            )
+        )
         if not attacks:
             continue
         for e in eps_list:
             lines += [f"## {THREAT_TITLES[t]}, eps = {e:g}", ""]
-            rows = [[label(m), acc(m, "none", "clean", 0.0)] + [acc(m, t, a, e) for a in attacks]
-                    + [acc(m, t, "worst-case", e)] for m in names]
+            rows = [
+                [label(m), acc(m, "none", "clean", 0.0)]
+                + [acc(m, t, a, e) for a in attacks]
+                + [acc(m, t, "worst-case", e)]
+                for m in names
+            ]
             lines += _table(["model", "clean", *attacks, "worst case"], rows) + [""]
         if t == "paper":
             src = ", ".join(f"{m}: {models[m].get('gray_box_source')}" for m in names)
-            lines += [f"Gray-box source per model ({src}); *self* means the model is its own source "
-                      "(white-box for an undefended classifier).", ""]
+            lines += [
+                f"Gray-box source per model ({src}); *self* means the model is its own source "
+                "(white-box for an undefended classifier).",
+                "",
+            ]
 
     # ---- checks ----
     lines += ["## Checks", ""]
@@ -384,7 +478,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             facts.append(f"zero input gradients: {_pct(g.get('zero_fraction'))}%")
         if "large_eps" in ch and ch["large_eps"].get("accuracy"):
             le = ch["large_eps"]
-            facts.append(f"accuracy at eps={le['eps']:.3g}: " + ", ".join(f"{a} {_pct(v)}%" for a, v in le["accuracy"].items()))
+            facts.append(
+                f"accuracy at eps={le['eps']:.3g}: "
+                + ", ".join(f"{a} {_pct(v)}%" for a, v in le["accuracy"].items())
+            )
         lines.append(f"- **{m}** ({'; '.join(facts) or 'no checks'}): " + ("no flags" if not fl else ""))
         lines += [f"  - ⚠ `{f['name']}`: {f['message']}" for f in fl]
         lines += [f"  - not run: {a} ({why})" for a, why in (models[m].get("skipped_attacks") or {}).items()]
@@ -395,31 +492,59 @@ def render_markdown(report: dict[str, Any]) -> str:
     timed = [r for r in results if r.get("seconds") is not None and r["attack"] not in ("worst-case",)]
     if timed:
         lines += ["## Time per attack", ""]
-        rows = [[r["model"], r["threat_model"], r["attack"], f"{r['eps']:g}",
-                 f"records of {r['reused_from']}" if r.get("reused_from") else f"{r['seconds']:.2f}",
-                 f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–"] for r in timed]
-        lines += _table(["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows,
-                        n_text=3) + [""]
+        rows = [
+            [
+                r["model"],
+                r["threat_model"],
+                r["attack"],
+                f"{r['eps']:g}",
+                f"records of {r['reused_from']}" if r.get("reused_from") else f"{r['seconds']:.2f}",
+                f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–",
+            ]
+            for r in timed
+        ]
+        lines += _table(
+            ["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows, n_text=3
+        ) + [""]
 
     # ---- attack settings ----
     cfgs = {(r["threat_model"], r["attack"]): r for r in results if r.get("config")}
     if cfgs:
         lines += ["## Attack settings", ""]
+
         def kind(r: dict[str, Any]) -> str:
             if r.get("gradient_free"):
                 return "black-box (gradient-free)"
             return "black-box (transfer)" if r.get("black_box") else "white-box (gradient)"
 
-        rows = [[t, a, str(r.get("target") or ""), kind(r),
-                 ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("name", "eps", "norm"))]
-                for (t, a), r in cfgs.items()]
+        rows = [
+            [
+                t,
+                a,
+                str(r.get("target") or ""),
+                kind(r),
+                ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("name", "eps", "norm")),
+            ]
+            for (t, a), r in cfgs.items()
+        ]
         lines += _table(["threat model", "attack", "target", "kind", "settings"], rows, n_text=5) + [""]
 
     plots = report.get("plots") or []
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += [f"Per-example records: `{report.get('records_file', 'records.jsonl')}` ({report.get('n_records')} lines)."]
+    lines += [
+        f"Per-example records: `{report.get('records_file', 'records.jsonl')}` ({report.get('n_records')} lines)."
+    ]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Report", "load_examples", "read_records", "render_markdown", "rerender", "safe_name", "summarize", "worst_case_table"]
+__all__ = [
+    "Report",
+    "load_examples",
+    "read_records",
+    "render_markdown",
+    "rerender",
+    "safe_name",
+    "summarize",
+    "worst_case_table",
+]

@@ -116,11 +116,15 @@ class StateStore:
         try:
             raw = json.loads(index.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"evaluation state {index} is unreadable ({e}); delete {self.dir} to start over") from e
+            raise ValueError(
+                f"evaluation state {index} is unreadable ({e}); delete {self.dir} to start over"
+            ) from e
         version = raw.get("version")
         if version not in _READABLE_VERSIONS or not isinstance(raw.get("units"), dict):
-            raise ValueError(f"evaluation state in {self.dir} has version {version!r} (this pssr reads "
-                             f"{_READABLE_VERSIONS}); use another state_dir, or delete {self.dir} to start over")
+            raise ValueError(
+                f"evaluation state in {self.dir} has version {version!r} (this pssr reads "
+                f"{_READABLE_VERSIONS}); use another state_dir, or delete {self.dir} to start over"
+            )
         same = raw.get("fingerprint") == self._fp
         if not same and any(not u.get("fp") for u in raw["units"].values()):
             raise ValueError(
@@ -130,13 +134,19 @@ class StateStore:
             )
         # Units written with other settings stay in the index: load() reuses those whose fingerprint
         # matches, and going back to the other settings finds the rest.
-        self.state = EvalState(fingerprint=self._fp, settings=self.settings, version=STATE_VERSION,
-                               units=raw["units"])
+        self.state = EvalState(
+            fingerprint=self._fp, settings=self.settings, version=STATE_VERSION, units=raw["units"]
+        )
         self._trust_unfingerprinted = same
         n_done = sum(1 for u in self.state.units.values() if u.get("complete"))
-        log.info("%s evaluation state %s: %d unit(s) complete, %d partial%s", "resuming" if same else "reusing",
-                 self.dir, n_done, len(self.state.units) - n_done,
-                 "" if same else " (other settings: a unit is reused only where its own inputs are unchanged)")
+        log.info(
+            "%s evaluation state %s: %d unit(s) complete, %d partial%s",
+            "resuming" if same else "reusing",
+            self.dir,
+            n_done,
+            len(self.state.units) - n_done,
+            "" if same else " (other settings: a unit is reused only where its own inputs are unchanged)",
+        )
 
     @property
     def persistent(self) -> bool:
@@ -155,7 +165,9 @@ class StateStore:
             try:
                 unit = UnitState.from_dict(json.loads(path.read_text()))
             except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"evaluation state file {path} is unreadable ({e}); delete {self.dir} to start over") from e
+                raise ValueError(
+                    f"evaluation state file {path} is unreadable ({e}); delete {self.dir} to start over"
+                ) from e
             if unit.key != key:
                 raise ValueError(f"evaluation state file {path} holds unit {unit.key!r}, expected {key!r}")
             unit.fp = fp

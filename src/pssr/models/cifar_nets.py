@@ -15,7 +15,9 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _stats(in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[list[float], list[float]]:
+def _stats(
+    in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
     if mean is None and std is None and in_channels == 3:
         return list(CIFAR_MEAN), list(CIFAR_STD)
     return default_stats(in_channels, mean, std)
@@ -30,7 +32,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.short = (
             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout else nn.Identity()
+            if stride != 1 or cin != cout
+            else nn.Identity()
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -41,11 +44,20 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """ResNet-6n+2 for CIFAR (He et al. 2016, section 4.2); n=3 gives ResNet-20 (0.27M parameters)."""
 
-    def __init__(self, n: int = 3, num_classes: int = 10, in_channels: int = 3, width: int = 16,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(*_stats(in_channels, mean, std))
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         layers, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(n):
@@ -73,8 +85,14 @@ def resnet20_wide(num_classes: int = 10, in_channels: int = 3, **kw: object) -> 
 class VGG(nn.Module):
     """VGG-style conv stacks with BatchNorm; ``cfg`` lists channels, "M" is a 2x2 max-pool."""
 
-    def __init__(self, cfg: Sequence[int | str], num_classes: int = 10, in_channels: int = 3,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Sequence[int | str],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(*_stats(in_channels, mean, std))
         layers: list[nn.Module] = []
@@ -83,7 +101,11 @@ class VGG(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(cin, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(cin, int(v), 3, padding=1, bias=False),
+                    nn.BatchNorm2d(int(v)),
+                    nn.ReLU(inplace=True),
+                ]
                 cin = int(v)
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
@@ -122,8 +144,16 @@ class _PreActStack(nn.Module):
     blocks)`` per stage, the first block of every stage after the first down-sampling by 2.
     """
 
-    def __init__(self, block: Callable[[int, int, int], nn.Module], stem_width: int, stages: Sequence[tuple[int, int]],
-                 num_classes: int, in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    def __init__(
+        self,
+        block: Callable[[int, int, int], nn.Module],
+        stem_width: int,
+        stages: Sequence[tuple[int, int]],
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(*_stats(in_channels, mean, std))
         self.stem = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
@@ -144,9 +174,17 @@ class _PreActStack(nn.Module):
 class PreActResNet(_PreActStack):
     """Pre-activation ResNet (He et al., ECCV 2016); [2, 2, 2, 2] is PreAct ResNet-18 (11M parameters)."""
 
-    def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        super().__init__(PreActBlock, 64, list(zip((64, 128, 256, 512), blocks)), num_classes, in_channels, mean, std)
+    def __init__(
+        self,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(
+            PreActBlock, 64, list(zip((64, 128, 256, 512), blocks)), num_classes, in_channels, mean, std
+        )
 
 
 @MODELS.register("preact-resnet18")
@@ -177,13 +215,28 @@ class WideBlock(nn.Module):
 class WideResNet(_PreActStack):
     """WideResNet-depth-k (Zagoruyko & Komodakis, BMVC 2016): 28-10 has 36.5M parameters."""
 
-    def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        depth: int = 28,
+        widen: int = 10,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got depth={depth}")
         n = (depth - 4) // 6
-        super().__init__(lambda cin, cout, stride: WideBlock(cin, cout, stride, dropout), 16,
-                         [(16 * widen, n), (32 * widen, n), (64 * widen, n)], num_classes, in_channels, mean, std)
+        super().__init__(
+            lambda cin, cout, stride: WideBlock(cin, cout, stride, dropout),
+            16,
+            [(16 * widen, n), (32 * widen, n), (64 * widen, n)],
+            num_classes,
+            in_channels,
+            mean,
+            std,
+        )
 
 
 @MODELS.register("wrn-28-10")

@@ -28,11 +28,15 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def default_stats(in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[list[float], list[float]]:
+def default_stats(
+    in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
     if mean is None:
         mean = [0.5] * in_channels
     if std is None:
         std = [0.25] * in_channels
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(f"mean/std need {in_channels} values (one per channel), got {list(mean)} / {list(std)}")
+        raise ValueError(
+            f"mean/std need {in_channels} values (one per channel), got {list(mean)} / {list(std)}"
+        )
     return list(mean), list(std)

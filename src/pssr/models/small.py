@@ -15,23 +15,41 @@ class SmallCNN(nn.Module):
     Works for any input of at least 8x8 (adaptive pooling before the classifier).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: int = 32,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         mean, std = default_stats(in_channels, mean, std)
         w = width
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
-            *block(in_channels, w), *block(w, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(in_channels, w),
+            *block(w, w),
+            nn.MaxPool2d(2),
+            *block(w, 2 * w),
+            *block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * w * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(256, num_classes)
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(256, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:

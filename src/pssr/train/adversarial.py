@@ -84,7 +84,9 @@ class AdvTrainConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-def _uniform(shape: torch.Size, gen: torch.Generator | None, device: torch.device, low: float, high: float) -> Tensor:
+def _uniform(
+    shape: torch.Size, gen: torch.Generator | None, device: torch.device, low: float, high: float
+) -> Tensor:
     return (torch.rand(shape, generator=gen) * (high - low) + low).to(device)
 
 
@@ -138,7 +140,9 @@ def pgd_accuracy(
     classified correctly after every one of the ``restarts`` random-start runs.
     """
     if eps <= 0 or steps < 1 or restarts < 1:
-        raise ValueError(f"need eps > 0, steps >= 1, restarts >= 1; got eps={eps}, steps={steps}, restarts={restarts}")
+        raise ValueError(
+            f"need eps > 0, steps >= 1, restarts >= 1; got eps={eps}, steps={steps}, restarts={restarts}"
+        )
     alpha = alpha if alpha is not None else 2.5 * eps / steps
     split = split.subset(n) if n is not None else split
     was_training = model.training
@@ -158,8 +162,15 @@ def pgd_accuracy(
     finally:
         model.train(was_training)
     m = len(split)
-    return {"clean_acc": clean / m, "robust_acc": robust / m, "n": m, "eps": eps, "alpha": alpha,
-            "steps": steps, "restarts": restarts}
+    return {
+        "clean_acc": clean / m,
+        "robust_acc": robust / m,
+        "n": m,
+        "eps": eps,
+        "alpha": alpha,
+        "steps": steps,
+        "restarts": restarts,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +192,8 @@ def pgd_at_loss(cfg: AdvTrainConfig) -> BatchLoss:
         # followed by exactly one backward (the training step's).
         inner = unwrap(model)
         x_adv = _eval_mode_attack(
-            inner, lambda: pgd_linf(inner, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, gen=gen))
+            inner, lambda: pgd_linf(inner, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, gen=gen)
+        )
         logits = model(x_adv)
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing), logits
 
@@ -193,7 +205,9 @@ def trades_start(x: Tensor, gen: torch.Generator) -> Tensor:
     return (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0.0, 1.0)
 
 
-def trades_step(model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, cfg: AdvTrainConfig) -> tuple[Tensor, Tensor]:
+def trades_step(
+    model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, cfg: AdvTrainConfig
+) -> tuple[Tensor, Tensor]:
     """The TRADES loss of one batch, its inner maximization started at ``x0`` (see :func:`trades_start`).
 
     ``model`` may be the DDP wrapper: the attack runs on the bare module (see :func:`pgd_at_loss`),
@@ -214,7 +228,9 @@ def trades_step(model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, cfg: AdvTrai
         def kl(logits: Tensor, _: Tensor) -> Tensor:
             return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
 
-        return pgd_linf(inner, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl)
+        return pgd_linf(
+            inner, x0, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=False, loss=kl
+        )
 
     x_adv = _eval_mode_attack(inner, attack)
     # pgd_linf projects onto the ball around its start x0; re-project onto the ball around x.
@@ -222,8 +238,9 @@ def trades_step(model: nn.Module, x: Tensor, y: Tensor, x0: Tensor, cfg: AdvTrai
     logits = model(x)
     logits_adv = model(x_adv)
     natural = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-    robust = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits.float(), dim=1),
-                      reduction="batchmean")
+    robust = F.kl_div(
+        F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits.float(), dim=1), reduction="batchmean"
+    )
     return natural + cfg.beta * robust, logits
 
 
@@ -255,7 +272,9 @@ def adversarial_train_run(
     cfg = resolve_config(AdvTrainConfig, config, model, overrides)
     assert isinstance(cfg, AdvTrainConfig)
     torch.manual_seed(cfg.seed)
-    module, name, kw = build_model(model if isinstance(model, nn.Module) else cfg.model, data, cfg.model_kwargs)
+    module, name, kw = build_model(
+        model if isinstance(model, nn.Module) else cfg.model, data, cfg.model_kwargs
+    )
     if cfg.init_checkpoint:
         module.load_state_dict(load_checkpoint(cfg.init_checkpoint)["state_dict"])
         log.info("initialized from %s", cfg.init_checkpoint)
@@ -263,13 +282,33 @@ def adversarial_train_run(
     def final(m: nn.Module) -> dict[str, float]:
         if cfg.eval_steps == 0:
             return {}
-        r = pgd_accuracy(m, data.test, eps=cfg.eps, alpha=cfg.eval_alpha, steps=cfg.eval_steps,
-                         restarts=cfg.eval_restarts, batch_size=cfg.eval_batch_size, seed=cfg.seed, n=cfg.eval_n)
+        r = pgd_accuracy(
+            m,
+            data.test,
+            eps=cfg.eps,
+            alpha=cfg.eval_alpha,
+            steps=cfg.eval_steps,
+            restarts=cfg.eval_restarts,
+            batch_size=cfg.eval_batch_size,
+            seed=cfg.seed,
+            n=cfg.eval_n,
+        )
         return {f"pgd{cfg.eval_steps}_{k}": v for k, v in r.items()}
 
-    return fit(module, data, cfg, ADV_METHODS.create(cfg.method, cfg=cfg), model_name=name, model_kwargs=kw,
-               kind=cfg.method, checkpoint=checkpoint, resume=resume, progress=progress, callbacks=callbacks,
-               final_metrics=final)
+    return fit(
+        module,
+        data,
+        cfg,
+        ADV_METHODS.create(cfg.method, cfg=cfg),
+        model_name=name,
+        model_kwargs=kw,
+        kind=cfg.method,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+        final_metrics=final,
+    )
 
 
 def adversarial_train(
@@ -298,8 +337,16 @@ def adversarial_train(
     from pssr.train.loop import attach_spec
 
     overrides = dict(method=method, eps=eps, alpha=alpha, steps=steps, epochs=epochs, **more)
-    res = adversarial_train_run(model, data, config, checkpoint=checkpoint, resume=resume, progress=progress,
-                                callbacks=callbacks, **overrides)
+    res = adversarial_train_run(
+        model,
+        data,
+        config,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+        **overrides,
+    )
     return attach_spec(res.model, res.checkpoint.get("model"))
 
 
@@ -326,17 +373,27 @@ def run_from_config(
     ckpt = out_dir / f"{cfg.method}.pt"
     res = adversarial_train_run(cfg.model, data, cfg, checkpoint=ckpt, resume=resume, progress=progress)
     summary = summarize(res.checkpoint)
-    summary.update({
-        "command": command,
-        "checkpoint": str(ckpt),
-        "data_config": dataclasses.asdict(data_cfg),
-        "robust_eval_note": "robust accuracy from pssr.train.adversarial.pgd_accuracy (L-inf PGD, random start, "
-                            "fp32, eval mode); see pssr.evaluation for the full adaptive evaluation",
-        "wall_seconds_this_invocation": time.perf_counter() - t0,
-    })
+    summary.update(
+        {
+            "command": command,
+            "checkpoint": str(ckpt),
+            "data_config": dataclasses.asdict(data_cfg),
+            "robust_eval_note": "robust accuracy from pssr.train.adversarial.pgd_accuracy (L-inf PGD, random start, "
+            "fp32, eval mode); see pssr.evaluation for the full adaptive evaluation",
+            "wall_seconds_this_invocation": time.perf_counter() - t0,
+        }
+    )
     write_summary(summary, out_dir / f"{cfg.method}.json", summary_path)
     return summary
 
 
-__all__ = ["ADV_METHODS", "AdvTrainConfig", "adversarial_train", "adversarial_train_run", "pgd_accuracy", "pgd_linf",
-           "trades_start", "trades_step"]
+__all__ = [
+    "ADV_METHODS",
+    "AdvTrainConfig",
+    "adversarial_train",
+    "adversarial_train_run",
+    "pgd_accuracy",
+    "pgd_linf",
+    "trades_start",
+    "trades_step",
+]

@@ -39,8 +39,16 @@ from pssr.train.pssr_train import _accuracy, _splits, pgd
 log = logging.getLogger(__name__)
 
 
-def graybox_examples(classifier: torch.nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
-                     alpha: float | None = None, seed: int = 0, batch_size: int = 250) -> Tensor:
+def graybox_examples(
+    classifier: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int,
+    alpha: float | None = None,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> Tensor:
     """Linf PGD (random start, ``steps`` iterations of ``alpha``, default ``2.5 * eps / steps``) on the
     bare classifier, batch by batch with a generator seeded by ``seed`` and the batch index."""
     alpha = alpha if alpha is not None else 2.5 * eps / steps
@@ -48,8 +56,17 @@ def graybox_examples(classifier: torch.nn.Module, x: Tensor, y: Tensor, eps: flo
     parts = []
     for b, i in enumerate(range(0, len(x), batch_size)):
         g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        parts.append(pgd(classifier, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), eps, alpha, steps,
-                         generator=g).cpu())
+        parts.append(
+            pgd(
+                classifier,
+                x[i : i + batch_size].to(dev),
+                y[i : i + batch_size].to(dev),
+                eps,
+                alpha,
+                steps,
+                generator=g,
+            ).cpu()
+        )
     return torch.cat(parts) if parts else x.clone()
 
 
@@ -58,7 +75,12 @@ def _check_ratios(ratios: Sequence[float]) -> list[float]:
         raise ValueError(f"ratios must be a non-empty sequence of numbers in [0, 1], got {ratios!r}")
     out = []
     for r in ratios:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 <= r <= 1.0:
+        if (
+            isinstance(r, bool)
+            or not isinstance(r, (int, float))
+            or not math.isfinite(r)
+            or not 0.0 <= r <= 1.0
+        ):
             raise ValueError(f"every ratio must be a number in [0, 1], got {r!r}")
         out.append(float(r))
     if len(set(out)) != len(out):
@@ -70,12 +92,18 @@ def _check_has_ratio(defense: PSSR) -> None:
     if not isinstance(defense, PSSR):
         raise TypeError(f"defense must be a pssr.PSSR, got {type(defense).__name__}")
     if not defense.config.use_surgery:
-        raise ValueError("this PSSR removes no pixels (use_surgery=False, regeneration only): there is no ratio to calibrate")
+        raise ValueError(
+            "this PSSR removes no pixels (use_surgery=False, regeneration only): there is no ratio to calibrate"
+        )
     if defense.config.mask_mode != "topk":
-        raise ValueError(f"a removal ratio needs mask_mode='topk'; this PSSR uses {defense.config.mask_mode!r}")
+        raise ValueError(
+            f"a removal ratio needs mask_mode='topk'; this PSSR uses {defense.config.mask_mode!r}"
+        )
 
 
-def choose(rows: list[dict[str, Any]], clf_clean: float, max_clean_drop: float) -> tuple[dict[str, Any], bool]:
+def choose(
+    rows: list[dict[str, Any]], clf_clean: float, max_clean_drop: float
+) -> tuple[dict[str, Any], bool]:
     """The rule of the module docstring: (chosen row, whether it meets the clean-drop bound)."""
     ok = [r for r in rows if clf_clean - r["clean_acc"] <= max_clean_drop + 1e-12]
     if ok:
@@ -83,8 +111,17 @@ def choose(rows: list[dict[str, Any]], clf_clean: float, max_clean_drop: float) 
     return max(rows, key=lambda r: (r["clean_acc"], r["graybox_acc"], r["ratio"])), False
 
 
-def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_clean_drop: float = 0.03,
-                    eps: float | None = None, steps: int = 20, seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+def calibrate_ratio(
+    defense: PSSR,
+    data: Any,
+    ratios: Sequence[float],
+    *,
+    max_clean_drop: float = 0.03,
+    eps: float | None = None,
+    steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, Any]:
     """Measure clean and gray-box accuracy of ``defense`` on its validation split for each ratio.
 
     ``data``: the dataset PSSR was trained on (``pssr.data.load(...)``), from which the validation
@@ -97,7 +134,9 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
     cfg = defense.config
     ratios = _check_ratios(ratios)
     if not (isinstance(max_clean_drop, (int, float)) and 0.0 <= max_clean_drop <= 1.0):
-        raise ValueError(f"max_clean_drop must be a fraction in [0, 1] (0.03 = 3 points), got {max_clean_drop!r}")
+        raise ValueError(
+            f"max_clean_drop must be a fraction in [0, 1] (0.03 = 3 points), got {max_clean_drop!r}"
+        )
     eps = cfg.eps if eps is None else eps
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be > 0, got {eps!r}")
@@ -107,7 +146,9 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
     if len(xv) == 0:
         raise ValueError("the validation split is empty (pssr.val_size = 0?): nothing to calibrate on")
     clf = defense.classifier
-    xa = graybox_examples(clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size)  # pgd: eval, frozen
+    xa = graybox_examples(
+        clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size
+    )  # pgd: eval, frozen
     with torch.no_grad():  # _accuracy puts each model in eval mode and restores it
         clf_clean = _accuracy(clf, xv, yv, batch_size)
         clf_adv = _accuracy(clf, xa, yv, batch_size)
@@ -115,20 +156,39 @@ def calibrate_ratio(defense: PSSR, data: Any, ratios: Sequence[float], *, max_cl
         try:
             for r in ratios:
                 defense.config = dataclasses.replace(cfg, ratio=r)
-                row = {"ratio": r, "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
-                       "clean_acc": _accuracy(defense, xv, yv, batch_size),
-                       "graybox_acc": _accuracy(defense, xa, yv, batch_size)}
+                row = {
+                    "ratio": r,
+                    "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
+                    "clean_acc": _accuracy(defense, xv, yv, batch_size),
+                    "graybox_acc": _accuracy(defense, xa, yv, batch_size),
+                }
                 rows.append(row)
-                log.info("ratio %.4g: clean %.4f, gray-box PGD-%d %.4f", r, row["clean_acc"], steps, row["graybox_acc"])
+                log.info(
+                    "ratio %.4g: clean %.4f, gray-box PGD-%d %.4f",
+                    r,
+                    row["clean_acc"],
+                    steps,
+                    row["graybox_acc"],
+                )
         finally:
             defense.config = cfg
     best, met = choose(rows, clf_clean, max_clean_drop)
-    return {"split": "validation (held out of PSSR training)", "n": len(xv), "eps": float(eps), "steps": steps,
-            "seed": seed, "trained_ratio": cfg.ratio, "max_clean_drop": max_clean_drop,
-            "classifier_clean_acc": clf_clean, "classifier_graybox_acc": clf_adv, "rows": rows,
-            "chosen": best["ratio"], "constraint_met": met,
-            "rule": "highest gray-box accuracy among ratios with clean drop <= max_clean_drop "
-                    "(ties: smaller drop, then larger ratio); else the highest clean accuracy"}
+    return {
+        "split": "validation (held out of PSSR training)",
+        "n": len(xv),
+        "eps": float(eps),
+        "steps": steps,
+        "seed": seed,
+        "trained_ratio": cfg.ratio,
+        "max_clean_drop": max_clean_drop,
+        "classifier_clean_acc": clf_clean,
+        "classifier_graybox_acc": clf_adv,
+        "rows": rows,
+        "chosen": best["ratio"],
+        "constraint_met": met,
+        "rule": "highest gray-box accuracy among ratios with clean drop <= max_clean_drop "
+        "(ties: smaller drop, then larger ratio); else the highest clean accuracy",
+    }
 
 
 def with_ratio(defense: PSSR, ratio: float) -> PSSR:
@@ -139,10 +199,23 @@ def with_ratio(defense: PSSR, ratio: float) -> PSSR:
     return defense
 
 
-def calibrate_checkpoint(checkpoint: str, ratios: Sequence[float], *, out: str | None = None, results: str | None = None,
-                         max_clean_drop: float = 0.03, eps: float | None = None, steps: int = 20, seed: int = 0,
-                         data: str | None = None, data_dir: str | None = None, test_n: int = 0, adaptive_n: int = 0,
-                         device: str | None = None, command: str | None = None) -> dict[str, Any]:
+def calibrate_checkpoint(
+    checkpoint: str,
+    ratios: Sequence[float],
+    *,
+    out: str | None = None,
+    results: str | None = None,
+    max_clean_drop: float = 0.03,
+    eps: float | None = None,
+    steps: int = 20,
+    seed: int = 0,
+    data: str | None = None,
+    data_dir: str | None = None,
+    test_n: int = 0,
+    adaptive_n: int = 0,
+    device: str | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """``pssr calibrate``: :func:`calibrate_ratio` on a saved PSSR, then (``out``) save it with the
     chosen ratio and (``test_n`` > 0, or -1 for the whole test split) a quick evaluation of it on the
     test split (:func:`pssr.train.pssr_train.quick_eval`, PGD-``steps``, ``adaptive_n`` images
@@ -158,7 +231,9 @@ def calibrate_checkpoint(checkpoint: str, ratios: Sequence[float], *, out: str |
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no PSSR checkpoint at {checkpoint}")
     if test_n < -1 or adaptive_n < 0:
-        raise ValueError(f"test_n must be >= -1 (-1 = whole test split) and adaptive_n >= 0, got {test_n}, {adaptive_n}")
+        raise ValueError(
+            f"test_n must be >= -1 (-1 = whole test split) and adaptive_n >= 0, got {test_n}, {adaptive_n}"
+        )
     defense = PSSR.load(checkpoint, device=default_device(device))
     stored = defense.metrics.get("data") if isinstance(defense.metrics.get("data"), dict) else {}
     if data is None and not stored.get("name"):
@@ -171,12 +246,20 @@ def calibrate_checkpoint(checkpoint: str, ratios: Sequence[float], *, out: str |
         data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
     ds = load_data(data_cfg)
     cal = calibrate_ratio(defense, ds, ratios, max_clean_drop=max_clean_drop, eps=eps, steps=steps, seed=seed)
-    summary: dict[str, Any] = {"kind": "pssr-calibration", "command": command, "checkpoint": str(checkpoint),
-                               "dataset": data_cfg.name, "data": dataclasses.asdict(data_cfg), "calibration": cal}
+    summary: dict[str, Any] = {
+        "kind": "pssr-calibration",
+        "command": command,
+        "checkpoint": str(checkpoint),
+        "dataset": data_cfg.name,
+        "data": dataclasses.asdict(data_cfg),
+        "calibration": cal,
+    }
     with_ratio(defense, cal["chosen"])
     if test_n:
         test = ds.test if test_n == -1 else ds.test.subset(test_n, seed=seed)
-        ev = quick_eval(defense, test.x, test.y, eps=cal["eps"], steps=steps, adaptive_n=adaptive_n, seed=seed)
+        ev = quick_eval(
+            defense, test.x, test.y, eps=cal["eps"], steps=steps, adaptive_n=adaptive_n, seed=seed
+        )
         summary["test"] = {"ratio": cal["chosen"], **ev}
     summary["metadata"] = run_metadata()
     if out is not None:

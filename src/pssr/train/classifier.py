@@ -45,8 +45,11 @@ class ClassifierConfig(TrainConfig):
     """The ``[classifier]`` table. All fields come from :class:`pssr.train.loop.TrainConfig`."""
 
 
-def build_model(model: str | nn.Module, data: Dataset, model_kwargs: dict[str, Any] | None = None,
-                ) -> tuple[nn.Module, str | None, dict[str, Any]]:
+def build_model(
+    model: str | nn.Module,
+    data: Dataset,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, str | None, dict[str, Any]]:
     """``(module, registry name or None, kwargs)`` for a model name or a ready module."""
     if isinstance(model, nn.Module):
         return model, None, {}
@@ -56,8 +59,9 @@ def build_model(model: str | nn.Module, data: Dataset, model_kwargs: dict[str, A
     return create_model(model, **kw), model, kw
 
 
-def resolve_config(cls: type[TrainConfig], config: TrainConfig | None, model: str | nn.Module,
-                   overrides: dict[str, Any]) -> TrainConfig:
+def resolve_config(
+    cls: type[TrainConfig], config: TrainConfig | None, model: str | nn.Module, overrides: dict[str, Any]
+) -> TrainConfig:
     """``config`` (or the defaults) with the keyword ``overrides`` that are not None applied."""
     base = config if config is not None else cls()
     if not isinstance(base, cls):
@@ -72,7 +76,9 @@ def resolve_config(cls: type[TrainConfig], config: TrainConfig | None, model: st
     return dataclasses.replace(base, **changes)
 
 
-def cross_entropy_loss(label_smoothing: float) -> Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]:
+def cross_entropy_loss(
+    label_smoothing: float,
+) -> Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]:
     def batch_loss(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         logits = model(x)
         return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
@@ -94,9 +100,22 @@ def train_classifier_run(
     """Like :func:`train_classifier` but returns the :class:`FitResult` (model, history, checkpoint dict)."""
     cfg = resolve_config(ClassifierConfig, config, model, overrides)
     torch.manual_seed(cfg.seed)  # weight init of a model built here; fit() reseeds for training
-    module, name, kw = build_model(model if isinstance(model, nn.Module) else cfg.model, data, cfg.model_kwargs)
-    return fit(module, data, cfg, cross_entropy_loss(cfg.label_smoothing), model_name=name, model_kwargs=kw,
-               kind="classifier", checkpoint=checkpoint, resume=resume, progress=progress, callbacks=callbacks)
+    module, name, kw = build_model(
+        model if isinstance(model, nn.Module) else cfg.model, data, cfg.model_kwargs
+    )
+    return fit(
+        module,
+        data,
+        cfg,
+        cross_entropy_loss(cfg.label_smoothing),
+        model_name=name,
+        model_kwargs=kw,
+        kind="classifier",
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+    )
 
 
 def train_classifier(
@@ -130,11 +149,30 @@ def train_classifier(
     ``checkpoint``: path of the per-epoch checkpoint; with ``resume=True`` an existing one from the
     same settings is continued (a finished one is just loaded).
     """
-    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                     label_smoothing=label_smoothing, augment=augment, seed=seed, device=device, bf16=bf16,
-                     channels_last=channels_last, **more)
-    res = train_classifier_run(model, data, config, checkpoint=checkpoint, resume=resume, progress=progress,
-                               callbacks=callbacks, **overrides)
+    overrides = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        seed=seed,
+        device=device,
+        bf16=bf16,
+        channels_last=channels_last,
+        **more,
+    )
+    res = train_classifier_run(
+        model,
+        data,
+        config,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+        **overrides,
+    )
     log.info("test accuracy %.4f", res.checkpoint["metrics"]["test_acc"])
     from pssr.train.loop import attach_spec
 
@@ -188,12 +226,14 @@ def run_from_config(
     ckpt = out_dir / "classifier.pt"
     res = train_classifier_run(cfg.model, data, cfg, checkpoint=ckpt, resume=resume, progress=progress)
     summary = summarize(res.checkpoint)
-    summary.update({
-        "command": command,
-        "checkpoint": str(ckpt),
-        "data_config": dataclasses.asdict(data_cfg),
-        "data_load_seconds": load_s,
-        "wall_seconds_this_invocation": time.perf_counter() - t0,
-    })
+    summary.update(
+        {
+            "command": command,
+            "checkpoint": str(ckpt),
+            "data_config": dataclasses.asdict(data_cfg),
+            "data_load_seconds": load_s,
+            "wall_seconds_this_invocation": time.perf_counter() - t0,
+        }
+    )
     write_summary(summary, out_dir / "classifier.json", summary_path)
     return summary

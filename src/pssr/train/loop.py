@@ -172,9 +172,16 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +286,12 @@ def _set_rank_aug_state(rng: dict[str, Any], gen: torch.Generator, dist: Any, se
     elif dist.rank > 0:
         gen.manual_seed(seed + 1 + 1000 * dist.rank + 1_000_003 * epoch)
         if dist.rank == 1:
-            log.warning("the checkpoint was written by %s process(es), this run has %d: ranks > 0 start new "
-                        "augmentation streams (the run is valid but not bit-identical to an uninterrupted one)",
-                        len(by_rank) if by_rank is not None else 1, dist.world_size)
+            log.warning(
+                "the checkpoint was written by %s process(es), this run has %d: ranks > 0 start new "
+                "augmentation streams (the run is valid but not bit-identical to an uninterrupted one)",
+                len(by_rank) if by_rank is not None else 1,
+                dist.world_size,
+            )
 
 
 def plain_metadata() -> dict[str, Any]:
@@ -344,8 +354,10 @@ def fit(
     torch.manual_seed(cfg.seed)  # dropout and anything else drawing on the global generator
     # The shuffle generator is the same on every rank (one global permutation per epoch, each rank
     # takes its share of every global batch); augmentation draws are per rank.
-    gens = {"shuffle": torch.Generator().manual_seed(cfg.seed),
-            "aug": torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)}
+    gens = {
+        "shuffle": torch.Generator().manual_seed(cfg.seed),
+        "aug": torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank),
+    }
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -409,8 +421,13 @@ def fit(
             "rng": rng,
             "epoch": epoch,
             "config": cfg_dict,
-            "data": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
-                     "classes": list(data.classes), "n_train": n},
+            "data": {
+                "name": data.name,
+                "image_shape": list(data.image_shape),
+                "num_classes": data.num_classes,
+                "classes": list(data.classes),
+                "n_train": n,
+            },
             "history": history,
             "metrics": metrics,
             "metadata": {**metadata, "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -455,11 +472,15 @@ def fit(
             if i % 20 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
             if isinstance(bar, _NoBar):  # no progress bar (background run)
-                heartbeat(seen, "%s epoch %d/%d: step %d/%d", kind, epoch + 1, cfg.epochs, i + 1, steps_per_epoch)
+                heartbeat(
+                    seen, "%s epoch %d/%d: step %d/%d", kind, epoch + 1, cfg.epochs, i + 1, steps_per_epoch
+                )
         train_time = time.perf_counter() - t0
         if dist.enabled:  # epoch statistics over all ranks
-            stats = D.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
-                                                  torch.tensor(float(seen), device=device)]), dist)
+            stats = D.all_reduce_sum(
+                torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]),
+                dist,
+            )
             loss_sum, correct, seen = stats[0], stats[1], int(stats[2])
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -474,8 +495,13 @@ def fit(
         rec["epoch_seconds"] = time.perf_counter() - t0
         history.append(rec)
         if dist.is_main:
-            log.info("%s epoch %d/%d: %s", kind, epoch + 1, cfg.epochs,
-                     ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
+            log.info(
+                "%s epoch %d/%d: %s",
+                kind,
+                epoch + 1,
+                cfg.epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"),
+            )
         if epoch + 1 == cfg.epochs:
             metrics = _final(model, data, cfg, final_metrics)
         ck = save(epoch + 1)
@@ -498,9 +524,16 @@ def fit(
     return FitResult(model, history, ck)
 
 
-def _final(model: nn.Module, data: Dataset, cfg: TrainConfig,
-           final_metrics: Callable[[nn.Module], dict[str, float]] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"test_acc": evaluate_accuracy(model, data.test, cfg.eval_batch_size), "n_test": len(data.test)}
+def _final(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    final_metrics: Callable[[nn.Module], dict[str, float]] | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "test_acc": evaluate_accuracy(model, data.test, cfg.eval_batch_size),
+        "n_test": len(data.test),
+    }
     if final_metrics is not None:
         out.update(final_metrics(model))
     log.info("final metrics: %s", out)
@@ -529,8 +562,12 @@ class Heartbeat:
         now = time.perf_counter()
         if now - self.last <= LOG_EVERY_S:
             return
-        self.logger.info(msg + ", %.0f img/s (%.0f since the last line)", *args, seen / (now - self.start),
-                         (seen - self.last_seen) / (now - self.last))
+        self.logger.info(
+            msg + ", %.0f img/s (%.0f since the last line)",
+            *args,
+            seen / (now - self.start),
+            (seen - self.last_seen) / (now - self.last),
+        )
         self.last, self.last_seen = now, seen
 
 

@@ -41,8 +41,10 @@ def kl_to_target(target_logits: Tensor, logits: Tensor) -> Tensor:
 def symmetric_kl(a_logits: Tensor, b_logits: Tensor) -> Tensor:
     """``(KL(p_a || p_b) + KL(p_b || p_a)) / 2``, gradients to both sides (R-Drop)."""
     la, lb = F.log_softmax(a_logits.float(), dim=1), F.log_softmax(b_logits.float(), dim=1)
-    return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="batchmean")
-                  + F.kl_div(la, lb, log_target=True, reduction="batchmean"))
+    return 0.5 * (
+        F.kl_div(lb, la, log_target=True, reduction="batchmean")
+        + F.kl_div(la, lb, log_target=True, reduction="batchmean")
+    )
 
 
 def scorer_ce(scores: Tensor, target_share: Tensor) -> Tensor:
@@ -68,8 +70,10 @@ class FeatureTap:
     def __init__(self, model: nn.Module, layer: str) -> None:
         modules = dict(model.named_modules())
         if layer not in modules:
-            raise ValueError(f"feature_layer={layer!r} is not a submodule of the classifier; "
-                             f"choose from {', '.join(n for n in modules if n) or '(none)'}")
+            raise ValueError(
+                f"feature_layer={layer!r} is not a submodule of the classifier; "
+                f"choose from {', '.join(n for n in modules if n) or '(none)'}"
+            )
         self.module = modules[layer]
         self.outputs: list[Tensor] = []
         self.handle: torch.utils.hooks.RemovableHandle | None = None

@@ -72,8 +72,17 @@ FINAL_FILE = "pssr.pt"
 
 
 # ----------------------------------------------------------------------------- adversarial examples
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
-        generator: torch.Generator | None = None, random_start: bool = True, noise: Tensor | None = None) -> Tensor:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+    random_start: bool = True,
+    noise: Tensor | None = None,
+) -> Tensor:
     """Linf PGD (Madry et al. 2018) on CE, x (N, C, H, W) in [0, 1]; ``steps=1, alpha=eps`` without
     random start is FGSM. The model is used in eval mode with frozen parameters (both restored).
 
@@ -84,7 +93,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
         if noise is None:
             noise = torch.rand(x.shape, generator=generator, dtype=torch.float32)
         elif noise.shape != x.shape:
-            raise ValueError(f"pgd: noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"pgd: noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}"
+            )
         noise = noise.to(x.device)
         x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
     else:
@@ -98,10 +109,19 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps:
     return x_adv.detach()
 
 
-def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfig, seed: int,
-                     batch_size: int = 256, progress: bool = False, desc: str = "adversarial",
-                     attack_model: nn.Module | None = None, rows: range | None = None,
-                     shard: D.DistInfo | None = None) -> tuple[Tensor, Tensor]:
+def make_adversarial(
+    classifier: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: PSSRConfig,
+    seed: int,
+    batch_size: int = 256,
+    progress: bool = False,
+    desc: str = "adversarial",
+    attack_model: nn.Module | None = None,
+    rows: range | None = None,
+    shard: D.DistInfo | None = None,
+) -> tuple[Tensor, Tensor]:
     """PGD (or FGSM for a seeded ``fgsm_fraction`` of examples) against ``attack_model`` (default:
     ``classifier``) and the scorer's target share maps (from ``classifier``'s gradients).
     Returns x_adv (N, C, H, W) and target (N, 1, H, W), on the CPU.
@@ -128,15 +148,29 @@ def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfi
         chunks = D.shard_range(-(-len(x) // batch_size), shard)  # this rank's chunks
         mine = range(min(len(x), chunks.start * batch_size), min(len(x), chunks.stop * batch_size))
         parts = D.all_gather_results(
-            lambda: make_adversarial(classifier, x, y, cfg, seed, batch_size, progress and shard.is_main, desc,
-                                     attack_model, rows=mine), shard)
+            lambda: make_adversarial(
+                classifier,
+                x,
+                y,
+                cfg,
+                seed,
+                batch_size,
+                progress and shard.is_main,
+                desc,
+                attack_model,
+                rows=mine,
+            ),
+            shard,
+        )
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     if batch_size < 1:
         raise ValueError(f"make_adversarial: batch_size must be >= 1, got {batch_size}")
     if rows is None:
         rows = range(len(x))
     elif rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(x):
-        raise ValueError(f"make_adversarial: rows must be a contiguous range within [0, {len(x)}], got {rows}")
+        raise ValueError(
+            f"make_adversarial: rows must be a contiguous range within [0, {len(x)}], got {rows}"
+        )
     attack_model = classifier if attack_model is None else attack_model
     g = torch.Generator().manual_seed(seed)
     use_fgsm = torch.rand(len(x), generator=g) < cfg.fgsm_fraction  # (N,)
@@ -152,8 +186,15 @@ def make_adversarial(classifier: nn.Module, x: Tensor, y: Tensor, cfg: PSSRConfi
         if lo >= hi:
             continue
         xb, yb = x[lo:hi].to(dev), y[lo:hi].to(dev)
-        xa = pgd(attack_model, xb, yb, cfg.eps, cfg.alpha, cfg.pgd_steps,
-                 noise=None if noise is None else noise[lo - i:hi - i])
+        xa = pgd(
+            attack_model,
+            xb,
+            yb,
+            cfg.eps,
+            cfg.alpha,
+            cfg.pgd_steps,
+            noise=None if noise is None else noise[lo - i : hi - i],
+        )
         fg = use_fgsm[lo:hi].to(dev)
         if fg.any():
             xf = pgd(attack_model, xb, yb, cfg.eps, cfg.eps, 1, random_start=False)
@@ -191,9 +232,12 @@ def _finished_run(out: Path, cfg: PSSRConfig, data_cfg: Any, classifier: nn.Modu
     plain = json.loads(json.dumps(asdict(cfg)))
     saved = json.loads(json.dumps(ck.get("config", {})))
     runtime = {"device"}
-    same = ({k: v for k, v in plain.items() if k not in runtime} == {k: v for k, v in saved.items() if k not in runtime}
-            and (summary.get("config") or {}).get("data") == json.loads(json.dumps(dataclasses.asdict(data_cfg)))
-            and _classifier_digest(ck["classifier"]["state_dict"]) == _classifier_digest(classifier))
+    same = (
+        {k: v for k, v in plain.items() if k not in runtime}
+        == {k: v for k, v in saved.items() if k not in runtime}
+        and (summary.get("config") or {}).get("data") == json.loads(json.dumps(dataclasses.asdict(data_cfg)))
+        and _classifier_digest(ck["classifier"]["state_dict"]) == _classifier_digest(classifier)
+    )
     return summary if same else None
 
 
@@ -241,8 +285,16 @@ class _Share:
         return D.all_reduce_sum(local, self.info)
 
 
-def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
-          tap: losses.FeatureTap | None, share: _Share | None = None) -> tuple[Tensor, dict[str, float]]:
+def _loss(
+    defense: PSSR,
+    cfg: PSSRConfig,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    target: Tensor | None,
+    tap: losses.FeatureTap | None,
+    share: _Share | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """The training loss on one batch and its parts (for the log). ``share``: under torch.distributed,
     this rank's contribution to the global batch's loss (see :class:`_Share`)."""
     clf = defense.classifier
@@ -282,7 +334,9 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
             m_adv, m_clean = mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf))
 
     if share is not None:  # masked values of the whole global batch, (2,): one collective per step
-        totals = share.mask_totals(torch.stack([m_adv.float().expand_as(x).sum(), m_clean.float().expand_as(x).sum()]))
+        totals = share.mask_totals(
+            torch.stack([m_adv.float().expand_as(x).sum(), m_clean.float().expand_as(x).sum()])
+        )
 
     if defense.generator is not None:
         with autocast_context(x.device, cfg.bf16):
@@ -301,10 +355,12 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
                 logits_rc = clf(r_clean)
                 if tap is not None:
                     tap.pop()
-            parts["rdrop"] = cfg.w_rdrop * mean(losses.symmetric_kl(logits_rc, logits_adv)
-                                                + F.cross_entropy(logits_rc.float(), y))
-            parts["pix_clean"] = (cfg.w_pixel_mask * masked_l1(r_clean, m_clean, 1)
-                                  + cfg.w_pixel_full * mean(losses.pixel_l1(r_clean, x)))
+            parts["rdrop"] = cfg.w_rdrop * mean(
+                losses.symmetric_kl(logits_rc, logits_adv) + F.cross_entropy(logits_rc.float(), y)
+            )
+            parts["pix_clean"] = cfg.w_pixel_mask * masked_l1(r_clean, m_clean, 1) + cfg.w_pixel_full * mean(
+                losses.pixel_l1(r_clean, x)
+            )
     if not parts:
         return torch.zeros((), device=x.device), {}
     total = sum(parts.values())
@@ -314,8 +370,16 @@ def _loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, t
     return total, logged
 
 
-def tapped_loss(defense: PSSR, cfg: PSSRConfig, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor | None,
-                tap: losses.FeatureTap | None, share: _Share | None = None) -> tuple[Tensor, dict[str, float]]:
+def tapped_loss(
+    defense: PSSR,
+    cfg: PSSRConfig,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    target: Tensor | None,
+    tap: losses.FeatureTap | None,
+    share: _Share | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """:func:`_loss` with the feature tap (if any) hooked in for this step only and emptied after."""
     if tap is None:
         return _loss(defense, cfg, x, y, x_adv, target, None, share)
@@ -332,14 +396,25 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> 
     correct = 0
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
-            correct += int((model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size]).sum())
+            correct += int(
+                (model(x[i : i + batch_size].to(dev)).argmax(1).cpu() == y[i : i + batch_size]).sum()
+            )
     return correct / max(len(x), 1)
 
 
 # ----------------------------------------------------------------------------- the trainer
-def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = None, *, out_dir: str | Path | None = None,
-               resume: bool = True, progress: bool = True, classifier_spec: dict[str, Any] | None = None,
-               on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, **overrides: Any) -> PSSR:
+def train_pssr(
+    classifier: nn.Module,
+    data: Any,
+    config: PSSRConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    classifier_spec: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    **overrides: Any,
+) -> PSSR:
     """Train PSSR's scorer and regenerator in front of the frozen ``classifier``.
 
     Args:
@@ -380,27 +455,48 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
     seed_everything(cfg.seed)
     finetune = cfg.classifier_lr > 0
     if finetune and cfg.adv_mode != "online" and main:
-        log.warning("classifier_lr > 0 with adv_mode='cache': the cached examples attack the original classifier "
-                    "only (a transfer attack once it is fine-tuned); adv_mode='online' attacks the current one")
+        log.warning(
+            "classifier_lr > 0 with adv_mode='cache': the cached examples attack the original classifier "
+            "only (a transfer attack once it is fine-tuned); adv_mode='online' attacks the current one"
+        )
     if info.enabled and cfg.batch_size < info.world_size and main:
-        log.warning("batch_size %d < %d processes: some ranks idle on every step", cfg.batch_size, info.world_size)
+        log.warning(
+            "batch_size %d < %d processes: some ranks idle on every step", cfg.batch_size, info.world_size
+        )
     with FrozenEval(classifier):
         original_clean_acc = _accuracy(classifier, x_val, y_val)
     if finetune:  # train a copy: the caller's classifier stays as it was (and stays the gray-box reference)
         classifier = copy.deepcopy(classifier)
     defense = PSSR(classifier, cfg, image_shape=(c, h, w), classifier_spec=classifier_spec).to(device)
     learned_scorer = cfg.use_surgery and getattr(defense.scorer, "needs_training", False)
-    trainable = [*(defense.scorer.parameters() if learned_scorer else []),
-                 *(defense.generator.parameters() if defense.generator is not None else [])]
+    trainable = [
+        *(defense.scorer.parameters() if learned_scorer else []),
+        *(defense.generator.parameters() if defense.generator is not None else []),
+    ]
     groups = [{"params": trainable, "base_lr": cfg.lr}] if trainable else []
     if finetune:
         groups.append({"params": list(classifier.parameters()), "base_lr": cfg.classifier_lr})
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if groups else None
     opt_params = [p for g in groups for p in g["params"]]  # what the gradient all-reduce covers, in order
 
-    key = {"classifier": _classifier_digest(classifier), "n_train": len(x_tr), "n_val": len(x_val),
-           **{k: getattr(cfg, k) for k in ("eps", "pgd_steps", "pgd_alpha", "fgsm_fraction", "seed", "train_subset",
-                                             "val_size", "scorer_target")}}
+    key = {
+        "classifier": _classifier_digest(classifier),
+        "n_train": len(x_tr),
+        "n_val": len(x_val),
+        **{
+            k: getattr(cfg, k)
+            for k in (
+                "eps",
+                "pgd_steps",
+                "pgd_alpha",
+                "fgsm_fraction",
+                "seed",
+                "train_subset",
+                "val_size",
+                "scorer_target",
+            )
+        },
+    }
     if info.enabled:
         _check_same_start(defense, cfg, key, info)
     history: list[dict[str, Any]] = []
@@ -414,8 +510,10 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         now = asdict(cfg)
         diff = sorted(k for k in now if k != "epochs" and saved.get(k) != now[k])
         if diff or st.get("key") != key:
-            raise ValueError(f"{out / STATE_FILE} was written with a different config ({', '.join(diff) or 'data/classifier'}); "
-                             "use another out_dir or resume=False")
+            raise ValueError(
+                f"{out / STATE_FILE} was written with a different config ({', '.join(diff) or 'data/classifier'}); "
+                "use another out_dir or resume=False"
+            )
         return st
 
     st = D.on_main(read_state, info)  # read by rank 0, handed to every rank (a refusal raises on all)
@@ -444,42 +542,80 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
         cache = D.on_main(read_cache, info)
         if cache is None:
             cache = {"key": key}
-            cache["val_adv"], _ = make_adversarial(classifier, x_val, y_val, cfg, seed=cfg.seed + 1, progress=progress,
-                                                   desc="val adversarial", shard=info)
+            cache["val_adv"], _ = make_adversarial(
+                classifier,
+                x_val,
+                y_val,
+                cfg,
+                seed=cfg.seed + 1,
+                progress=progress,
+                desc="val adversarial",
+                shard=info,
+            )
             if cfg.adv_mode == "cache":
-                cache["adv"], cache["target"] = make_adversarial(classifier, x_tr, y_tr, cfg, seed=cfg.seed + 2,
-                                                                 progress=progress, desc="train adversarial", shard=info)
+                cache["adv"], cache["target"] = make_adversarial(
+                    classifier,
+                    x_tr,
+                    y_tr,
+                    cfg,
+                    seed=cfg.seed + 2,
+                    progress=progress,
+                    desc="train adversarial",
+                    shard=info,
+                )
             if out is not None:
                 D.on_main(lambda: save_checkpoint(out / CACHE_FILE, cache), info)
         if main:
-            log.info("adversarial examples ready (%.0f s); undefended val robust acc %.3f", time.time() - t0,
-                     _accuracy(classifier, cache["val_adv"], y_val))
+            log.info(
+                "adversarial examples ready (%.0f s); undefended val robust acc %.3f",
+                time.time() - t0,
+                _accuracy(classifier, cache["val_adv"], y_val),
+            )
 
-        tap = losses.FeatureTap(classifier, cfg.feature_layer) if cfg.w_semantic_feat > 0 and cfg.feature_layer else None
+        tap = (
+            losses.FeatureTap(classifier, cfg.feature_layer)
+            if cfg.w_semantic_feat > 0 and cfg.feature_layer
+            else None
+        )
         attack_model = defense.bpda("mask-constant") if cfg.adv_target == "pipeline" else classifier
         for epoch in range(start_epoch, cfg.epochs):
             te = time.time()
             heartbeat = _loop.Heartbeat(log)
             if opt is not None:  # cosine schedule from the epoch index (so resume needs no scheduler state)
                 for group in opt.param_groups:
-                    group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+                    group["lr"] = (
+                        group["base_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+                    )
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             order = torch.randperm(len(x_tr), generator=gen)  # the same global permutation on every rank
             sums: dict[str, float] = {}
             nb = 0
-            bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"pssr epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not (progress and main), leave=False)
+            bar = tqdm(
+                range(0, len(order), cfg.batch_size),
+                desc=f"pssr epoch {epoch + 1}/{cfg.epochs}",
+                disable=not (progress and main),
+                leave=False,
+            )
             for bi, i in enumerate(bar):
-                gidx = order[i:i + cfg.batch_size]  # the global batch
-                part = D.shard_range(len(gidx), info)  # this rank's contiguous share (all of it in one process)
-                idx = gidx[part.start:part.stop]
+                gidx = order[i : i + cfg.batch_size]  # the global batch
+                part = D.shard_range(
+                    len(gidx), info
+                )  # this rank's contiguous share (all of it in one process)
+                idx = gidx[part.start : part.stop]
                 xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
                 if cfg.adv_mode == "cache":
                     xa, tgt = cache["adv"][idx].to(device), cache["target"][idx].to(device)
                 else:  # random starts drawn for the whole global batch: each example's is that of one process
-                    xa, tgt = make_adversarial(classifier, x_tr[gidx], y_tr[gidx], cfg,
-                                               seed=cfg.seed * 7919 + epoch * 100_003 + bi, batch_size=len(gidx),
-                                               attack_model=attack_model, rows=part)
+                    xa, tgt = make_adversarial(
+                        classifier,
+                        x_tr[gidx],
+                        y_tr[gidx],
+                        cfg,
+                        seed=cfg.seed * 7919 + epoch * 100_003 + bi,
+                        batch_size=len(gidx),
+                        attack_model=attack_model,
+                        rows=part,
+                    )
                     xa, tgt = xa.to(device), tgt.to(device)
                 if opt is None:
                     break
@@ -501,12 +637,23 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                 if progress and main and loss is not None:
                     bar.set_postfix({"loss" if share is None else "loss_rank0": f"{float(loss):.3f}"})
                 elif not progress and main:  # no progress bar (background run)
-                    heartbeat(min(i + cfg.batch_size, len(order)), "pssr epoch %d/%d: batch %d/%d", epoch + 1,
-                              cfg.epochs, bi + 1, math.ceil(len(order) / cfg.batch_size))
-            if info.enabled:  # the loss parts are per-rank contributions: their sum is the global batch's loss
+                    heartbeat(
+                        min(i + cfg.batch_size, len(order)),
+                        "pssr epoch %d/%d: batch %d/%d",
+                        epoch + 1,
+                        cfg.epochs,
+                        bi + 1,
+                        math.ceil(len(order) / cfg.batch_size),
+                    )
+            if (
+                info.enabled
+            ):  # the loss parts are per-rank contributions: their sum is the global batch's loss
                 sums = {k: sum(p.get(k, 0.0) for p in D.all_gather_objects(sums, info)) for k in sorted(sums)}
-            rec: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - te, 1),
-                                   **{f"loss_{k}": v / max(nb, 1) for k, v in sums.items()}}
+            rec: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "seconds": round(time.time() - te, 1),
+                **{f"loss_{k}": v / max(nb, 1) for k, v in sums.items()},
+            }
             # Validation is computed redundantly on every rank (the weights are the same on every rank;
             # the val split is small); only the fine-tuned gray-box examples are sharded.
             rec["val_clean_acc"] = _accuracy(defense, x_val, y_val)
@@ -518,23 +665,44 @@ def train_pssr(classifier: nn.Module, data: Any, config: PSSRConfig | None = Non
                 rec["val_graybox_acc"] = _accuracy(defense, cache["val_adv"], y_val)
             history.append(rec)
             if main:
-                log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+                log.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    cfg.epochs,
+                    ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
+                )
             if out is not None:  # rank 0 writes; the others wait for it (an error there raises on all)
-                D.on_main(lambda e=epoch: save_checkpoint(out / STATE_FILE, {
-                    "epoch": e, "config": asdict(cfg), "key": key, "history": history,
-                    "scorer": defense.scorer.state_dict(),
-                    "classifier": classifier.state_dict() if finetune else None,
-                    "generator": defense.generator.state_dict() if defense.generator is not None else None,
-                    "optimizer": opt.state_dict() if opt is not None else None,
-                }), info)
+                D.on_main(
+                    lambda e=epoch: save_checkpoint(
+                        out / STATE_FILE,
+                        {
+                            "epoch": e,
+                            "config": asdict(cfg),
+                            "key": key,
+                            "history": history,
+                            "scorer": defense.scorer.state_dict(),
+                            "classifier": classifier.state_dict() if finetune else None,
+                            "generator": defense.generator.state_dict()
+                            if defense.generator is not None
+                            else None,
+                            "optimizer": opt.state_dict() if opt is not None else None,
+                        },
+                    ),
+                    info,
+                )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, rec)
 
-    defense.metrics = {"history": history, "val_undefended_graybox_acc": _accuracy(classifier, cache["val_adv"], y_val),
-                       "val_classifier_clean_acc": _accuracy(classifier, x_val, y_val),
-                       "val_original_classifier_clean_acc": original_clean_acc, "classifier_finetuned": finetune,
-                       "n_train": len(x_tr), "n_val": len(x_val), "train_seconds_this_run": round(time.time() - t0, 1)}
+    defense.metrics = {
+        "history": history,
+        "val_undefended_graybox_acc": _accuracy(classifier, cache["val_adv"], y_val),
+        "val_classifier_clean_acc": _accuracy(classifier, x_val, y_val),
+        "val_original_classifier_clean_acc": original_clean_acc,
+        "classifier_finetuned": finetune,
+        "n_train": len(x_tr),
+        "n_val": len(x_val),
+        "train_seconds_this_run": round(time.time() - t0, 1),
+    }
     if info.enabled:
         defense.metrics["distributed"] = {"world_size": info.world_size, "backend": info.backend}
     defense.eval()
@@ -552,8 +720,10 @@ def _check_same_start(defense: PSSR, cfg: PSSRConfig, key: dict[str, Any], info:
     bad = [r for r, o in enumerate(every) if o != every[0]]
     if bad:
         what = [k for k in mine if every[bad[0]][k] != every[0][k]]
-        raise ValueError(f"train_pssr under torch.distributed: rank {bad[0]} differs from rank 0 in {', '.join(what)} "
-                         "(every rank must load the same classifier checkpoint and data and use the same config)")
+        raise ValueError(
+            f"train_pssr under torch.distributed: rank {bad[0]} differs from rank 0 in {', '.join(what)} "
+            "(every rank must load the same classifier checkpoint and data and use the same config)"
+        )
 
 
 # ----------------------------------------------------------------------------- quick measurement
@@ -567,7 +737,9 @@ def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Ca
         from pssr.attacks.base import ATTACKS
 
         def lib(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
-            return ATTACKS.create("pgd", model=m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model)(x, y)
+            return ATTACKS.create(
+                "pgd", model=m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model
+            )(x, y)
 
         return "pssr.attacks.pgd (1 restart, random start, early stop per example)", lib
     except ImportError:
@@ -579,9 +751,19 @@ def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Ca
         return "pssr.train.pssr_train.pgd (1 restart, random start, last iterate)", own
 
 
-def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40, alpha: float | None = None,
-               adaptive_n: int = 300, seed: int = 0, batch_size: int = 250, progress: bool = False,
-               shard: D.DistInfo | None = None) -> dict[str, Any]:
+def quick_eval(
+    defense: PSSR,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 40,
+    alpha: float | None = None,
+    adaptive_n: int = 300,
+    seed: int = 0,
+    batch_size: int = 250,
+    progress: bool = False,
+    shard: D.DistInfo | None = None,
+) -> dict[str, Any]:
     """Clean, gray-box and adaptive accuracies of ``defense`` (and of its bare classifier) on (x, y).
 
     * gray-box (the paper's protocol): Linf PGD on the classifier alone, then purified;
@@ -605,21 +787,32 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
     impl, attack = _attack_fn(eps, alpha, steps, seed)
     dev = next(defense.parameters()).device
     clf = defense.classifier
-    res: dict[str, Any] = {"n": len(x), "eps": eps, "steps": steps, "alpha": alpha, "attack_impl": impl, "seed": seed}
+    res: dict[str, Any] = {
+        "n": len(x),
+        "eps": eps,
+        "steps": steps,
+        "alpha": alpha,
+        "attack_impl": impl,
+        "seed": seed,
+    }
 
     def my_batches(n: int) -> list[int]:  # start indices of this rank's batches of range(n)
         starts = list(range(0, n, batch_size))
         mine = D.shard_range(len(starts), info)
-        return starts[mine.start:mine.stop]
+        return starts[mine.start : mine.stop]
 
     def gathered(fn: Callable[[], dict[str, list[Tensor]]]) -> dict[str, list[Tensor]]:
         parts = D.all_gather_results(fn, info)  # rank order = batch order
         return {k: [t for p in parts for t in p[k]] for k in parts[0]}
 
     def graybox() -> dict[str, list[Tensor]]:
-        out: dict[str, list[Tensor]] = {k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")}
-        for i in tqdm(my_batches(len(x)), desc="gray-box", disable=not (progress and info.is_main), leave=False):
-            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        out: dict[str, list[Tensor]] = {
+            k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")
+        }
+        for i in tqdm(
+            my_batches(len(x)), desc="gray-box", disable=not (progress and info.is_main), leave=False
+        ):
+            xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
             xa = attack(clf, xb, yb)
             with torch.no_grad():
                 out["clf_clean"].append((clf(xb).argmax(1) == yb).cpu())
@@ -639,8 +832,10 @@ def quick_eval(defense: PSSR, x: Tensor, y: Tensor, eps: float, steps: int = 40,
 
         def adaptive(mode: str = mode, view: nn.Module = view) -> dict[str, list[Tensor]]:
             ok = []
-            for i in tqdm(my_batches(na), desc=f"adaptive {mode}", disable=not (progress and info.is_main), leave=False):
-                xb, yb = x[i:min(i + batch_size, na)].to(dev), y[i:min(i + batch_size, na)].to(dev)
+            for i in tqdm(
+                my_batches(na), desc=f"adaptive {mode}", disable=not (progress and info.is_main), leave=False
+            ):
+                xb, yb = x[i : min(i + batch_size, na)].to(dev), y[i : min(i + batch_size, na)].to(dev)
                 xa = attack(defense, xb, yb, grad_model=view)
                 with torch.no_grad():
                     ok.append((defense(xa).argmax(1) == yb).cpu())
@@ -678,7 +873,9 @@ class PSSRRunConfig:
                 raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
 
 
-def load_classifier_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_classifier_checkpoint(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """(classifier in eval mode, ``{"name", "kwargs"}``) from a ``pssr train-classifier`` checkpoint."""
     from pssr.train.classifier import load_classifier
 
@@ -688,8 +885,15 @@ def load_classifier_checkpoint(path: str | Path, device: str | torch.device | No
     return model, model.pssr_spec
 
 
-def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, *, results: str | Path | None = None,
-                    resume: bool = True, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+def run_from_config(
+    mapping: dict[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    results: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Train PSSR from a parsed config (tables ``[data]``, ``[pssr]``, ``[run]``), evaluate it quickly
     (:func:`quick_eval` on the test split) and write ``<out>/pssr.pt`` and the JSON summary.
 
@@ -703,42 +907,68 @@ def run_from_config(mapping: dict[str, Any], out_dir: str | Path | None = None, 
     cfg = build(PSSRConfig, mapping.get("pssr"), prefix="pssr.")
     run = build(PSSRRunConfig, mapping.get("run"), prefix="run.")
     if not run.classifier:
-        raise ValueError("run.classifier (the classifier checkpoint path) is required; train one with "
-                         "`pssr train-classifier --config configs/<dataset>.toml`")
+        raise ValueError(
+            "run.classifier (the classifier checkpoint path) is required; train one with "
+            "`pssr train-classifier --config configs/<dataset>.toml`"
+        )
     out = Path(out_dir or run.out or Path("runs") / data_cfg.name / "pssr")
     data = load_data(data_cfg)
     info = D.init_distributed(default_device(cfg.device))  # under torchrun; a no-op otherwise
-    classifier, spec = load_classifier_checkpoint(run.classifier, device=D.device_for(info, default_device(cfg.device)))
+    classifier, spec = load_classifier_checkpoint(
+        run.classifier, device=D.device_for(info, default_device(cfg.device))
+    )
     done = _finished_run(out, cfg, data_cfg, classifier) if resume else None
     if done is not None:
-        log.info("%s holds a finished run with these settings: reused (its quick evaluation included); "
-                 "resume=False / --no-resume trains again", out)
+        log.info(
+            "%s holds a finished run with these settings: reused (its quick evaluation included); "
+            "resume=False / --no-resume trains again",
+            out,
+        )
         if results or run.results:
             D.on_main(lambda: atomic_write_json(Path(results or run.results), done), info)
         return done
     t0 = time.time()
-    defense = train_pssr(classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec)
+    defense = train_pssr(
+        classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec
+    )
     train_s = time.time() - t0
     test = data.test.subset(run.eval_n or None, seed=run.eval_seed) if run.eval_n else data.test
     eps = run.eval_eps if run.eval_eps >= 0 else cfg.eps
     t1 = time.time()
-    ev = quick_eval(defense, test.x, test.y, eps=eps, steps=run.eval_steps, adaptive_n=run.adaptive_n,
-                    seed=run.eval_seed, progress=progress, shard=info)
+    ev = quick_eval(
+        defense,
+        test.x,
+        test.y,
+        eps=eps,
+        steps=run.eval_steps,
+        adaptive_n=run.adaptive_n,
+        seed=run.eval_seed,
+        progress=progress,
+        shard=info,
+    )
     ev["seconds"] = round(time.time() - t1, 1)
     defense.metrics["test"] = ev
     # The dataset (name, split seed, validation fraction), as training checkpoints record it, so that
     # `pssr evaluate --checkpoint pssr.pt` needs no --data.
     defense.metrics["data"] = dataclasses.asdict(data_cfg)
     summary = {
-        "kind": "pssr", "dataset": data_cfg.name, "command": command, "checkpoint": str(out / FINAL_FILE),
-        "classifier_checkpoint": run.classifier, "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg),
-                                                            "run": asdict(run)},
-        "train_seconds_this_invocation": round(train_s, 1), "test": ev,
-        "validation": {k: v for k, v in defense.metrics.items() if k != "test"}, "metadata": run_metadata(),
+        "kind": "pssr",
+        "dataset": data_cfg.name,
+        "command": command,
+        "checkpoint": str(out / FINAL_FILE),
+        "classifier_checkpoint": run.classifier,
+        "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg), "run": asdict(run)},
+        "train_seconds_this_invocation": round(train_s, 1),
+        "test": ev,
+        "validation": {k: v for k, v in defense.metrics.items() if k != "test"},
+        "metadata": run_metadata(),
     }
     if info.enabled:
-        summary["distributed"] = {"world_size": info.world_size, "backend": info.backend,
-                                  "seconds": "wall-clock of rank 0"}
+        summary["distributed"] = {
+            "world_size": info.world_size,
+            "backend": info.backend,
+            "seconds": "wall-clock of rank 0",
+        }
 
     def write() -> None:
         defense.save(out / FINAL_FILE)

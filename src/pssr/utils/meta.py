@@ -26,7 +26,11 @@ def git_revision(cwd: str | os.PathLike[str] | None = None) -> str | None:
     if out.returncode != 0 or not rev:
         return None
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=False
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     return rev + ("-dirty" if dirty else "")
 
@@ -81,6 +85,7 @@ def command_line(argv: list[str] | None = None) -> str:
     local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
     if os.environ.get("TORCHELASTIC_RUN_ID") and local and world and argv and argv[0] == "pssr":
         nodes = int(world) // max(1, int(local))
-        cmd = (f"torchrun --nproc_per_node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "")
-               + " -m " + cmd)
+        cmd = (
+            f"torchrun --nproc_per_node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "") + " -m " + cmd
+        )
     return cmd
