@@ -424,7 +424,9 @@ def test_gradient_attacks_agree_with_art(cnn_data):
         for ours, theirs in pairs:
             a, b = accuracy(model, ours(x, y), y), _art_acc(model, theirs, x, y, eps, norm)
             assert a < accuracy(model, x, y) - 0.2
-            assert abs(a - b) <= 0.01, (ours, a, b)
+            # 1.5 points (5 of 359 images): float reduction order (thread count, library version) flips a
+            # few images that sit on the decision boundary; measured 1.1 points with ART 1.20.1, 2 threads
+            assert abs(a - b) <= 0.015, (ours, a, b)
 
 
 @pytest.mark.slow

@@ -19,7 +19,22 @@ from typing import Any
 
 from pssr._version import __version__
 
-_SUBMODULES = {"data", "models", "attacks", "defense", "evaluation", "train", "config", "registry", "utils"}
+_SUBMODULES = {
+    "data",
+    "models",
+    "attacks",
+    "defense",
+    "evaluation",
+    "train",
+    "config",
+    "registry",
+    "utils",
+    "defaults",
+    "zoo",
+    "certify",
+    "interop",
+    "analysis",
+}
 # public name -> (module, attribute)
 _LAZY = {
     "train_classifier": ("pssr.train.classifier", "train_classifier"),

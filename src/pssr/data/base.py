@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +16,18 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` float32 (N, C, H, W) in [0, 1], ``y`` int64 (N,)."""
+    """One split: ``x`` float32 (N, C, H, W) in [0, 1], ``y`` int64 (N,).
+
+    ``dataset`` is the name of the dataset it came from (set by :class:`Dataset`), so that a split
+    alone tells training, calibration and evaluation its budget (:mod:`pssr.defaults`)."""
 
     x: Tensor
     y: Tensor
+    dataset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.dataset is not None and not isinstance(self.dataset, str):
+            raise ValueError(f"Split.dataset must be a dataset name or None, got {self.dataset!r}")
         if self.x.ndim != 4:
             raise ValueError(f"Split.x must be (N, C, H, W), got shape {tuple(self.x.shape)}")
         if self.y.ndim != 1 or self.y.shape[0] != self.x.shape[0]:
@@ -45,7 +52,7 @@ class Split:
             idx = torch.arange(n)
         else:
             idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], self.dataset)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,13 @@ class Dataset:
     test: Split
     classes: tuple[str, ...]
     info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # every split carries the dataset's name (frozen dataclasses: set through object.__setattr__)
+        for part in ("train", "val", "test"):
+            split = getattr(self, part)
+            if isinstance(split, Split) and split.dataset != self.name:
+                object.__setattr__(self, part, dataclasses.replace(split, dataset=self.name))
 
     @property
     def num_classes(self) -> int:

@@ -25,12 +25,13 @@ PSSR is deterministic: submodules always run in eval mode (the caller's modes ar
 the only random scorer draws from a fixed seed, so EOT is not needed.
 
 Where the invariance is learned (``restore_scope``). The paper keeps the trivial attack in place as
-"invariance information" without saying which module learns the invariance. ``"mask"`` (default)
-writes ``G``'s output on the removed pixels only, so kept pixels, trivial attack included, reach the
+"invariance information" without saying which module learns the invariance. ``"mask"`` writes
+``G``'s output on the removed pixels only, so kept pixels, trivial attack included, reach the
 classifier bit-identical: the classifier must be invariant to them (fine-tune it with
-``classifier_lr > 0``; a frozen, normally trained classifier is still fooled by them).
-``"full"`` lets ``G`` re-render every pixel from the holed image: the trivial attack is ``G``'s
-input, and ``G`` learns the invariance in front of a frozen classifier.
+``classifier_lr > 0``; a frozen, normally trained classifier is still fooled by them, and with one
+calibration chose to remove nothing). ``"full"`` (default, and every shipped config) lets ``G``
+re-render every pixel from the holed image: the trivial attack is ``G``'s input, and ``G`` learns
+the invariance in front of a frozen classifier.
 
 Ablation switches (``PSSRConfig``): ``scorer`` (learned / gradient / random); ``use_surgery=False``
 means *regeneration only*: nothing is removed, ``G`` sees the whole image with an all-zero mask
@@ -75,7 +76,7 @@ class PSSRConfig:
     gradient_times_input: bool = False  # gradient scorer: |x * grad| instead of |grad|
     random_seed: int = 0  # random scorer's fixed seed
     mask_mode: str = "topk"  # topk | threshold
-    ratio: float = 0.2  # topk: fraction of the H*W pixels removed per image
+    ratio: float = 0.1  # topk: fraction of the H*W pixels removed per image
     threshold: float = 0.5  # threshold: min-max normalized score above which a pixel is removed
     fill: str = "mean"  # value of removed pixels fed to G: constant | mean | local-mean
     fill_value: float = 0.5  # pixel value for fill="constant" (and images with nothing kept)
@@ -85,9 +86,9 @@ class PSSRConfig:
     gen_width: int = 32  # channels of G's first U-Net level
     gen_depth: int = 2  # 2x down-samplings in G
     condition: str = "none"  # none | logits (FiLM on the classifier's logits of the holed image)
-    restore_scope: str = "mask"  # mask: G's output replaces the removed pixels only | full: every pixel
+    restore_scope: str = "full"  # full: G re-renders every pixel | mask: G's output on the removed pixels only
     # --- training data: adversarial examples against the frozen classifier ---
-    eps: float = 0.3  # Linf budget, pixels in [0, 1] (digits/MNIST 0.3, Fashion-MNIST 0.1, CIFAR 8/255)
+    eps: float = 0.0  # Linf budget, pixels in [0, 1]; 0 = the dataset's (pssr.defaults.budget), set by train_pssr
     pgd_steps: int = 10  # PGD iterations for training examples
     pgd_alpha: float = 0.0  # PGD step size; 0 means 2.5 * eps / pgd_steps
     fgsm_fraction: float = 0.0  # share of training examples made with FGSM instead of PGD

@@ -215,10 +215,56 @@ def _attack_factory():  # noqa: ANN202 - returns the attacks package's create fu
     return create_attack
 
 
-def run_pre_checks(
-    model: nn.Module, x: Tensor, y: Tensor, norm: str, seed: int, config: CheckConfig
+def check_inert(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float | None, seed: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """All pre-attack checks on (x, y) (already on the model's device); restores the model's mode."""
+    """Does a purification defense change anything? PGD-10 made on its classifier (gray-box, at
+    ``eps``): flags ``inert_defense`` when the purifier returns the attacked images unchanged, or when
+    the defense predicts exactly what the bare classifier predicts on every attacked image that fools
+    the classifier (a trained defense that removes nothing, e.g. a calibrated ratio of 0 with
+    ``restore_scope="mask"``). Models without ``purify`` and ``classifier`` are not checked."""
+    purify, clf = getattr(model, "purify", None), getattr(model, "classifier", None)
+    if eps is None or not callable(purify) or not isinstance(clf, nn.Module):
+        return {}, []
+    x_adv = _attack_factory()("pgd", clf, eps=eps, norm=norm, steps=10, seed=seed)(x, y)
+    with torch.no_grad():
+        pred_clf, pred_def = clf(x_adv).argmax(1), model(x_adv).argmax(1)
+        changed = float((purify(x_adv) - x_adv).abs().amax())
+    fooled = pred_clf != y
+    n_fooled = int(fooled.sum())
+    same = int((pred_def[fooled] == pred_clf[fooled]).sum())
+    res = {"eps": eps, "max_pixel_change": changed, "classifier_fooled": n_fooled, "same_prediction": same}
+    flags = []
+    if changed < 1e-6 or (n_fooled >= 5 and same == n_fooled):
+        flags.append(
+            flag(
+                "inert_defense",
+                "the defense changes nothing: "
+                + ("purify returns the attacked images unchanged" if changed < 1e-6 else "")
+                + ("; " if changed < 1e-6 and n_fooled >= 5 and same == n_fooled else "")
+                + (
+                    f"it predicts what the bare classifier predicts on all {n_fooled} attacked images that fool it"
+                    if n_fooled >= 5 and same == n_fooled
+                    else ""
+                )
+                + " (a calibrated ratio of 0 with restore_scope='mask'? an untrained regenerator?)",
+                eps=eps,
+            )
+        )
+    return res, flags
+
+
+def run_pre_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    seed: int,
+    config: CheckConfig,
+    eps: float | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All pre-attack checks on (x, y) (already on the model's device); restores the model's mode.
+    ``eps``: the evaluation's budget, for :func:`check_inert` (skipped when None)."""
     was = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -229,6 +275,10 @@ def run_pre_checks(
         results["gradients"], f = check_gradients(model, x, y, config.zero_grad_fraction)
         flags += f
         results["large_eps"], f = check_large_eps(model, x, y, norm, seed, config)
+        flags += f
+        inert, f = check_inert(model, x, y, norm, eps, seed)
+        if inert:
+            results["inert"] = inert
         flags += f
     finally:
         for m, t in was:

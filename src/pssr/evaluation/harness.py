@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from pssr import distributed as D
 from pssr.data import Dataset, Split
+from pssr.defaults import budget, dataset_name
 from pssr.evaluation import checks as checks_mod
 from pssr.evaluation.checks import CheckConfig
 from pssr.evaluation.report import Report, summarize, worst_case_table
@@ -291,15 +292,8 @@ def _create_attack(name: str, model: nn.Module, **kw: Any) -> Any:
 
 
 def default_eps(dataset: str | None, norm: str) -> float:
-    """The customary budget of ``dataset``'s family (``pssr.attacks.BUDGETS``)."""
-    fam = _family(dataset)
-    budgets = getattr(_attacks_module(), "BUDGETS", {})
-    if fam is None or fam not in budgets or norm not in budgets[fam]:
-        raise ValueError(
-            f"eps=None needs a dataset with a known default budget; pass eps explicitly (dataset={dataset!r}, "
-            f"norm={norm!r})"
-        )
-    return float(budgets[fam][norm])
+    """The budget of ``dataset`` in ``norm`` (:func:`pssr.defaults.budget`, the one source of truth)."""
+    return budget(dataset, norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,7 +487,8 @@ def evaluate(
         progress: show a progress bar.
         checks: run the sanity checks (True, False, or a :class:`CheckConfig`).
         gray_box_source: ``{name: classifier}`` the paper-protocol attacks target instead of the default.
-        dataset: dataset name for default budgets / hyper-parameters when ``data`` is a Split.
+        dataset: dataset name for default budgets / hyper-parameters; by default the name ``data``
+            carries (a Dataset's ``name``, a Split's ``dataset``) or, failing that, a model's.
         subset_seed: with ``n``, draw a seeded random subset instead of the first ``n``.
         n_examples: images kept per purification defense for the report's example grid (0 = none).
         compute: False computes nothing: the report holds what ``state_dir`` has saved so far (a
@@ -523,6 +518,8 @@ def evaluate(
         split = data.test
     elif isinstance(data, Split):
         split = data
+        # a split carries its dataset's name (pssr.data.load), a trained model may too
+        dataset = dataset or split.dataset or dataset_name(*models.values())
     else:
         raise ValueError(f"data must be a pssr.data.Split or Dataset, got {type(data).__name__}")
     norm = norm.lower() if isinstance(norm, str) else norm
@@ -911,7 +908,9 @@ class _Run:
                 x, y = self.x[:k].to(dev), self.y[:k].to(dev)
                 t0 = time.perf_counter()
                 _reseed(model, _derived_seed(self.seed, unit.key))
-                res, flags = checks_mod.run_pre_checks(model, x, y, self.norm, self.seed, cfg)
+                res, flags = checks_mod.run_pre_checks(
+                    model, x, y, self.norm, self.seed, cfg, eps=max(self.eps_list)
+                )
                 unit.meta = {"results": res, "flags": flags}
                 unit.seconds, unit.n_chunks, unit.chunks_done = time.perf_counter() - t0, 1, 1
                 self.store.save(unit)

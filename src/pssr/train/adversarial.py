@@ -52,7 +52,7 @@ class AdvTrainConfig(TrainConfig):
     """The ``[adv_train]`` table: :class:`TrainConfig` fields plus the attack used in training."""
 
     method: str = "pgd-at"  # "pgd-at" (Madry et al. 2018) or "trades" (Zhang et al. 2019)
-    eps: float = 0.1  # L-inf radius, pixel units in [0, 1] (0.1 Fashion-MNIST, 0.3 MNIST, 8/255 CIFAR)
+    eps: float = 0.0  # L-inf radius, pixel units in [0, 1]; 0 = the dataset's budget (pssr.defaults.budget)
     alpha: float = 0.01  # PGD step size, pixel units
     steps: int = 10  # PGD steps per training batch
     beta: float = 6.0  # TRADES robustness weight (ignored by pgd-at)
@@ -67,7 +67,7 @@ class AdvTrainConfig(TrainConfig):
         if self.method not in ADV_METHODS:
             raise ValueError(f"method must be one of {ADV_METHODS.list()}, got {self.method!r}")
         checks = [
-            ("eps", 0.0 < self.eps <= 1.0, "in (0, 1]"),
+            ("eps", 0.0 <= self.eps <= 1.0, "in [0, 1] (0 = the dataset's budget)"),
             ("alpha", 0.0 < self.alpha <= 1.0, "in (0, 1]"),
             ("steps", self.steps >= 1, ">= 1"),
             ("beta", self.beta >= 0.0, ">= 0"),
@@ -267,10 +267,12 @@ def adversarial_train_run(
     **overrides: Any,
 ) -> FitResult:
     """Like :func:`adversarial_train` but returns the :class:`FitResult`."""
+    from pssr.defaults import resolved
     from pssr.train.classifier import build_model, resolve_config
 
     cfg = resolve_config(AdvTrainConfig, config, model, overrides)
     assert isinstance(cfg, AdvTrainConfig)
+    cfg = resolved(cfg, data.name)  # eps 0: the dataset's budget
     torch.manual_seed(cfg.seed)
     module, name, kw = build_model(
         model if isinstance(model, nn.Module) else cfg.model, data, cfg.model_kwargs

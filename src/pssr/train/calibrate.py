@@ -126,7 +126,10 @@ def calibrate_ratio(
 
     ``data``: the dataset PSSR was trained on (``pssr.data.load(...)``), from which the validation
     split is rebuilt with ``defense.config.seed`` and ``val_size``. ``max_clean_drop``: a fraction
-    (0.03 = 3 points). ``eps`` defaults to the training budget ``defense.config.eps``. Returns a
+    (0.03 = 3 points). ``eps`` defaults to the dataset's budget (:func:`pssr.defaults.budget`; the
+    training budget ``defense.config.eps`` when the dataset is unknown). A choice that leaves the
+    defense inert (nothing removed and nothing rewritten, or gray-box accuracy no better than the bare
+    classifier's) is logged as a warning and marked ``"defends": false``. Returns a
     JSON-ready dict with one row per ratio, the classifier's accuracies and the ``chosen`` ratio;
     ``defense`` is left with its original configuration (see :func:`with_ratio`).
     """
@@ -137,7 +140,11 @@ def calibrate_ratio(
         raise ValueError(
             f"max_clean_drop must be a fraction in [0, 1] (0.03 = 3 points), got {max_clean_drop!r}"
         )
-    eps = cfg.eps if eps is None else eps
+    if eps is None:  # the dataset's budget (the evaluation's), else the one PSSR trained at
+        from pssr.defaults import dataset_name, resolve_eps
+
+        name = dataset_name(data, getattr(data, "train", None), defense)
+        eps = resolve_eps(None, name) if name else cfg.eps
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be > 0, got {eps!r}")
     if not (isinstance(steps, int) and steps >= 1):
@@ -173,7 +180,18 @@ def calibrate_ratio(
         finally:
             defense.config = cfg
     best, met = choose(rows, clf_clean, max_clean_drop)
+    inert = best["ratio"] == 0 and cfg.use_surgery and cfg.restore_scope == "mask"
+    if inert or best["graybox_acc"] <= clf_adv:
+        log.warning(
+            "calibration chose ratio %g: %s (gray-box accuracy %.3f, the bare classifier's %.3f); this "
+            "defense does not defend: train it with restore_scope='full' or a fine-tuned classifier",
+            best["ratio"],
+            "nothing is removed and the regenerator writes nothing back" if inert else "no better than none",
+            best["graybox_acc"],
+            clf_adv,
+        )
     return {
+        "defends": not inert and best["graybox_acc"] > clf_adv,
         "split": "validation (held out of PSSR training)",
         "n": len(xv),
         "eps": float(eps),

@@ -3,8 +3,9 @@
 PSSR (Fu, Zhou, Ma, Zhang, arXiv 2402.00304; our reading in shared/docs/paper-notes.md):
 
 * Threat model of the training data: adversarial examples made against the **frozen, normally
-  trained** classifier with Linf PGD at the dataset's budget (``PSSRConfig.eps``: digits / MNIST
-  0.3, Fashion-MNIST 0.1, CIFAR 8/255), optionally mixed with FGSM (``fgsm_fraction``). They are
+  trained** classifier with Linf PGD at the dataset's budget (``PSSRConfig.eps``; 0, the default,
+  takes it from :func:`pssr.defaults.budget`: digits 0.1, MNIST 0.3, Fashion-MNIST 0.1, CIFAR
+  8/255, the budgets the evaluation uses), optionally mixed with FGSM (``fgsm_fraction``). They are
   made once per run and cached (``adv_mode="cache"``, the CPU-friendly default; the classifier is
   frozen, so they only differ by the random start) or remade every batch (``"online"``).
 * Per batch (x clean, x_adv, y): the learned scorer is fitted to the target share of the attack;
@@ -421,7 +422,9 @@ def train_pssr(
         classifier: ``nn.Module`` on images in [0, 1] returning logits; never updated (with
             ``classifier_lr > 0`` a copy of it is fine-tuned).
         data: a ``pssr.data.Dataset`` (uses ``.train`` and ``.val``; ``.val`` may be empty).
-        config: :class:`PSSRConfig`; keyword ``overrides`` replace its fields (``epochs=2``).
+        config: :class:`PSSRConfig`; keyword ``overrides`` replace its fields (``epochs=2``). None:
+            the settings known to work on ``data``'s dataset (:func:`pssr.defaults.pssr_config`).
+            ``eps = 0`` (the default) trains at the dataset's L-inf budget (:func:`pssr.defaults.budget`).
         out_dir: where the per-epoch state, the adversarial cache and the final ``pssr.pt`` go;
             with ``resume=True`` an existing state there is continued (same config required,
             except ``epochs``, which may grow).
@@ -442,7 +445,12 @@ def train_pssr(
     """
     from tqdm.auto import tqdm
 
-    cfg = dataclasses.replace(config or PSSRConfig(), **overrides)
+    from pssr.defaults import dataset_name, pssr_config, resolved
+
+    # No config: the settings known to work on this dataset (pssr.defaults); eps = 0: its budget.
+    name = dataset_name(data, getattr(data, "train", None))
+    base = config if config is not None else pssr_config(name if name else None)
+    cfg = resolved(dataclasses.replace(base, **overrides), name)
     # Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); otherwise a no-op.
     info = D.init_distributed(default_device(cfg.device))
     device = D.device_for(info, default_device(cfg.device))  # cuda:LOCAL_RANK under NCCL
@@ -900,11 +908,12 @@ def run_from_config(
     Under torchrun every rank calls it: training and the quick evaluation are sharded, every rank
     returns the same summary, and rank 0 alone writes the files."""
     from pssr.config import build
+    from pssr.defaults import resolved
     from pssr.train.loop import DataConfig, load_data
     from pssr.utils import atomic_write_json, run_metadata
 
     data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
-    cfg = build(PSSRConfig, mapping.get("pssr"), prefix="pssr.")
+    cfg = resolved(build(PSSRConfig, mapping.get("pssr"), prefix="pssr."), data_cfg.name)  # eps 0: the budget
     run = build(PSSRRunConfig, mapping.get("run"), prefix="run.")
     if not run.classifier:
         raise ValueError(

@@ -1,0 +1,89 @@
+"""One source of truth for each dataset's budget and PSSR settings (pssr.defaults)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import pssr
+from pssr.attacks.sets import BUDGETS, DATASET_FAMILIES
+from pssr.config import build, load_toml
+from pssr.defaults import budget, dataset_name, pssr_config, resolved
+from pssr.defense import PSSR, PSSRConfig
+from pssr.testing import digits_cnn
+
+ROOT = Path(__file__).resolve().parents[1]
+PSSR_CONFIGS = sorted((ROOT / "configs").glob("pssr-*.toml"))
+
+
+def test_budget_reads_the_attack_budgets_for_every_known_dataset():
+    for name, fam in DATASET_FAMILIES.items():
+        for norm, eps in BUDGETS[fam].items():
+            assert budget(name, norm) == eps
+    with pytest.raises(ValueError, match="pass eps"):
+        budget(None)
+    with pytest.raises(ValueError, match="no attack budgets"):
+        budget("imagenet")
+
+
+@pytest.mark.parametrize("path", PSSR_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_name_no_budget_and_agree_with_the_defaults(path):
+    mapping = load_toml(path)
+    for section in ("pssr", "adv_train"):
+        assert "eps" not in (mapping.get(section) or {}), f"{path.name} [{section}] spells out a budget"
+    name = mapping["data"]["name"]
+    cfg = resolved(build(PSSRConfig, mapping["pssr"], prefix="pssr."), name)
+    assert cfg.eps == budget(name)
+    default = pssr_config(name)
+    if "finetune" not in path.name:  # the fine-tuning variant removes more on purpose
+        for key in ("ratio", "restore_scope", "fill", "gen_width", "scorer_width"):
+            assert getattr(cfg, key) == getattr(default, key), (path.name, key)
+
+
+def test_dataset_configs_adv_train_budget_comes_from_the_dataset():
+    from pssr.train.adversarial import AdvTrainConfig
+
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        mapping = load_toml(path)
+        if "adv_train" in mapping:
+            cfg = build(AdvTrainConfig, mapping["adv_train"], prefix="adv_train.")
+            assert resolved(cfg, mapping["data"]["name"]).eps == budget(mapping["data"]["name"]), path.name
+
+
+def test_splits_carry_their_dataset_name():
+    data = pssr.data.load("digits")
+    assert data.test.dataset == data.train.dataset == data.val.dataset == "digits"
+    assert data.test.subset(10, seed=3).dataset == "digits"
+    assert dataset_name(data.test) == "digits" and dataset_name(torch.nn.Identity()) is None
+
+
+def test_train_pssr_without_config_uses_the_dataset_settings():
+    clf, data = digits_cnn()
+    defense = pssr.train_pssr(clf, data, epochs=1, train_subset=64, val_size=32, progress=False)
+    assert defense.config.eps == budget("digits")  # not PSSRConfig's own 0 nor the old 0.3
+    assert defense.config.restore_scope == "full" and defense.config.ratio == 0.1
+    explicit = pssr.train_pssr(
+        clf, data, PSSRConfig(eps=0.05, epochs=1, train_subset=64, val_size=32), progress=False
+    )
+    assert explicit.config.eps == 0.05
+
+
+def test_evaluate_takes_the_budget_from_a_split():
+    clf, data = digits_cnn()
+    report = pssr.evaluate({"none": clf}, data.test, attacks="fgsm", n=16, progress=False, checks=False)
+    assert report.config["dataset"] == "digits"
+    assert report.config["eps"] == [budget("digits")]
+
+
+def test_an_inert_defense_is_flagged(caplog):
+    clf, data = digits_cnn()
+    # restore_scope "mask" with ratio 0: nothing is removed, nothing rewritten
+    inert = PSSR(clf, PSSRConfig(ratio=0.0, restore_scope="mask", scorer="random"), image_shape=(1, 8, 8))
+    with caplog.at_level(logging.WARNING):
+        report = pssr.evaluate({"pssr": inert}, data.test, attacks="fgsm", n=32, progress=False)
+    names = [f["name"] for f in report.models["pssr"]["flags"]]
+    assert "inert_defense" in names
+    assert "inert_defense" in caplog.text
