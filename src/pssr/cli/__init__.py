@@ -15,7 +15,14 @@ from pssr._version import __version__
 from pssr.utils.meta import command_line
 
 # Modules that contribute subcommands; each has register(subparsers).
-_COMMAND_MODULES = ("pssr.cli.train", "pssr.cli.defense", "pssr.cli.evaluate", "pssr.cli.demo", "pssr.cli.zoo")
+_COMMAND_MODULES = (
+    "pssr.cli.train",
+    "pssr.cli.defense",
+    "pssr.cli.evaluate",
+    "pssr.cli.demo",
+    "pssr.cli.zoo",
+    "pssr.cli.finding",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
