@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from pssr._version import __version__
 from pssr.utils.meta import command_line
@@ -22,6 +23,7 @@ _COMMAND_MODULES = (
     "pssr.cli.demo",
     "pssr.cli.zoo",
     "pssr.cli.finding",
+    "pssr.cli.certify",
 )
 
 
@@ -64,17 +66,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     note_start_revision()
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # Our own validation errors (ValueError subclasses: DataError, ConfigError, ...) are user
-        # errors: print them plainly, without a traceback.
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
+    except (ValueError, OSError) as e:
+        # Our own validation errors (ValueError subclasses: DataError, ConfigError, ...) and files that
+        # cannot be read or written are user errors: print them plainly, without a traceback.
         if args.verbose:
             raise
-        print(f"pssr {args.command}: error: {e}", file=sys.stderr)
+        print(f"pssr {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pssr {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _message(e: BaseException) -> str:
+    """One line: an OSError as 'what: file' (not '[Errno 21] ...'), anything else as its text."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.strerror}: {e.filename}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the CLI: 'pssr CMD: warning: message' on stderr, no source line."""
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        print(f"pssr {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover
