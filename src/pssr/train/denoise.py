@@ -1,0 +1,363 @@
+"""PSSR's regenerator trained as a Gaussian denoiser for a frozen classifier (denoised smoothing).
+
+Salman, Sun, Yang, Kapoor and Kolter ("Denoised Smoothing", NeurIPS 2020, arXiv 2003.01908) make an
+off-the-shelf classifier ``f`` certifiably robust by randomized smoothing of ``f(D(x + delta))``,
+``delta ~ N(0, sigma^2 I)``, with a denoiser ``D`` trained while ``f`` stays frozen. Here ``D`` is
+PSSR's purifier (arXiv 2402.00304): its Semantic Regeneration U-Net ``G``, with or without Pixel
+Surgery in front (see :mod:`pssr.certify.denoised` for the two readings), trained on
+``x + N(0, sigma^2 I)`` (unclipped) with
+
+* a pixel loss, ``w_pixel * MSE(D(x + delta), x)`` (Salman et al.'s denoising objective);
+* PSSR's semantic alignment to the classifier on the clean image: ``w_kl * KL(f(x) || f(D(x + delta)))``
+  and Salman et al.'s stability objective ``w_stability * CE(f(D(x + delta)), argmax f(x))``;
+* with surgery and the learned scorer: ``w_scorer`` times the scorer's listwise loss against each
+  pixel's share of the noise ``|delta|`` (the pixels that carry the most perturbation are the ones
+  surgery should remove, as for an attack).
+
+The classifier is frozen (eval mode, no gradient to its weights; gradients flow through it to ``D``).
+Each epoch writes ``OUT/denoiser-state.pt`` (weights, optimizer, generator states, history) and a
+rerun resumes after the last finished epoch; the end writes ``OUT/denoiser.pt``, a PSSR checkpoint
+(``torch.load(weights_only=True)``; :meth:`pssr.defense.PSSR.load` rebuilds denoiser and classifier)
+whose ``metrics["denoiser"]`` records sigma and the validation history, and ``OUT/denoiser.json``.
+
+Single process (no torchrun data parallelism here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pssr.config import asdict, build
+from pssr.defense.pssr import PSSR, PSSRConfig
+from pssr.defense.scoring import FrozenEval, attack_share_target
+from pssr.defense.surgery import MASK_MODES
+from pssr.train import losses
+from pssr.utils import autocast_context, default_device, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "pssr-denoise-state/1"
+_RUNTIME = frozenset({"device"})  # may differ between a saved state and the run resuming it
+
+__all__ = ["DenoiseConfig", "DenoiseRunConfig", "run_from_config", "train_denoiser"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseConfig:
+    """The ``[denoise]`` table: the denoiser, its noise level and its training."""
+
+    sigma: float = 0.5  # std of the Gaussian noise, pixel units (images in [0, 1])
+    use_surgery: bool = False  # True: Pixel Surgery removes `ratio` of the noisy pixels before G
+    scorer: str = "learned"  # with surgery: learned (trained on |noise|) | random | gradient
+    scorer_width: int = 8  # channels of the learned scorer's first U-Net level
+    ratio: float = 0.1  # share of the H*W pixels surgery removes
+    fill: str = "mean"  # value of removed pixels fed to G
+    gen_width: int = 16  # channels of G's first U-Net level
+    gen_depth: int = 2  # 2x down-samplings in G
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam, constant
+    train_subset: int = 0  # train on this many training images (0 = all), a seeded subset
+    val_size: int = 1000  # validation images (from val, else held out of train)
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast for G and the classifier in training (validation is fp32)
+    device: str = "auto"
+    w_pixel: float = 1.0  # MSE(D(x + delta), x)
+    w_kl: float = 1.0  # KL(f(x) || f(D(x + delta)))
+    w_stability: float = 0.0  # CE(f(D(x + delta)), argmax f(x))
+    w_scorer: float = 1.0  # learned scorer vs |delta| (with surgery only)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("sigma", 0 < self.sigma < float("inf"), "> 0"),
+            ("ratio", 0.0 <= self.ratio <= 1.0, "in [0, 1]"),
+            ("lr", self.lr > 0, "> 0"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("train_subset", self.train_subset >= 0, ">= 0"),
+            ("val_size", self.val_size >= 1, ">= 1"),
+            ("seed", self.seed >= 0, ">= 0"),
+        ] + [
+            (f.name, getattr(self, f.name) >= 0, ">= 0")
+            for f in dataclasses.fields(self)
+            if f.name.startswith("w_")
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"denoise.{name} must be {allowed}, got {getattr(self, name)!r}")
+        self.pssr_config()  # validates scorer, fill, widths
+
+    def pssr_config(self) -> PSSRConfig:
+        """The PSSR architecture of this denoiser (G re-renders every pixel: ``restore_scope="full"``)."""
+        return PSSRConfig(
+            scorer=self.scorer,
+            scorer_width=self.scorer_width,
+            ratio=self.ratio,
+            fill=self.fill,
+            use_surgery=self.use_surgery,
+            gen_width=self.gen_width,
+            gen_depth=self.gen_depth,
+            restore_scope="full",
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+        )
+
+
+def _mask(defense: PSSR, x_noisy: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(mask, scores with gradient for a learned scorer or None) of a noisy batch."""
+    cfg = defense.config
+    if not cfg.use_surgery:
+        return x_noisy.new_zeros(x_noisy.shape[0], 1, *x_noisy.shape[2:]), None
+    learned = getattr(defense.scorer, "needs_training", False)
+    with torch.set_grad_enabled(learned and torch.is_grad_enabled()):
+        scores = defense.scorer(x_noisy, defense.classifier)  # (N, 1, H, W)
+    m = MASK_MODES[cfg.mask_mode](scores.detach().float(), cfg.ratio)
+    return m, scores if learned else None
+
+
+def _loss(defense: PSSR, cfg: DenoiseConfig, x: Tensor, noise: Tensor) -> tuple[Tensor, dict[str, float]]:
+    clf = defense.classifier
+    x_noisy = x + cfg.sigma * noise  # (N, C, H, W), unclipped
+    with torch.no_grad():
+        logits_clean = clf(x)
+    m, scores = _mask(defense, x_noisy)
+    with autocast_context(x.device, cfg.bf16):
+        restored = defense.restore(x_noisy, m)
+        logits = clf(restored)
+    parts = {
+        "pixel": cfg.w_pixel * F.mse_loss(restored.float(), x.float()),
+        "kl": cfg.w_kl * losses.kl_to_target(logits_clean, logits),
+    }
+    if cfg.w_stability > 0:
+        parts["stability"] = cfg.w_stability * F.cross_entropy(logits.float(), logits_clean.argmax(1))
+    if scores is not None and cfg.w_scorer > 0:
+        target = attack_share_target("delta", x, x_noisy)  # each pixel's share of |delta|
+        parts["scorer"] = cfg.w_scorer * losses.scorer_ce(scores, target)
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def validate(defense: PSSR, x: Tensor, y: Tensor, sigma: float, seed: int, batch_size: int = 250) -> dict:
+    """Accuracy of the classifier on one seeded noisy copy of each image, without and with the
+    denoiser (the base models whose smoothing is certified), the denoiser's clean accuracy, and its
+    pixel MSE. fp32, eval mode."""
+    from pssr.certify.denoised import DenoisedClassifier
+
+    dev = next(defense.parameters()).device
+    den = DenoisedClassifier(defense)
+    g = torch.Generator().manual_seed(seed)
+    hits = {"noisy_acc_classifier": 0, "noisy_acc_denoised": 0, "clean_acc_denoised": 0}
+    mse = 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+        xn = xb + sigma * torch.randn(xb.shape, generator=g).to(dev)
+        r = den.denoise(xn)
+        hits["noisy_acc_classifier"] += int((defense.classifier(xn).argmax(1) == yb).sum())
+        hits["noisy_acc_denoised"] += int((defense.classifier(r).argmax(1) == yb).sum())
+        hits["clean_acc_denoised"] += int((den(xb).argmax(1) == yb).sum())
+        mse += float(((r - xb) ** 2).mean()) * len(xb)
+    return {**{k: v / len(x) for k, v in hits.items()}, "pixel_mse": mse / len(x)}
+
+
+def _digest(model: nn.Module) -> str:
+    from pssr.evaluation.harness import _model_fingerprint
+
+    return _model_fingerprint(model)
+
+
+def _params(defense: PSSR) -> list[nn.Parameter]:
+    ps = list(defense.generator.parameters()) if defense.generator is not None else []
+    if defense.config.use_surgery and getattr(defense.scorer, "needs_training", False):
+        ps += list(defense.scorer.parameters())
+    return ps
+
+
+def _resume(
+    path: Path, cfg: DenoiseConfig, digest: str, defense: PSSR, opt: Any, gens: dict
+) -> tuple[int, list]:
+    ck = load_checkpoint(path)
+    saved = {k: v for k, v in ck.get("config", {}).items() if k not in _RUNTIME}
+    now = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME}
+    if ck.get("format") != STATE_FORMAT or saved != now or ck.get("classifier") != digest:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ValueError(
+            f"{path} was written by another denoiser run (differing: {', '.join(diff) or 'the classifier'}); "
+            "pass resume=False (--no-resume) to start over, or choose another --out"
+        )
+    defense.generator.load_state_dict(ck["generator"])
+    defense.scorer.load_state_dict(ck["scorer"])
+    opt.load_state_dict(ck["optimizer"])
+    for k, g in gens.items():
+        g.set_state(ck["rng"][k].cpu())
+    log.info("resuming the denoiser from %s after epoch %d/%d", path, ck["epoch"], cfg.epochs)
+    return int(ck["epoch"]), list(ck["history"])
+
+
+def train_denoiser(
+    classifier: nn.Module,
+    data: Any,
+    config: DenoiseConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = True,
+    **overrides: Any,
+) -> PSSR:
+    """Train PSSR's regenerator (and, with surgery, its learned scorer) as a denoiser for ``classifier``.
+
+    Args:
+        classifier: frozen ``nn.Module`` (images in [0, 1] -> logits); needs ``pssr_spec`` (set by
+            :func:`pssr.train.classifier.load_classifier`) for the saved checkpoint to rebuild it.
+        data: a :class:`pssr.data.Dataset`.
+        config: a :class:`DenoiseConfig`; keyword ``overrides`` replace its fields.
+        out: folder of ``denoiser-state.pt`` (per epoch, for resume), ``denoiser.pt`` and
+            ``denoiser.json``; None keeps nothing on disk.
+
+    Returns the trained :class:`PSSR` in eval mode (``DenoisedClassifier(result)`` is the base model).
+    """
+    cfg = dataclasses.replace(
+        config or DenoiseConfig(), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if not isinstance(classifier, nn.Module):
+        raise ValueError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
+    from pssr.train.pssr_train import _splits
+
+    device = default_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the weight init of G and the scorer
+    defense = PSSR(classifier.to(device).eval(), cfg.pssr_config(), tuple(data.image_shape), data.num_classes)
+    defense.to(device)
+    digest = _digest(classifier)
+    x_tr, _, x_val, y_val = _splits(data, cfg)
+    params = _params(defense)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    gens = {
+        "shuffle": torch.Generator().manual_seed(cfg.seed),
+        "noise": torch.Generator().manual_seed(cfg.seed + 1),
+    }
+    state_path = Path(out) / "denoiser-state.pt" if out is not None else None
+    start, history = 0, []
+    if state_path is not None and state_path.is_file() and resume:
+        start, history = _resume(state_path, cfg, digest, defense, opt, gens)
+    n = len(x_tr)
+    bs = min(cfg.batch_size, n)
+    t_all = time.perf_counter()
+    with FrozenEval(classifier):
+        for epoch in range(start, cfg.epochs):
+            t0, sums, steps = time.perf_counter(), {}, 0
+            defense.generator.train()
+            perm = torch.randperm(n, generator=gens["shuffle"])
+            for i in range(0, n - bs + 1, bs):
+                x = x_tr[perm[i : i + bs]].to(device)
+                noise = torch.randn(x.shape, generator=gens["noise"]).to(device)
+                loss, parts = _loss(defense, cfg, x, noise)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            defense.eval()
+            rec = {
+                "epoch": epoch + 1,
+                **{f"loss_{k}": v / max(1, steps) for k, v in sums.items()},
+                "train_seconds": time.perf_counter() - t0,
+                **validate(defense, x_val, y_val, cfg.sigma, seed=cfg.seed + 2),
+            }
+            history.append(rec)
+            log.info(
+                "denoiser epoch %d/%d: %s",
+                epoch + 1,
+                cfg.epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in rec.items()),
+            )
+            if state_path is not None:
+                save_checkpoint(
+                    state_path,
+                    {
+                        "format": STATE_FORMAT,
+                        "config": asdict(cfg),
+                        "classifier": digest,
+                        "generator": {k: v.detach().cpu() for k, v in defense.generator.state_dict().items()},
+                        "scorer": {k: v.detach().cpu() for k, v in defense.scorer.state_dict().items()},
+                        "optimizer": opt.state_dict(),
+                        "rng": {k: g.get_state() for k, g in gens.items()},
+                        "epoch": epoch + 1,
+                        "history": history,
+                    },
+                )
+    defense.eval()
+    defense.metrics = {
+        "denoiser": {"sigma": cfg.sigma, "config": asdict(cfg), "history": history},
+        "final": history[-1] if history else {},
+        "data": {"name": data.name, "n_train": n, "n_val": len(x_val)},
+        "wall_seconds_this_invocation": time.perf_counter() - t_all,
+    }
+    if out is not None:
+        defense.save(Path(out) / "denoiser.pt")
+    return defense
+
+
+# ----------------------------------------------------------------------------- config-file runs
+@dataclasses.dataclass(frozen=True)
+class DenoiseRunConfig:
+    """The ``[run]`` table of a ``configs/denoise-*.toml`` file (with ``[data]`` and ``[denoise]``)."""
+
+    classifier: str = ""  # classifier checkpoint written by `pssr train-classifier` (required)
+    out: str = ""  # output folder; "" = runs/<config file stem>
+
+
+def run_from_config(
+    mapping: dict[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    classifier: str | None = None,
+    resume: bool = True,
+    command: str | None = None,
+    default_out: str | Path = "runs/denoise",
+) -> dict[str, Any]:
+    """Train from a parsed config (``[data]``, ``[denoise]``, ``[run]``); write ``OUT/denoiser.pt`` and
+    ``OUT/denoiser.json``; return the summary."""
+    from pssr.train.loop import DataConfig, host_info, load_data, plain_metadata
+    from pssr.train.pssr_train import load_classifier_checkpoint
+    from pssr.utils import atomic_write_json
+
+    data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
+    cfg = build(DenoiseConfig, mapping.get("denoise"), prefix="denoise.")
+    run = build(DenoiseRunConfig, mapping.get("run"), prefix="run.")
+    clf_path = classifier or run.classifier
+    if not clf_path:
+        raise ValueError(
+            "no classifier checkpoint: set [run] classifier = PATH in the config or pass --classifier"
+        )
+    out = Path(out_dir or run.out or default_out)
+    clf, _ = load_classifier_checkpoint(clf_path, device=cfg.device)
+    data = load_data(data_cfg)
+    t0 = time.perf_counter()
+    defense = train_denoiser(clf, data, cfg, out=out, resume=resume)
+    summary = {
+        "kind": "denoiser",
+        "checkpoint": str(out / "denoiser.pt"),
+        "classifier": str(clf_path),
+        "dataset": data.name,
+        "sigma": cfg.sigma,
+        "surgery": cfg.use_surgery,
+        "final": defense.metrics.get("final", {}),
+        "history": defense.metrics["denoiser"]["history"],
+        "config": asdict(cfg),
+        "data_config": dataclasses.asdict(data_cfg),
+        "command": command,
+        "wall_seconds_this_invocation": time.perf_counter() - t0,
+        "metadata": plain_metadata(),
+        "host": host_info(),
+    }
+    atomic_write_json(out / "denoiser.json", summary)
+    return summary
