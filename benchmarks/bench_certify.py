@@ -169,16 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--channels-last", action="store_true", help="NHWC weights (as pssr certify --channels-last)"
+    )
     p.add_argument("--out", default="results/benchmarks-certify.json")
     args = p.parse_args(argv)
     name, model, info = load_base_model(args.model)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     data = _data(info, args.data)
     if args.what == "speed":
         res = speed(model, data.test.x[:8], args.sigma, args.n0, args.n, args.batch_size, args.repeats)
     else:
         res = art_compare(model, data.test, args, data.num_classes)
     res.update(
-        {"model": name, "path": str(info["path"]), "dataset": data.name, "load_average": load_average()}
+        {
+            "channels_last": args.channels_last,
+            "model": name,
+            "path": str(info["path"]),
+            "dataset": data.name,
+            "load_average": load_average(),
+        }
     )
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}

@@ -322,7 +322,7 @@ def test_cli_certifies_a_checkpoint_and_names_a_missing_sigma(tmp_path, capsys):
     save_checkpoint(tmp_path / "bare.pt", {**ck, "config": {"augment": "none"}})
     out = tmp_path / "rep"
     args = ["certify", "--model", f"g={tmp_path / 'clf.pt'}", "--num", "3", "--n0", "10", "--n", "50",
-            "--batch-size", "60", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--batch-size", "60", "--out", str(out), "--no-progress", "--channels-last"]  # fmt: skip
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     assert list(rep["units"]) == ["g@sigma=0.25"] and rep["units"]["g@sigma=0.25"]["n_examples"] == 3

