@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pssr.attacks import create_attack
+
 log = logging.getLogger(__name__)
 
 
@@ -174,7 +176,7 @@ def check_large_eps(
     """Accuracy under each ``config.large_eps_attacks`` attack at a budget that reaches any image."""
     from pssr.attacks.base import ATTACKS
 
-    create = _attack_factory()
+    create = create_attack
     eps = config.large_eps if config.large_eps is not None else default_large_eps(norm, tuple(x.shape[1:]))
     res: dict[str, Any] = {"eps": eps, "accuracy": {}, "skipped": {}}
     flags = []
@@ -203,18 +205,6 @@ def check_large_eps(
     return res, flags
 
 
-def _attack_factory():  # noqa: ANN202 - returns the attacks package's create function
-    try:
-        from pssr.attacks import create_attack
-    except ImportError:
-        from pssr.attacks.base import ATTACKS
-
-        def create_attack(name, model, **kw):  # type: ignore[no-untyped-def]
-            return ATTACKS.create(name, model=model, **kw)
-
-    return create_attack
-
-
 def check_inert(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float | None, seed: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -226,7 +216,7 @@ def check_inert(
     purify, clf = getattr(model, "purify", None), getattr(model, "classifier", None)
     if eps is None or not callable(purify) or not isinstance(clf, nn.Module):
         return {}, []
-    x_adv = _attack_factory()("pgd", clf, eps=eps, norm=norm, steps=10, seed=seed)(x, y)
+    x_adv = create_attack("pgd", clf, eps=eps, norm=norm, steps=10, seed=seed)(x, y)
     with torch.no_grad():
         pred_clf, pred_def = clf(x_adv).argmax(1), model(x_adv).argmax(1)
         changed = float((purify(x_adv) - x_adv).abs().amax())

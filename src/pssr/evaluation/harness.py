@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from pssr import distributed as D
+from pssr.attacks import ATTACK_SETS, DATASET_FAMILIES, create_attack, dataset_family
 from pssr.data import Dataset, Split
 from pssr.defaults import budget, dataset_name
 from pssr.evaluation import checks as checks_mod
@@ -115,35 +116,26 @@ class AttackSpec:
         }
 
 
-def _attacks_module() -> Any:
-    import pssr.attacks as attacks
-
-    return attacks
-
-
 def _family(dataset: str | None) -> str | None:
     """The attacks package's budget family of ``dataset`` (None when unknown)."""
     if dataset is None:
         return None
-    fam = getattr(_attacks_module(), "dataset_family", None)
-    if fam is None:
-        return None
     try:
-        return fam(dataset)
+        return dataset_family(dataset)
     except ValueError:
         return None
 
 
 def _set_entries(set_name: str, dataset: str | None) -> list[Any]:
     """``ATTACK_SETS[set_name][family]``: the set's entries at ``dataset``'s default hyper-parameters."""
-    sets = getattr(_attacks_module(), "ATTACK_SETS", None) or {}
+    sets = ATTACK_SETS
     if set_name not in sets:
         raise ValueError(f"unknown attack set {set_name!r}; available: {', '.join(sorted(sets)) or 'none'}")
     fam = _family(dataset)
     if fam is None:
         raise ValueError(
             f"the attack set {set_name!r} needs a dataset with known defaults (got dataset={dataset!r}); pass "
-            f"dataset=... (one of {', '.join(sorted(getattr(_attacks_module(), 'DATASET_FAMILIES', {})))}) "
+            f"dataset=... (one of {', '.join(sorted(DATASET_FAMILIES))}) "
             "or list attacks by name"
         )
     return list(sets[set_name][fam])
@@ -158,7 +150,7 @@ def _defaults_for(
     entries of ``norm``. With an
     unknown dataset the entry still gives the threat model and flags, but not the hyper-parameters.
     """
-    sets = getattr(_attacks_module(), "ATTACK_SETS", None) or {}
+    sets = ATTACK_SETS
     fam = _family(dataset)
     order = [t for t in ((threat,) if threat else ()) + THREAT_MODELS if t in sets]
     for field_name in ("label", "attack"):
@@ -283,12 +275,7 @@ def parse_attacks(
 
 
 def _create_attack(name: str, model: nn.Module, **kw: Any) -> Any:
-    create = getattr(_attacks_module(), "create_attack", None)
-    if create is None:
-        from pssr.attacks.base import ATTACKS
-
-        return ATTACKS.create(name, model=model, **kw)
-    return create(name, model, **kw)
+    return create_attack(name, model, **kw)
 
 
 def default_eps(dataset: str | None, norm: str) -> float:

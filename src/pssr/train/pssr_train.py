@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -736,27 +735,18 @@ def _check_same_start(defense: PSSR, cfg: PSSRConfig, key: dict[str, Any], info:
 
 # ----------------------------------------------------------------------------- quick measurement
 def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Callable[..., Tensor]]:
-    """PGD from ``pssr.attacks`` when it is there, else :func:`pgd`; returns (implementation, fn).
+    """PGD from ``pssr.attacks``; returns (implementation, fn).
 
     ``fn(model, x, y, grad_model=None)``: gradients from ``grad_model`` (a BPDA view), success on ``model``.
     """
-    try:
-        importlib.import_module("pssr.attacks.pgd")
-        from pssr.attacks.base import ATTACKS
+    from pssr.attacks import create_attack
 
-        def lib(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
-            return ATTACKS.create(
-                "pgd", model=m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model
-            )(x, y)
+    def lib(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
+        return create_attack("pgd", m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model)(
+            x, y
+        )
 
-        return "pssr.attacks.pgd (1 restart, random start, early stop per example)", lib
-    except ImportError:
-        g = torch.Generator().manual_seed(seed)
-
-        def own(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
-            return pgd(grad_model if grad_model is not None else m, x, y, eps, alpha, steps, generator=g)
-
-        return "pssr.train.pssr_train.pgd (1 restart, random start, last iterate)", own
+    return "pssr.attacks.pgd (1 restart, random start, early stop per example)", lib
 
 
 def quick_eval(
