@@ -8,6 +8,10 @@ resumes. A SPEC is ``[NAME=]PATH`` (a PSSR or classifier checkpoint) or
 classifier), e.g. ``--checkpoint none=runs/digits/classifier.pt --checkpoint runs/digits/pssr.pt
 --checkpoint jpeg:quality=60@runs/digits/classifier.pt``.
 
+Before it starts, the command prints an estimate of its duration (:mod:`pssr.evaluation.estimate`)
+and, for the full suite, that of ``--attacks fast`` (the fast suite of :mod:`pssr.attacks.sets`,
+docs/attack-suites.md). ``--quick`` is the fast suite on at most 100 examples.
+
 Under ``torchrun --nproc_per_node=N -m pssr evaluate ...`` the examples are sharded over the N
 ranks (gloo on CPU, NCCL with ``--device cuda``, one GPU per rank); the records equal those of one
 process, and rank 0 alone writes OUT and prints the summary (see docs/distributed.md).
@@ -18,14 +22,91 @@ process, and rank 0 alone writes OUT and prints the summary (see docs/distribute
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ATTACKS = "paper,adaptive"
+QUICK_N = 100  # --quick: at most this many examples (a first look, not a report's numbers)
+
+
+def _resolve_attacks(args: argparse.Namespace) -> tuple[str, int | None]:
+    """(attacks, n) after --quick: the fast suite on at most QUICK_N examples."""
+    if not args.quick:
+        return args.attacks or DEFAULT_ATTACKS, args.n
+    if args.attacks is not None and args.attacks.strip().lower() != "fast":
+        raise ValueError(f"--quick runs the fast suite: drop --attacks {args.attacks} or drop --quick")
+    return "fast", QUICK_N if args.n is None else min(args.n, QUICK_N)
+
+
+def _dataset_name(
+    args: argparse.Namespace, infos: dict[str, dict[str, Any]]
+) -> tuple[str | None, dict[str, Any]]:
+    """The dataset name and load arguments evaluate_checkpoints will use (--data, else the checkpoints')."""
+    from pssr.evaluation.loading import _checkpoint_data
+
+    stored = _checkpoint_data(infos)
+    name = args.data or stored.get("name")
+    kw: dict[str, Any] = {}
+    if stored.get("name") == name and stored.get("data_dir") is not None:
+        kw["data_dir"] = stored["data_dir"]
+    if args.data_dir is not None:
+        kw["data_dir"] = args.data_dir
+    return name, kw
+
+
+def _print_estimate(
+    args: argparse.Namespace,
+    attacks: str,
+    n: int | None,
+    models: dict[str, Any],
+    name: str,
+    kw: dict[str, Any],
+) -> None:
+    """Print how long the evaluation should take (and the fast suite's time when it is not the one run).
+
+    Loads the data once more than the evaluation does (cached: seconds) and times each model's
+    passes on one batch.
+    """
+    import pssr.data
+    from pssr.evaluation.estimate import estimate_evaluation, format_seconds
+    from pssr.evaluation.loading import parse_eps
+
+    split = getattr(pssr.data.load(name, **kw), args.split)
+    n_eval = len(split) if n is None else min(n, len(split))
+    n_eps = len(parse_eps(args.eps)) if args.eps else 1
+    common = dict(dataset=name, norm=args.norm, n_eps=n_eps, batch_size=args.batch_size, times={})
+    x = split.x[:8]
+    est = estimate_evaluation(models, attacks, n_eval, x, **common)
+    line = est.text()
+    if attacks.strip().lower() != "fast":
+        fast = estimate_evaluation(models, "fast", n_eval, x, **common)
+        line += f"; --attacks fast takes ~{format_seconds(fast.seconds)}"
+    if (Path(args.out) / "state" / "state.json").is_file() and not args.fresh:
+        line += " (before what OUT/state has saved)"
+    print(line + " (an upper bound: see docs/attack-suites.md)", flush=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.only and args.report_only:
         raise ValueError("--only and --report-only contradict each other: --report-only computes nothing")
     from pssr import distributed as D
+    from pssr.attacks.sets import expand_suites
     from pssr.evaluation.checks import CheckConfig
     from pssr.evaluation.loading import evaluate_checkpoints
+
+    attacks, n = _resolve_attacks(args)
+    dataset = args.data
+    if not args.report_only:
+        from pssr.evaluation.loading import load_models
+
+        # the checkpoints name the dataset (a suite's hyper-parameters depend on it) and the
+        # estimate times the models: loaded here once more than the evaluation does (seconds)
+        models, infos = load_models(args.checkpoint)
+        dataset, kw = _dataset_name(args, infos)
+        if args.estimate and dataset and os.environ.get("RANK", "0") == "0":
+            _print_estimate(args, attacks, n, models, dataset, kw)
+        del models
 
     report, is_main = D.run_and_leave(
         lambda: evaluate_checkpoints(
@@ -34,12 +115,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             data=args.data,
             data_dir=args.data_dir,
             split=args.split,
-            attacks=args.attacks,
+            attacks=expand_suites(attacks, args.norm, dataset),
             eps=args.eps,
             resume=args.resume,
             fresh=args.fresh,
             norm=args.norm,
-            n=args.n,
+            n=n,
             subset_seed=args.subset_seed,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -69,6 +150,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             "partial report: the evaluation is unfinished; run the command without --report-only / --only to "
             "finish it"
         )
+    if args.results is not None:
+        from pssr.utils import atomic_write_json
+
+        print(f"report JSON: {atomic_write_json(args.results, d)}")
     print(f"report: {args.out}/report.md")
     return 0
 
@@ -114,8 +199,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate on")
     p.add_argument(
         "--attacks",
-        default="paper,adaptive",
-        help="'paper', 'adaptive', attack names (NAME[@paper|@adaptive]), comma-separated",
+        default=None,
+        help=f"'paper', 'adaptive' (default: {DEFAULT_ATTACKS}, what reports use), 'fast' (an adaptive worst "
+        "case in minutes: APGD-CE/APGD-T through the BPDA view, full-gradient PGD, Square 1000, BPDA+EOT PGD "
+        "on randomized defenses, the paper protocol's PGD; about a tenth of the full suite's time, see "
+        "docs/attack-suites.md), or attack names (NAME[@paper|@adaptive]), comma-separated",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the fast suite on at most {QUICK_N} examples (a first look, not a report's numbers)",
     )
     p.add_argument(
         "--eps",
@@ -139,6 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="attack seed")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: where the models are: cpu)")
     p.add_argument("--out", required=True, help="output folder (report files; state in OUT/state)")
+    p.add_argument("--results", type=Path, default=None, help="also write the report JSON to this file")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--resume",
@@ -163,6 +257,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity checks")
     p.add_argument("--check-n", type=int, default=64, help="examples used by the sanity checks")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--no-estimate",
+        dest="estimate",
+        action="store_false",
+        help="do not print the time estimate (it times each model on one batch first)",
+    )
     p.set_defaults(func=_evaluate)
 
     q = subparsers.add_parser(
