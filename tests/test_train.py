@@ -285,7 +285,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 def test_pgd_linf_stays_in_the_ball_and_raises_the_loss(digits):
     model = train_classifier("tiny-cnn", digits, epochs=3, **FAST)
     x, y = digits.test.x[:64], digits.test.y[:64]
-    x_adv = pgd_linf(model, x, y, eps=0.1, alpha=0.025, steps=10, gen=torch.Generator().manual_seed(0))
+    x_adv = pgd_linf(model, x, y, eps=0.1, alpha=0.025, steps=10, generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
         assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y) + 0.1
@@ -310,7 +310,9 @@ def test_adv_config_validation():
     with pytest.raises(ValueError, match="method"):
         AdvTrainConfig(method="fgsm-at")
     with pytest.raises(ValueError, match="eps"):
-        AdvTrainConfig(eps=0.0)
+        AdvTrainConfig(eps=-0.1)  # 0 is allowed: the dataset's budget (pssr.defaults)
+    with pytest.raises(ValueError, match="eps"):
+        AdvTrainConfig(eps=1.5)
     with pytest.raises(ValueError, match="steps"):
         AdvTrainConfig(steps=0)
 

@@ -38,7 +38,11 @@ Example::
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from pssr.attacks._iterative import IterativeAttack
 from pssr.attacks.base import ATTACKS
@@ -77,3 +81,47 @@ class PGD(IterativeAttack):
             early_stop=early_stop,
             grad_model=grad_model,
         )
+
+
+def pgd_linf(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Fixed-budget L-inf PGD (Madry et al. 2018) for *training* and calibration: ``steps`` signed
+    steps of ``alpha`` on ``loss(model(x'), y)`` (summed cross-entropy by default), projected on the
+    ``eps``-ball around ``x`` and [0, 1]; returns the last iterate (N, C, H, W), detached. ``steps=1,
+    alpha=eps`` without random start is FGSM. Unlike :class:`PGD` there are no restarts and no early
+    stop: every example takes every step, so a batch's result does not depend on the others.
+
+    The random start is ``x + (2 * noise - 1) * eps`` with ``noise`` uniform in [0, 1), float32,
+    (N, C, H, W): given (so that sharded callers reproduce one process's draws bit for bit), or drawn
+    from the CPU ``generator``. The model's train/eval mode is the caller's; no gradient reaches its
+    parameters (gradients are taken with respect to the input only)."""
+    loss_fn = loss or (lambda logits, t: F.cross_entropy(logits.float(), t, reduction="sum"))
+    x = x.detach()
+    if random_start and eps > 0:
+        if noise is None:
+            noise = torch.rand(x.shape, generator=generator, dtype=torch.float32)
+        elif noise.shape != x.shape:
+            raise ValueError(
+                f"pgd_linf: noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}"
+            )
+        x_adv = (x + (2 * noise.to(x.device) - 1) * eps).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
+        x_adv = x_adv.detach() + alpha * g.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()

@@ -14,8 +14,8 @@ Threat model: L-infinity, radius ``eps`` in [0, 1] pixel units, white-box on the
 The adversarial examples are generated with the model in eval mode (BatchNorm uses running
 statistics and dropout is off, so the attack sees the deterministic network and does not pollute the
 BatchNorm statistics), and the update runs in train mode. The loop, checkpoints and exact resume are
-:mod:`pssr.train.loop`'s. ``pgd_linf`` is a small private attack used for training and for the
-robust accuracy recorded at the end (PGD-``eval_steps``, worst case over ``eval_restarts`` random
+:mod:`pssr.train.loop`'s. :func:`pssr.attacks.pgd.pgd_linf` (the one training PGD, shared with PSSR
+training and calibration) makes the training examples and the robust accuracy recorded at the end (PGD-``eval_steps``, worst case over ``eval_restarts`` random
 starts); the full evaluation lives in :mod:`pssr.evaluation` with :mod:`pssr.attacks`.
 
 Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64, logits (N, classes).
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pssr.attacks.pgd import pgd_linf
 from pssr.data import Dataset, Split
 from pssr.distributed import unwrap
 from pssr.registry import Registry
@@ -84,43 +85,6 @@ class AdvTrainConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-def _uniform(
-    shape: torch.Size, gen: torch.Generator | None, device: torch.device, low: float, high: float
-) -> Tensor:
-    return (torch.rand(shape, generator=gen) * (high - low) + low).to(device)
-
-
-def pgd_linf(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    gen: torch.Generator | None = None,
-    random_start: bool = True,
-    loss: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> Tensor:
-    """L-inf PGD (Madry et al. 2018): maximize ``loss(model(x'), y)`` (summed cross-entropy by
-    default) over ``||x' - x||_inf <= eps``, ``x'`` in [0, 1]. The model's mode is left as it is (the
-    callers set it); no gradient reaches its parameters. Random draws use the CPU generator ``gen``.
-    Returns ``x'`` (N, C, H, W), detached."""
-    loss_fn = loss or (lambda logits, t: F.cross_entropy(logits.float(), t, reduction="sum"))
-    x = x.detach()
-    if random_start:
-        x_adv = (x + _uniform(x.shape, gen, x.device, -eps, eps)).clamp_(0.0, 1.0)
-    else:
-        x_adv = x.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
-        x_adv = x_adv.detach() + alpha * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-    return x_adv.detach()
-
-
 @torch.no_grad()
 def pgd_accuracy(
     model: nn.Module,
@@ -156,7 +120,7 @@ def pgd_accuracy(
             ok = model(x).argmax(1) == y
             clean += int(ok.sum())
             for _ in range(restarts):
-                x_adv = pgd_linf(model, x, y, eps=eps, alpha=alpha, steps=steps, gen=gen)
+                x_adv = pgd_linf(model, x, y, eps=eps, alpha=alpha, steps=steps, generator=gen)
                 ok &= model(x_adv).argmax(1) == y
             robust += int(ok.sum())
     finally:
@@ -192,7 +156,7 @@ def pgd_at_loss(cfg: AdvTrainConfig) -> BatchLoss:
         # followed by exactly one backward (the training step's).
         inner = unwrap(model)
         x_adv = _eval_mode_attack(
-            inner, lambda: pgd_linf(inner, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, gen=gen)
+            inner, lambda: pgd_linf(inner, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, generator=gen)
         )
         logits = model(x_adv)
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing), logits

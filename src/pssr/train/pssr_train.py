@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr import distributed as D
+from pssr.attacks.pgd import pgd_linf
 from pssr.config import asdict
 from pssr.defense.pssr import PSSR, PSSRConfig, eval_mode
 from pssr.defense.scoring import FrozenEval, attack_share_target
@@ -83,30 +84,20 @@ def pgd(
     random_start: bool = True,
     noise: Tensor | None = None,
 ) -> Tensor:
-    """Linf PGD (Madry et al. 2018) on CE, x (N, C, H, W) in [0, 1]; ``steps=1, alpha=eps`` without
-    random start is FGSM. The model is used in eval mode with frozen parameters (both restored).
-
-    The random start is ``x + (2 * noise - 1) * eps`` with ``noise`` uniform in [0, 1), (N, C, H, W),
-    float32: given, or drawn from ``generator``."""
-    x = x.detach()
-    if random_start and eps > 0:
-        if noise is None:
-            noise = torch.rand(x.shape, generator=generator, dtype=torch.float32)
-        elif noise.shape != x.shape:
-            raise ValueError(
-                f"pgd: noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}"
-            )
-        noise = noise.to(x.device)
-        x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
-    else:
-        x_adv = x.clone()
-    with FrozenEval(model), torch.enable_grad():
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-            x_adv = x_adv.detach() + alpha * g.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+    """:func:`pssr.attacks.pgd.pgd_linf` (the one training PGD) with ``model`` in eval mode and its
+    parameters frozen (both restored); ``noise`` / ``generator`` give the random start."""
+    with FrozenEval(model):
+        return pgd_linf(
+            model,
+            x,
+            y,
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            random_start=random_start,
+            noise=noise,
+            generator=generator,
+        )
 
 
 def make_adversarial(
