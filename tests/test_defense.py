@@ -243,10 +243,14 @@ def test_save_load_equal_outputs_weights_only(tmp_path, cfg: dict) -> None:
     assert d2.config == d.config and d2.metrics == {"note": "test"}
 
 
-def test_save_without_classifier_spec_is_a_clear_error(tmp_path) -> None:
+def test_save_without_classifier_spec_needs_the_classifier_to_load(tmp_path) -> None:
+    # issue 21: a PSSR around a model pssr cannot rebuild saves its weights; loading asks for the model
     d = PSSR(_classifier(), PSSRConfig(gen_width=8, scorer_width=8), image_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="classifier_spec"):
-        d.save(tmp_path / "x.pt")
+    path = d.save(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="classifier=model"):
+        PSSR.load(path)
+    x = _x()
+    assert torch.equal(PSSR.load(path, classifier=_classifier(seed=5))(x), d(x))
 
 
 @pytest.mark.parametrize("mode", ["identity", "mask-constant"])

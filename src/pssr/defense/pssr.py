@@ -245,11 +245,12 @@ class PSSR(nn.Module):
         c = self.image_shape[0]
         # PSSR itself never updates the classifier; train_pssr keeps it frozen unless config.classifier_lr > 0
         self.classifier = classifier
-        if num_classes is None:
-            ref = next(iter(classifier.parameters()), None)
-            probe = torch.zeros(1, *self.image_shape, device=ref.device if ref is not None else "cpu")
-            with torch.no_grad(), eval_mode(classifier):
-                num_classes = int(classifier(probe).shape[1])
+        if num_classes is None:  # one forward pass; a model that cannot take image_shape is a ValueError
+            from pssr.models.common import check_input_shape
+
+            num_classes = check_input_shape(
+                classifier, self.image_shape, "images of the image_shape given to PSSR"
+            )
         self.num_classes = int(num_classes)
         self.scorer = (
             scorer if scorer is not None else create_scorer(config.scorer, **scorer_kwargs(config, c))
@@ -351,19 +352,25 @@ class PSSR(nn.Module):
 
     # ---------------- persistence ----------------
     def state(self) -> dict[str, Any]:
-        if self.classifier_spec is None:
-            raise ValueError(
-                "cannot save PSSR: the classifier's model name and kwargs are unknown; pass "
-                "classifier_spec={'name': ..., 'kwargs': {...}} (pssr.models.create_model arguments)"
-            )
+        """The checkpoint dict. The classifier's weights are always in it; its registry name and
+        kwargs (``classifier_spec``) too when known, so that :meth:`load` rebuilds it alone. A model
+        of your own is saved by its weights and class name: load it with ``PSSR.load(path,
+        classifier=model)``."""
+        from pssr.models.common import describe_model
+
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+        spec = self.classifier_spec or {"name": None, "kwargs": {}}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": asdict(self.config),
             "image_shape": list(self.image_shape),
             "num_classes": self.num_classes,
-            "classifier": {**self.classifier_spec, "state_dict": cpu(self.classifier.state_dict())},
+            "classifier": {
+                **spec,
+                "class": describe_model(self.classifier),
+                "state_dict": cpu(self.classifier.state_dict()),
+            },
             "scorer": {
                 "name": self.config.scorer,
                 "kwargs": dict(getattr(self.scorer, "kwargs", {})),
@@ -381,9 +388,14 @@ class PSSR(nn.Module):
         return save_checkpoint(path, self.state())
 
     @classmethod
-    def from_state(cls, ck: dict[str, Any], device: str | torch.device | None = None) -> PSSR:
-        from pssr.models import create_model
-
+    def from_state(
+        cls,
+        ck: dict[str, Any],
+        device: str | torch.device | None = None,
+        classifier: nn.Module | None = None,
+    ) -> PSSR:
+        """Rebuild from :meth:`state`'s dict; ``classifier``: the module to load the saved classifier
+        weights into (required when the checkpoint's classifier is not a registered model)."""
         if ck.get("format") != FORMAT:
             raise ValueError(f"not a PSSR checkpoint (format={ck.get('format')!r}, expected {FORMAT!r})")
         if int(ck.get("format_version", 0)) > FORMAT_VERSION:
@@ -391,10 +403,9 @@ class PSSR(nn.Module):
                 f"PSSR checkpoint format_version {ck['format_version']} is newer than this pssr ({FORMAT_VERSION})"
             )
         cfg = build(PSSRConfig, ck["config"])
-        spec = ck["classifier"]
-        clf = create_model(spec["name"], **spec.get("kwargs", {}))
-        clf.load_state_dict(spec["state_dict"])
-        clf.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+        clf, spec = _classifier_from_state(ck["classifier"], classifier)
+        if getattr(clf, "image_shape", None) is None:  # the shape it serves, for check_input_shape
+            clf.image_shape = tuple(int(s) for s in ck["image_shape"])
         clf.eval()
         scorer = create_scorer(ck["scorer"]["name"], **ck["scorer"]["kwargs"])
         scorer.load_state_dict(ck["scorer"]["state_dict"])
@@ -409,16 +420,57 @@ class PSSR(nn.Module):
             num_classes=int(ck["num_classes"]),
             scorer=scorer,
             generator=gen,
-            classifier_spec=clf.pssr_spec,
+            classifier_spec=spec,
         )
         model.metrics = dict(ck.get("metrics", {}))
         model.eval()
         return model.to(device) if device is not None else model
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> PSSR:
-        """Rebuild a PSSR (classifier included) from a checkpoint written by :meth:`save`."""
-        return cls.from_state(load_checkpoint(path), device=device)
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, classifier: nn.Module | None = None
+    ) -> PSSR:
+        """Rebuild a PSSR from a checkpoint written by :meth:`save`, its classifier included.
+
+        ``classifier``: your own model (any ``nn.Module`` of the saved architecture); the saved
+        classifier weights are loaded into it. Needed when the checkpoint's classifier is not a
+        registered pssr model; its parameter names and shapes must match the saved ones."""
+        try:
+            return cls.from_state(load_checkpoint(path), device=device, classifier=classifier)
+        except ValueError as e:
+            if str(path) in str(e):
+                raise
+            raise ValueError(f"{path}: {e}") from e
+
+
+def _classifier_from_state(
+    saved: dict[str, Any], classifier: nn.Module | None
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """(classifier with the saved weights, its ``{"name", "kwargs"}`` or None for a model of your own)."""
+    from pssr.models import create_model, load_matching_weights
+
+    name, kwargs = saved.get("name"), dict(saved.get("kwargs") or {})
+    spec = {"name": name, "kwargs": kwargs} if name else None
+    if classifier is None:
+        if not name:
+            raise ValueError(
+                f"the checkpoint's classifier is a model of your own ({saved.get('class', 'class unknown')}), "
+                "which pssr cannot rebuild alone; load it in Python with PSSR.load(path, classifier=model)"
+            )
+        classifier = create_model(name, **kwargs)
+    elif not isinstance(classifier, nn.Module):
+        raise ValueError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
+    else:
+        spec = classifier_spec_of(classifier) or spec
+    what = (
+        f"the checkpoint's classifier ({saved['class']})"
+        if saved.get("class")
+        else "the checkpoint's classifier"
+    )
+    load_matching_weights(classifier, saved["state_dict"], what)
+    if spec is not None:
+        classifier.pssr_spec = spec
+    return classifier, spec
 
 
 def _plain(obj: Any) -> Any:
@@ -467,119 +519,5 @@ class BPDAView(nn.Module):
             return d.classifier(x_in.float())
 
 
-# ----------------------------------------------------------------------------- files in, files out
-def read_image(path: str | Path, image_shape: tuple[int, int, int]) -> Tensor:
-    """A PNG/JPEG as a (1, C, H, W) float tensor in [0, 1]; converted to C channels (L or RGB).
-
-    Images are never resized: a size other than (H, W) is a ValueError.
-    """
-    from PIL import Image
-
-    c, h, w = image_shape
-    if c not in (1, 3):
-        raise ValueError(f"image files can feed 1- or 3-channel defenses, this one takes C={c}")
-    with Image.open(path) as im:
-        if im.size != (w, h):
-            raise ValueError(
-                f"{path}: image is {im.size[0]}x{im.size[1]} (WxH) but the defense takes {w}x{h}; "
-                "resize it first (pssr does not resize, to avoid silently changing the input)"
-            )
-        arr = torch.frombuffer(bytearray(im.convert("L" if c == 1 else "RGB").tobytes()), dtype=torch.uint8)
-    return arr.view(h, w, c).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-
-
-def write_image(path: str | Path, x: Tensor) -> Path:
-    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG (atomically)."""
-    import io
-
-    from PIL import Image
-
-    from pssr.utils import atomic_write_bytes
-
-    arr = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def purify_files(
-    checkpoint: str | Path,
-    images: list[str | Path],
-    out_dir: str | Path,
-    figure: bool = False,
-    device: str | torch.device | None = None,
-) -> list[dict[str, Any]]:
-    """Purify image files with a saved PSSR; write ``<out>/<stem>.png`` (and ``<stem>-figure.png``).
-
-    Returns one record per image: paths and the classifier's prediction before and after purification.
-    """
-    from pssr.utils import default_device
-
-    defense = PSSR.load(checkpoint, device=default_device(device))
-    dev = next(defense.parameters()).device
-    out = Path(out_dir)
-    records = []
-    for p in images:
-        x = read_image(p, defense.image_shape).to(dev)
-        with torch.no_grad():
-            scores, mask = defense.score(x), defense.mask(x)
-            x_p = defense.restore(x, mask)
-            before = int(defense.classifier(x).argmax(1))
-            after = int(defense.classifier(x_p).argmax(1))
-        dst = write_image(out / f"{Path(p).stem}.png", x_p[0])
-        rec: dict[str, Any] = {
-            "input": str(p),
-            "output": str(dst),
-            "pred_before": before,
-            "pred_after": after,
-            "removed_pixels": int(mask.sum()),
-        }
-        if figure:
-            rec["figure"] = str(
-                _figure(
-                    out / f"{Path(p).stem}-figure.png", x[0], scores[0, 0], mask[0, 0], x_p[0], before, after
-                )
-            )
-        records.append(rec)
-    return records
-
-
-def _figure(
-    path: Path, x: Tensor, scores: Tensor, mask: Tensor, x_p: Tensor, before: int, after: int
-) -> Path:
-    """Side-by-side PNG: input, score map, mask, restored image; predictions in the titles."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pssr.utils import atomic_write_bytes
-
-    def img(t: Tensor) -> Any:
-        a = t.detach().cpu().permute(1, 2, 0).numpy()
-        return a[:, :, 0] if a.shape[2] == 1 else a
-
-    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
-    panels = [
-        (img(x), f"input (pred {before})", "gray"),
-        (scores.cpu().numpy(), "pixel scores", "magma"),
-        (mask.cpu().numpy(), f"mask ({int(mask.sum())} removed)", "gray"),
-        (img(x_p), f"restored (pred {after})", "gray"),
-    ]
-    for ax, (a, title, cmap) in zip(axes, panels):
-        ax.imshow(
-            a,
-            cmap=cmap if a.ndim == 2 else None,
-            vmin=None if cmap == "magma" else 0,
-            vmax=None if cmap == "magma" else 1,
-        )
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+# files in, files out (pssr purify) live in pssr.defense.files; these names stay importable from here
+from pssr.defense.files import purify_files, read_image, write_image  # noqa: E402, F401

@@ -276,13 +276,18 @@ def read_records(out: str | Path, d: dict[str, Any]) -> list[dict[str, Any]]:
 def _read_report_json(out: Path) -> dict[str, Any]:
     path = out / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no report.json in {out}")
+        raise FileNotFoundError(
+            f"no report.json in {out}; pass a folder written by pssr evaluate --out, pssr reproduce or pssr demo"
+        )
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if d.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a pssr evaluation report (schema {d.get('schema')!r})")
+        raise ValueError(
+            f"{path} is not a pssr evaluation report (schema {d.get('schema')!r}); pass a folder written by "
+            "pssr evaluate, pssr reproduce or pssr demo"
+        )
     if d.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(
             f"{path} has schema_version {d.get('schema_version')!r}; this pssr reads {SCHEMA_VERSION}"
@@ -301,15 +306,49 @@ def load_examples(out: Path, d: dict[str, Any]) -> dict[str, dict[str, np.ndarra
 
 
 def rerender(out_dir: str | Path) -> Path:
-    """Redraw report.md and the plots of a saved report from its report.json (and example arrays)."""
+    """Redraw report.md and the plots of a saved report from its report.json (and example arrays).
+
+    ``out_dir`` is an evaluation report (``pssr evaluate --out``) or a preset's report folder
+    (``pssr reproduce``, ``pssr demo``: one evaluation report per norm in a subfolder), whose
+    sub-reports are redrawn and whose own report.md is rendered again from them."""
     from pssr.evaluation.plots import render_plots
 
     out = Path(out_dir)
+    if out.is_file():
+        raise ValueError(f"{out} is a file; pass the report folder that holds report.json")
+    if _is_preset_report(out):
+        return _rerender_preset(out)
     d = _read_report_json(out)
     d["plots"] = render_plots(d, load_examples(out, d), out)
     atomic_write_json(out / "report.json", d)
     path = atomic_write_text(out / "report.md", render_markdown(d))
     return path
+
+
+def _is_preset_report(out: Path) -> bool:
+    try:
+        d = json.loads((out / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(d, dict) and "preset" in d and isinstance(d.get("evaluations"), dict)
+
+
+def _rerender_preset(out: Path) -> Path:
+    """A preset report folder: each ``<norm>/`` evaluation redrawn, then the preset's report.md."""
+    from pssr.reproduce import render_preset_markdown
+
+    combined = json.loads((out / "report.json").read_text())
+    for norm in combined["evaluations"]:
+        sub = out / norm
+        if not (sub / "report.json").is_file():
+            raise ValueError(
+                f"{out} is the report of preset {combined['preset']!r} but its {norm} evaluation {sub}/report.json "
+                "is missing; rerun the preset (pssr reproduce / pssr demo) to write it"
+            )
+        rerender(sub)
+        combined["evaluations"][norm] = _read_report_json(sub)
+    atomic_write_json(out / "report.json", combined)
+    return atomic_write_text(out / "report.md", render_preset_markdown(combined))
 
 
 def safe_name(name: str) -> str:
