@@ -1,31 +1,44 @@
 """``pssr train-pssr``, ``pssr purify`` and ``pssr calibrate``: the PSSR defense from the shell.
 
-``pssr train-pssr --config configs/pssr-digits.toml [--set pssr.epochs=3] [--out DIR]`` trains the
-scorer and regenerator in front of the classifier checkpoint named in ``[run] classifier``, runs a
-quick gray-box + adaptive evaluation on the test split and writes ``DIR/pssr.pt`` and the JSON
-summary (rerunning the same command resumes). Under ``torchrun --nproc_per_node=N -m pssr train-pssr
-...`` training and the quick evaluation are sharded over the N ranks and rank 0 alone writes DIR and
-prints the summary (see docs/distributed.md). ``pssr purify --checkpoint ck.pt a.png b.png --out
-DIR [--figure]`` writes purified PNGs (and side-by-side figures). ``pssr calibrate --checkpoint ck.pt
---ratios 0,0.05,0.1 --out ck-cal.pt`` chooses the inference removal ratio on PSSR's validation split
+``pssr train-pssr --config configs/pssr-digits.toml [--epochs N] [--set pssr.lr=...] [--out DIR]``
+trains the scorer and regenerator in front of the classifier checkpoint named in ``[run]
+classifier``, runs a quick gray-box + adaptive evaluation on the test split and writes
+``DIR/pssr.pt`` and the JSON summary (rerunning the same command resumes); it shares its options
+with the other training commands (:func:`pssr.cli.train.add_training_options`). Under ``torchrun
+--nproc_per_node=N -m pssr train-pssr ...`` training and the quick evaluation are sharded over the N
+ranks and rank 0 alone writes DIR and prints the summary (see docs/distributed.md).
+
+``pssr purify --checkpoint ck.pt a.png b.png --out DIR [--figure]`` writes purified PNGs (and
+side-by-side figures) after checking every input; a zoo model name may stand for the checkpoint
+(``--model fashion-mnist/pssr``). ``pssr calibrate --checkpoint ck.pt --ratios 0,0.05,0.1 --out
+ck-cal.pt`` chooses the inference removal ratio on PSSR's validation split
 (:mod:`pssr.train.calibrate`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _train_pssr(args: argparse.Namespace) -> int:
     from pssr import distributed as D
-    from pssr.config import apply_overrides, load_toml
+    from pssr.cli.train import config_mapping
     from pssr.train.pssr_train import run_from_config
 
-    mapping = apply_overrides(load_toml(args.config), list(args.overrides))
+    if args.quick and not args.results:  # a smoke run never overwrites the config's results file
+        args.overrides = ['run.results=""', *args.overrides]
+    mapping = config_mapping(args, "pssr")  # errors before any work
+    out = args.out
+    if args.quick and not out:
+        run = mapping.get("run", {})
+        out = (
+            f"{run.get('out') or Path('runs') / mapping.get('data', {}).get('name', 'digits') / 'pssr'}-quick"
+        )
     s, is_main = D.run_and_leave(
         lambda: run_from_config(
             mapping,
-            args.out,
+            out,
             results=args.results,
             resume=args.resume,
             progress=args.progress,
@@ -49,10 +62,18 @@ def _train_pssr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _purify(args: argparse.Namespace) -> int:
-    from pssr.defense.pssr import purify_files
+def _checkpoint(spec: str) -> str:
+    """A checkpoint path, or a zoo model name turned into one (``pssr zoo list``)."""
+    from pssr.zoo import resolve
 
-    for r in purify_files(args.checkpoint, args.images, args.out, figure=args.figure, device=args.device):
+    return resolve(spec)
+
+
+def _purify(args: argparse.Namespace) -> int:
+    from pssr.defense.files import purify_files
+
+    ck = _checkpoint(args.checkpoint)
+    for r in purify_files(ck, args.images, args.out, figure=args.figure, device=args.device):
         extra = f", figure {r['figure']}" if "figure" in r else ""
         print(
             f"{r['input']} -> {r['output']} ({r['removed_pixels']} pixels restored; "
@@ -74,7 +95,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from pssr.train.calibrate import calibrate_checkpoint
 
     s = calibrate_checkpoint(
-        args.checkpoint,
+        _checkpoint(args.checkpoint),
         args.ratios,
         out=args.out,
         results=args.results,
@@ -122,28 +143,20 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pssr.cli.train import add_training_options
+
     p = subparsers.add_parser(
         "train-pssr",
         help="train the PSSR defense from a config file",
         description="Train PSSR ([data], [pssr], [run] tables of a TOML config) and evaluate it.",
     )
-    p.add_argument("--config", required=True, help="TOML file, e.g. configs/pssr-digits.toml")
+    add_training_options(p, "pssr", "configs/pssr-digits.toml")
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable), e.g. --set pssr.epochs=3",
+        "--out", default=None, help="output folder for pssr.pt (default: [run] out, else runs/<dataset>/pssr)"
     )
-    p.add_argument("--out", default=None, help="output folder (default: [run] out, else runs/<dataset>/pssr)")
     p.add_argument(
         "--results", default=None, help="also write the JSON summary here (default: [run] results)"
     )
-    p.add_argument(
-        "--no-resume", dest="resume", action="store_false", help="ignore an existing training state"
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_train_pssr)
 
     q = subparsers.add_parser(
@@ -151,9 +164,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="purify image files with a trained PSSR checkpoint",
         description="Purify PNG/JPEG images (of the model's exact input size) with PSSR.",
     )
-    q.add_argument("--checkpoint", required=True, help="PSSR checkpoint (pssr.pt from train-pssr)")
-    q.add_argument("images", nargs="+", help="PNG/JPEG files")
-    q.add_argument("--out", required=True, help="output folder for purified PNGs")
+    q.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        metavar="PATH_OR_NAME",
+        help="PSSR checkpoint (pssr.pt from train-pssr) or zoo model name (pssr zoo list)",
+    )
+    q.add_argument("images", nargs="+", help="PNG/JPEG files (all are checked before anything is written)")
+    q.add_argument("--out", required=True, help="output folder for purified PNGs (created when missing)")
     q.add_argument("--figure", action="store_true", help="also write input/score/mask/restored figures")
     q.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     q.set_defaults(func=_purify)
@@ -166,7 +186,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(highest gray-box accuracy within --max-clean-drop points of the classifier's "
         "clean accuracy) and optionally save it and evaluate it on the test split.",
     )
-    c.add_argument("--checkpoint", required=True, help="PSSR checkpoint (pssr.pt from train-pssr)")
+    c.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        metavar="PATH_OR_NAME",
+        help="PSSR checkpoint (pssr.pt from train-pssr) or zoo model name (pssr zoo list)",
+    )
     c.add_argument("--ratios", required=True, type=_ratios, help="candidate ratios, e.g. 0,0.02,0.05,0.1")
     c.add_argument(
         "--max-clean-drop", type=float, default=3.0, help="points of clean accuracy PSSR may lose (default 3)"

@@ -1,10 +1,15 @@
 """``pssr train-classifier`` and ``pssr train-adversarial``: train from a TOML config file.
 
-Each reads the tables it owns (``[data]`` plus ``[classifier]`` or ``[adv_train]``) and ignores the
-others, applies ``--set section.key=value`` overrides, trains with per-epoch checkpoints (rerunning
-the same command resumes) and writes the checkpoint plus a JSON summary into ``--out``. Under
-``torchrun`` the training is data-parallel and rank 0 alone prints the summary (see
-docs/distributed.md).
+Each reads the tables it owns (``[data]`` plus ``[classifier]`` or ``[adv_train]``); a table of
+another command (the shipped configs hold several) is left alone, a table no command knows is an
+error (:func:`pssr.config.load_config`). ``--set section.key=value`` overrides a value of a table
+the command reads; the command trains with per-epoch checkpoints (rerunning the same command
+resumes) and writes the checkpoint plus a JSON summary into ``--out``. Under ``torchrun`` the
+training is data-parallel and rank 0 alone prints the summary (see docs/distributed.md).
+
+The training commands share their options (:func:`add_training_options`): ``--config``, ``--set``,
+``--epochs``, ``--device``, ``--bf16``, ``--out``, ``--results``, ``--quick``, ``--no-resume``,
+``--no-progress``; ``pssr train-pssr`` (:mod:`pssr.cli.defense`) uses the same function.
 """
 
 from __future__ import annotations
@@ -14,43 +19,81 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# section a command trains -> the overrides of --quick (a smoke run in seconds to minutes, not a result)
+QUICK: dict[str, tuple[str, ...]] = {
+    "classifier": ("classifier.epochs=1",),
+    "adv_train": ("adv_train.epochs=1", "adv_train.eval_steps=5", "adv_train.eval_n=200"),
+    "pssr": ("pssr.epochs=2", "pssr.train_subset=1000", "run.eval_n=200", "run.adaptive_n=100"),
+}
 
-def _common(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument("--config", required=True, help=f"TOML file with [data] and [{section}] tables")
+
+def add_training_options(p: argparse.ArgumentParser, section: str, example: str) -> None:
+    """The options every training command shares; ``section`` is the table it trains from."""
+    from pssr.config import COMMAND_SECTIONS
+
+    tables = " + ".join(f"[{t}]" for t in COMMAND_SECTIONS.get(p.prog, ("data", section)))
+    p.add_argument("--config", required=True, help=f"TOML file with {tables} tables, e.g. {example}")
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help=f"override one config value (repeatable), e.g. --set {section}.lr=0.05",
+        help=f"override one config value of {tables} (repeatable), e.g. --set {section}.lr=0.05",
     )
-    p.add_argument("--out", default=None, help="output folder (default: runs/<config file stem>)")
     p.add_argument("--epochs", type=int, default=None, help=f"shortcut for --set {section}.epochs=N")
     p.add_argument(
         "--device", default=None, help=f"shortcut for --set {section}.device=... (auto, cpu, cuda)"
     )
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for training")
-    p.add_argument("--summary", default=None, help="also write the JSON summary to this path")
+    p.add_argument(
+        "--bf16", action="store_true", default=None, help=f"shortcut for --set {section}.bf16=true"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run, not a result ({', '.join(QUICK[section])}); writes to <default out>-quick "
+        "and no results file unless --out / --results say where",
+    )
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _mapping(args: argparse.Namespace, section: str) -> dict[str, Any]:
-    from pssr.config import apply_overrides, load_toml
-
-    sets = list(args.overrides)
+def overrides_of(args: argparse.Namespace, section: str) -> list[str]:
+    """``--quick`` first, then ``--set`` and the shortcuts (later ones win)."""
+    quick = QUICK.get(section, ()) if getattr(args, "quick", False) else ()
+    sets = [*quick, *args.overrides]
     if args.epochs is not None:
         sets.append(f"{section}.epochs={args.epochs}")
     if args.device is not None:
         sets.append(f'{section}.device="{args.device}"')
     if args.bf16:
         sets.append(f"{section}.bf16=true")
-    return apply_overrides(load_toml(args.config), sets)
+    return sets
+
+
+def config_mapping(args: argparse.Namespace, section: str, requires: str | None = None) -> dict[str, Any]:
+    """The config file checked strictly (:func:`pssr.config.load_config`) with the overrides applied;
+    ``requires``: the table the file must hold (default: ``section``)."""
+    from pssr.config import COMMAND_SECTIONS, load_config
+
+    command = f"pssr {args.command}"
+    return load_config(
+        args.config,
+        overrides_of(args, section),
+        command=command if command in COMMAND_SECTIONS else None,
+        requires=requires or section,
+    )
+
+
+def _mapping(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """:func:`config_mapping` under its former name (``pssr train-denoiser`` calls it)."""
+    return config_mapping(args, section)
 
 
 def _out(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / (Path(args.config).stem + ("-quick" if args.quick else ""))
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -74,14 +117,13 @@ def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
     return 0
 
 
-def _train_classifier(args: argparse.Namespace) -> int:
-    from pssr.train.classifier import run_from_config
-
+def _train(args: argparse.Namespace, section: str, run_from_config: Callable[..., dict[str, Any]]) -> int:
+    mapping = config_mapping(args, section)  # errors before any work
     return _run_and_print(
         lambda: run_from_config(
-            _mapping(args, "classifier"),
+            mapping,
             _out(args),
-            summary_path=args.summary,
+            summary_path=args.results,
             resume=args.resume,
             progress=args.progress,
             command=args.command_line,
@@ -89,18 +131,26 @@ def _train_classifier(args: argparse.Namespace) -> int:
     )
 
 
+def _train_classifier(args: argparse.Namespace) -> int:
+    from pssr.train.classifier import run_from_config
+
+    return _train(args, "classifier", run_from_config)
+
+
 def _train_adversarial(args: argparse.Namespace) -> int:
     from pssr.train.adversarial import run_from_config
 
-    return _run_and_print(
-        lambda: run_from_config(
-            _mapping(args, "adv_train"),
-            _out(args),
-            summary_path=args.summary,
-            resume=args.resume,
-            progress=args.progress,
-            command=args.command_line,
-        )
+    return _train(args, "adv_train", run_from_config)
+
+
+def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", default=None, help=f"output folder (default: runs/<config file stem>) for {what}")
+    p.add_argument(
+        "--results",
+        "--summary",
+        dest="results",
+        default=None,
+        help="also write the JSON summary to this path (--summary: the former name)",
     )
 
 
@@ -110,7 +160,8 @@ def register(subparsers: Any) -> None:
         help="train a classifier from a config file",
         description="Train a classifier ([data] + [classifier] tables of a TOML config).",
     )
-    _common(p, "classifier")
+    add_training_options(p, "classifier", "configs/digits.toml")
+    _add_output_options(p, "classifier.pt and classifier.json")
     p.set_defaults(func=_train_classifier)
 
     p = subparsers.add_parser(
@@ -118,5 +169,6 @@ def register(subparsers: Any) -> None:
         help="adversarial training baseline (PGD-AT, TRADES)",
         description="Adversarial training ([data] + [adv_train] tables of a TOML config).",
     )
-    _common(p, "adv_train")
+    add_training_options(p, "adv_train", "configs/digits.toml")
+    _add_output_options(p, "<method>.pt and <method>.json")
     p.set_defaults(func=_train_adversarial)
