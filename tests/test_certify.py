@@ -252,6 +252,21 @@ def test_torn_last_line_is_dropped_and_settings_are_checked(tmp_path):
     assert rep["settings"]["n"] == 300
 
 
+def test_a_larger_subset_keeps_the_examples_done(tmp_path):
+    small = _run(tmp_path, num_examples=4)
+    path = tmp_path / "c" / "state" / "lin@sigma=0.5.jsonl"
+    first = read_records(path)
+    big = _run(tmp_path, num_examples=8)
+    recs = read_records(path)
+    assert len(recs) == 8 and recs[:4] == first  # 4 new records appended, the 4 done reused
+    assert small["settings"]["num_examples"] == 4 and big["units"]["lin@sigma=0.5"]["n_examples"] == 8
+    again = _run(tmp_path, num_examples=4)  # a smaller subset reports on its own examples
+    assert (
+        again["units"]["lin@sigma=0.5"]["certified_accuracy"]
+        == small["units"]["lin@sigma=0.5"]["certified_accuracy"]
+    )
+
+
 def test_changed_model_is_certified_again(tmp_path):
     _run(tmp_path)
     other = Linear2(seed=5)

@@ -65,22 +65,28 @@ def summarize_unit(records: Sequence[dict[str, Any]], sigma: float, n0: int, n: 
     }
 
 
-def build_report(state_dir: str | Path, indices: Sequence[int] | None = None) -> dict[str, Any]:
-    """The report dict of everything in ``state_dir`` (units of earlier calls included)."""
+def build_report(
+    state_dir: str | Path, indices: Sequence[int], num_requested: int | None = None
+) -> dict[str, Any]:
+    """The report dict of every unit in ``state_dir`` (units of earlier calls included), on the
+    examples ``indices`` (records of other examples, from a larger earlier run, are left out)."""
     from pssr.certify.run import _file_of, read_records
     from pssr.train.loop import host_info, plain_metadata
 
     state_dir = Path(state_dir)
-    settings = json.loads((state_dir / "settings.json").read_text())
+    settings = {
+        **json.loads((state_dir / "settings.json").read_text()),
+        "num_examples": len(indices),
+        "num_requested": num_requested,
+    }
     units_info = (
         json.loads((state_dir / "units.json").read_text()) if (state_dir / "units.json").is_file() else {}
     )
-    wanted = set(indices) if indices is not None else None
+    wanted = set(indices)
     units: dict[str, Any] = {}
     for key, uinfo in units_info.items():
         recs = read_records(state_dir / _file_of(key))
-        if wanted is not None:
-            recs = [r for r in recs if r["index"] in wanted]
+        recs = [r for r in recs if r["index"] in wanted]
         s = summarize_unit(recs, uinfo["sigma"], settings["n0"], settings["n"], settings["alpha"])
         units[key] = {**uinfo, **s, "complete": s["n_examples"] == settings["num_examples"]}
     return {

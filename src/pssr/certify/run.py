@@ -13,7 +13,9 @@ State (``out/state``): ``settings.json`` (what every unit shares: data, examples
 seed), ``units.json`` (each unit's model fingerprint and description) and one ``<unit>.jsonl`` of
 records per unit, appended as examples finish (one ``write`` of whole lines; a torn last line from
 a killed process is dropped on reading). Rerunning resumes; a unit whose model changed is computed
-again. Several calls with different models or sigmas on the same ``out`` fill one report.
+again. Several calls with different models or sigmas on the same ``out`` fill one report, and a
+larger ``num_examples`` (same ``subset_seed``) keeps the examples already done: the first ``k`` of
+the seeded permutation are the subset of size ``k``.
 
 Under ``torchrun`` the examples still to do are dealt out in rounds, one per rank, like the chunks
 of ``pssr evaluate`` (:mod:`pssr.evaluation.harness`); the records are gathered in order and rank 0
@@ -240,7 +242,6 @@ def certify_models(
         "dataset": dataset,
         "data_fingerprint": _data_fingerprint(split.x, split.y),
         "n_split": len(split),
-        "num_examples": len(indices),
         "subset_seed": subset_seed,
         "n0": n0,
         "n": n,
@@ -275,7 +276,7 @@ def certify_models(
         if not todo:
             continue
         _run_unit(models[name], sigma, key, split, todo, cfg, batch_size, state, info, progress, len(done))
-    report = D.on_main(lambda: build_report(out / "state", indices), info)
+    report = D.on_main(lambda: build_report(out / "state", indices, num_examples), info)
     D.on_main(lambda: save_report(out, report), info)
     return report
 
