@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from pssr import distributed as D
 from pssr.attacks import ATTACK_SETS, DATASET_FAMILIES, create_attack, dataset_family
+from pssr.attacks.sets import expand_suites
 from pssr.data import Dataset, Split
 from pssr.defaults import budget, dataset_name
 from pssr.evaluation import checks as checks_mod
@@ -460,7 +461,8 @@ def evaluate(
             images in [0, 1] to logits (N, K). Defenses may offer ``purify``, ``classifier``, ``bpda()``.
         data: a :class:`Split` (e.g. ``ds.test``) or a :class:`Dataset` (its test split is used and
             its name picks default eps / attack hyper-parameters).
-        attacks: ``"paper"``, ``"adaptive"``, ``"paper,adaptive"``, names (``"pgd"``,
+        attacks: ``"paper"``, ``"adaptive"``, ``"paper,adaptive"``, ``"fast"`` (a suite spanning both
+            threat models, minutes instead of hours: docs/attack-suites.md), names (``"pgd"``,
             ``"square@adaptive"``) or dicts (see :func:`parse_attacks`).
         eps: budget (in pixel units of [0, 1], in ``norm``), or a list of budgets; None = the
             dataset's default (needs ``dataset``).
@@ -536,7 +538,7 @@ def evaluate(
     if checks is not False and check_cfg is None:
         raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
     eps_list = _as_eps_list(eps, dataset, norm)
-    specs = parse_attacks(attacks, dataset, norm)
+    specs = parse_attacks(expand_suites(attacks, norm, dataset), dataset, norm)  # "fast": a suite
     dev = None
     if device is not None:
         from pssr.utils import default_device
