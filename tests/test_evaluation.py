@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import pssr.data
 from pssr.attacks.base import ATTACKS, Attack
 from pssr.evaluation import CheckConfig, Report, evaluate, parse_attacks, render_markdown, rerender
-from pssr.evaluation import harness as harness_mod
+from pssr.evaluation import runner as runner_mod  # the harness's runner: where attacks are created
 from pssr.evaluation import state as state_mod
 from pssr.testing import accuracy, digits_mlp
 
@@ -390,7 +390,8 @@ def test_identity_defense_scores_as_no_defense(clf, digits):
     a = [strip(r) for r in rep.records if r["model"] == "none"]
     b = [strip(r) for r in rep.records if r["model"] == "identity"]
     assert a == b
-    assert rep.flags("identity") == [] and rep.flags("none") == []
+    # the identity "defense" changes nothing: the inert-defense check says so, and nothing else is flagged
+    assert [f["name"] for f in rep.flags("identity")] == ["inert_defense"] and rep.flags("none") == []
 
 
 def _interrupt_at_attack_save(monkeypatch, k: int):
@@ -486,8 +487,8 @@ def test_report_only_shows_what_an_unfinished_evaluation_saved(clf, digits, tmp_
         raise AssertionError("report-only mode ran an attack")
 
     with monkeypatch.context() as m:
-        m.setattr(harness_mod, "_create_attack", no_attacks)
-        m.setattr(harness_mod.checks_mod, "run_pre_checks", no_attacks)
+        m.setattr(runner_mod, "_create_attack", no_attacks)
+        m.setattr(runner_mod.checks_mod, "run_pre_checks", no_attacks)
         rep = evaluate(models, digits.test, state_dir=state_dir, compute=False, **kw)
     assert rep.config["complete"] is False
     assert rep.models["none"]["pending"] == {"adaptive/t-pgd": "2 of 4 batches saved"}
@@ -527,13 +528,13 @@ def test_compute_a_subset_of_models_reports_the_others_from_the_state(clf, digit
         with pytest.raises(ValueError, match="non-empty collection of model names"):
             evaluate(models, digits.test, state_dir=state_dir, compute=bad, **kw)
     attacked = []
-    orig = harness_mod._create_attack
+    orig = runner_mod._create_attack
 
     def spy(name, model, *a, **k):
         attacked.append(name)
         return orig(name, model, *a, **k)
 
-    monkeypatch.setattr(harness_mod, "_create_attack", spy)
+    monkeypatch.setattr(runner_mod, "_create_attack", spy)
     # a state folder with nothing in it yet: "noisy" alone is computed, "none" is pending
     rep = evaluate(models, digits.test, state_dir=state_dir, compute={"noisy"}, **kw)
     assert set(attacked) == {"t-fgsm", "t-pgd"}  # noisy's units (and its example grid)

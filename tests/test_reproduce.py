@@ -98,10 +98,10 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
     # --report-only computes nothing: the finished run's report again; without the L2 state, a partial one
     import shutil
 
-    import pssr.evaluation.harness as harness
+    import pssr.evaluation.runner as runner  # where the harness's runner creates attacks
 
-    create_attack = harness._create_attack
-    monkeypatch.setattr(harness, "_create_attack", no_recalibration)
+    create_attack = runner._create_attack
+    monkeypatch.setattr(runner, "_create_attack", no_recalibration)
     only = reproduce("digits", **kw, report_only=True)
     assert (
         only["complete"] is True
@@ -116,7 +116,7 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
         reproduce("digits", **kw, only=("nope", "pssr"))
     with pytest.raises(ValueError, match="contradict"):
         reproduce("digits", **kw, only=("pssr",), report_only=True)
-    monkeypatch.setattr(harness, "_create_attack", create_attack)
+    monkeypatch.setattr(runner, "_create_attack", create_attack)
     some = reproduce("digits", **kw, only=("pssr",))
     l2 = some["evaluations"]["l2"]["models"]
     assert some["complete"] is False and "pending" not in l2["pssr"]

@@ -28,13 +28,8 @@ from torch import nn
 
 from pssr import distributed as D
 from pssr.data.base import Split
-from pssr.evaluation.harness import (
-    _data_fingerprint,
-    _derived_seed,
-    _model_device,
-    _model_fingerprint,
-    _reseed,
-)
+from pssr.evaluation.common import data_fingerprint, derived_seed, model_fingerprint, reseed
+from pssr.utils import model_device
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +75,13 @@ def clean_accuracy(
             )
     info = D.current()
     path = Path(cache) if cache is not None else None
-    data_fp = _data_fingerprint(split.x, split.y)
+    data_fp = data_fingerprint(split.x, split.y)
     saved = D.on_main(lambda: _read(path, data_fp), info) if path is not None else {}
     out: dict[str, dict[str, Any]] = {}
     n = len(split)
     starts = list(range(0, n, batch_size))
     for name, model in models.items():
-        fp = _model_fingerprint(model)
+        fp = model_fingerprint(model)
         entry = saved.get(name)
         if isinstance(entry, dict) and entry.get("fingerprint") == fp and entry.get("n") == n:
             out[name] = entry
@@ -98,13 +93,13 @@ def clean_accuracy(
         mine = D.shard_range(len(starts), info)
 
         def count(model: nn.Module = model, name: str = name, mine: range = mine) -> int:
-            dev, c = _model_device(model), 0
+            dev, c = model_device(model), 0
             was_training = model.training
             model.eval()
             try:
                 with torch.no_grad():
                     for b in mine:
-                        _reseed(model, _derived_seed(seed, "clean-full-split", name, b))
+                        reseed(model, derived_seed(seed, "clean-full-split", name, b))
                         xb = split.x[starts[b] : starts[b] + batch_size].to(dev)
                         yb = split.y[starts[b] : starts[b] + batch_size].to(dev)
                         c += int((model(xb).argmax(1) == yb).sum())

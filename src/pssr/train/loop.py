@@ -38,7 +38,14 @@ from pssr.config import asdict
 from pssr.data import Dataset, Split
 from pssr.registry import Registry
 from pssr.train.augment import AUGMENTATIONS
-from pssr.utils import autocast_context, default_device, load_checkpoint, run_metadata, save_checkpoint
+from pssr.utils import (
+    autocast_context,
+    default_device,
+    load_checkpoint,
+    model_device,
+    run_metadata,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +193,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
-def model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device``. A CPU tensor bound for CUDA is copied through pinned (page-locked) memory
     with ``non_blocking=True``, so the host can queue the next work while the copy runs (PyTorch's

@@ -8,7 +8,7 @@ from pssr.utils.io import (
     save_checkpoint,
 )
 from pssr.utils.meta import run_metadata
-from pssr.utils.runtime import autocast_context, default_device, seed_everything
+from pssr.utils.runtime import autocast_context, default_device, model_device, seed_everything
 
 __all__ = [
     "atomic_write_bytes",
@@ -17,6 +17,7 @@ __all__ = [
     "autocast_context",
     "default_device",
     "load_checkpoint",
+    "model_device",
     "run_metadata",
     "save_checkpoint",
     "seed_everything",
