@@ -101,3 +101,16 @@ def test_config_errors_are_named():
         DenoisedClassifier(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     assert isinstance(DenoiseConfig().pssr_config().restore_scope, str)
     assert PSSR  # the wrapper's input type
+
+
+def test_second_stage_starts_from_the_first(tmp_path, clf_data):
+    clf, data = clf_data
+    first = train_denoiser(
+        clf, data, DenoiseConfig(**{**SMALL, "epochs": 1, "w_kl": 0.0}), out=tmp_path / "a"
+    )
+    cfg = DenoiseConfig(**{**SMALL, "epochs": 1, "lr": 1e-12, "init": str(tmp_path / "a" / "denoiser.pt")})
+    second = train_denoiser(clf, data, cfg)
+    for a, b in zip(first.generator.parameters(), second.generator.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="init"):
+        train_denoiser(clf, data, DenoiseConfig(**{**SMALL, "gen_width": 4, "init": cfg.init}))
