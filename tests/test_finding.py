@@ -206,8 +206,11 @@ def test_cli_finding_with_a_pssr_checkpoint_and_clear_errors(digits_model, tmp_p
     clf = load_classifier(ck)
     pssr = PSSR(clf, PSSRConfig(scorer_width=4, gen_width=4, ratio=0.15), image_shape=(1, 8, 8))
     pssr.save(tmp_path / "pssr.pt")
+    cfg2 = PSSRConfig(scorer_width=4, gen_width=4, ratio=0.3, scorer_target="delta")
+    PSSR(clf, cfg2, image_shape=(1, 8, 8)).save(tmp_path / "pssr2.pt")
     out = tmp_path / "finding"
     argv = ["finding", "--data", "digits", "--checkpoint", str(ck), "--pssr", str(tmp_path / "pssr.pt")]
+    argv += ["--pssr", f"learned-delta={tmp_path / 'pssr2.pt'}"]
     argv += [
         "--n",
         "24",
@@ -223,10 +226,11 @@ def test_cli_finding_with_a_pssr_checkpoint_and_clear_errors(digits_model, tmp_p
     assert main(argv) == 0
     assert "pgd: success" in capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
-    assert rep["config"]["ratio"] == 0.15  # the PSSR's removal ratio
-    assert set(rep["scorers"]) == {"learned", "gradient", "random"}
+    assert rep["config"]["ratio"] == 0.15  # the first PSSR's removal ratio
+    assert set(rep["scorers"]) == {"learned", "learned-delta", "gradient", "random"}
+    assert rep["scorers"]["learned-delta"]["scorer_target"] == "delta"
     assert rep["scorers"]["learned"]["same_classifier"] is True
-    assert "scorer:learned" in rep["attacks"]["pgd"]["curves"]
+    assert {"scorer:learned", "scorer:learned-delta"} <= set(rep["attacks"]["pgd"]["curves"])
     (out / "report.md").unlink()
     assert main(["finding", "--render-only", "--out", str(out)]) == 0
     assert (out / "report.md").is_file()

@@ -45,32 +45,59 @@ def _stored_data(ck: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _named(spec: str) -> tuple[str | None, str]:
+    """``"NAME=PATH"`` -> (NAME, PATH); a plain path (or one that exists as written) has no name."""
+    name, eq, path = spec.partition("=")
+    if eq and name and not Path(spec).exists() and all(ch.isalnum() or ch in "-_.()" for ch in name):
+        return name.strip().lower(), path
+    return None, spec
+
+
+def _trained_scorer(
+    spec: str, classifier: nn.Module
+) -> tuple[str, nn.Module, dict[str, Any], float | None] | None:
+    """(name, scorer, info, ratio) of a PSSR checkpoint's trained scorer; None if it has none."""
+    from pssr.defense.pssr import PSSR
+
+    name, path = _named(spec)
+    model = PSSR.load(path)
+    cfg = model.config
+    ratio = cfg.ratio if cfg.mask_mode == "topk" else None
+    if not getattr(model.scorer, "needs_training", False):
+        log.warning("%s: its scorer %r is not a trained one; nothing to add", path, cfg.scorer)
+        return None
+    same = _fingerprint(model.classifier) == _fingerprint(classifier)
+    if not same:
+        log.warning("the PSSR checkpoint %s protects another classifier than --checkpoint", path)
+    info = {
+        "source": f"{path} (target {cfg.scorer_target}, trained at eps {cfg.eps:g}, "
+        f"{cfg.epochs} epochs, train_subset {cfg.train_subset or 'all'})",
+        "checkpoint": str(path),
+        "scorer_target": cfg.scorer_target,
+        "train_eps": cfg.eps,
+        "same_classifier": same,
+    }
+    return name or cfg.scorer, model.scorer, info, ratio
+
+
 def build_scorers(
-    channels: int, classifier: nn.Module, pssr: str | None
+    channels: int, classifier: nn.Module, pssr: str | Sequence[str] | None
 ) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]], float | None]:
-    """``(scorers, info, pssr_ratio)``: every scorer we can build; trained ones from the PSSR checkpoint."""
+    """``(scorers, info, ratio)``: every scorer we can build, trained ones from PSSR checkpoints
+    (``[NAME=]PATH``; default name: the config's scorer); ``ratio``: the first checkpoint's."""
     scorers: dict[str, nn.Module] = {}
     info: dict[str, dict[str, Any]] = {}
     ratio = None
-    if pssr is not None:
-        from pssr.defense.pssr import PSSR
-
-        model = PSSR.load(pssr)
-        cfg = model.config
-        if getattr(model.scorer, "needs_training", False):
-            same = _fingerprint(model.classifier) == _fingerprint(classifier)
-            if not same:
-                log.warning("the PSSR checkpoint %s protects another classifier than --checkpoint", pssr)
-            scorers[cfg.scorer] = model.scorer
-            info[cfg.scorer] = {
-                "source": f"{pssr} (target {cfg.scorer_target}, trained at eps {cfg.eps:g}, "
-                f"{cfg.epochs} epochs, train_subset {cfg.train_subset or 'all'})",
-                "checkpoint": str(pssr),
-                "scorer_target": cfg.scorer_target,
-                "train_eps": cfg.eps,
-                "same_classifier": same,
-            }
-        ratio = cfg.ratio if cfg.mask_mode == "topk" else None
+    specs = [pssr] if isinstance(pssr, str) else list(pssr or [])
+    for spec in specs:
+        got = _trained_scorer(spec, classifier)
+        if got is None:
+            continue
+        name, scorer, inf, r = got
+        if name in scorers:
+            raise ValueError(f"two --pssr scorers are named {name!r}; name them with NAME=PATH")
+        scorers[name], info[name] = scorer, inf
+        ratio = r if ratio is None else ratio
     for name in SCORERS.list():
         if name in scorers:
             continue
@@ -87,7 +114,7 @@ def finding_from_files(
     checkpoint: str,
     out: str | Path,
     *,
-    pssr: str | None = None,
+    pssr: str | Sequence[str] | None = None,
     n: int = 500,
     n_slow: int = 100,
     attacks: Sequence[str] = DEFAULT_ATTACKS,

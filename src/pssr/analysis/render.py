@@ -34,8 +34,12 @@ def _num(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def _style(r: str) -> tuple[str, str, str]:
-    return STYLE.get(r, ("black", "-.", r))
+def _style(r: str) -> tuple[str, Any, str]:
+    if r in STYLE:
+        return STYLE[r]
+    if r.startswith("scorer:"):  # a named trained scorer (--pssr NAME=PATH)
+        return ("tab:olive", (0, (3, 1, 1, 1)), f"scorer: {r[7:]}")
+    return ("black", "-.", r)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

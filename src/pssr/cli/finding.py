@@ -1,7 +1,7 @@
 """``pssr finding``: PSSR's salient/trivial finding measured for a classifier (arXiv 2402.00304).
 
 ``pssr finding --data fashion-mnist --checkpoint runs/zoo/fashion-mnist/classifier.pt
-[--pssr runs/zoo/fashion-mnist/pssr.pt] [--n 500] [--out results/fashion-mnist/finding]`` attacks
+[--pssr [NAME=]PSSR.pt ...] [--n 500] [--out results/fashion-mnist/finding]`` attacks
 ``n`` seeded random test images (PGD, CW-Linf, AutoAttack on the first ``--n-slow``, DDN-L2 at the
 dataset's budgets), puts back the clean value of a growing fraction of the pixels in several orders
 (salient first, trivial first, random, each scorer's) and writes OUT/records.jsonl.gz, report.json,
