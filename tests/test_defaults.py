@@ -87,3 +87,25 @@ def test_an_inert_defense_is_flagged(caplog):
     names = [f["name"] for f in report.models["pssr"]["flags"]]
     assert "inert_defense" in names
     assert "inert_defense" in caplog.text
+
+
+def test_evaluate_refuses_images_of_another_shape_than_the_model_trained_on():
+    data = pssr.data.load("digits")
+    clf = pssr.train_classifier("tiny-cnn", data, epochs=1, progress=False)
+    assert clf.image_shape == (1, 8, 8)  # adaptive pooling would run it on 28x28 images silently
+    other = pssr.data.Split(torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.int64), "mnist-10k")
+    with pytest.raises(ValueError, match=r"\(1, 8, 8\).*\(1, 28, 28\)"):
+        pssr.evaluate({"c": clf}, other, attacks="fgsm", progress=False)
+
+
+def test_train_pssr_saves_a_defense_around_a_user_model(tmp_path):
+    clf, data = digits_cnn()
+    user = torch.nn.Sequential(torch.nn.Identity(), clf)  # no registry name: a user's own module
+    pssr.train_pssr(user, data, epochs=1, train_subset=64, val_size=32, progress=False, out_dir=tmp_path)
+    assert (tmp_path / "pssr.pt").is_file()
+    back = PSSR.load(
+        tmp_path / "pssr.pt", classifier=torch.nn.Sequential(torch.nn.Identity(), digits_cnn()[0])
+    )
+    x = data.test.x[:4]
+    with torch.no_grad():
+        assert back(x).shape == (4, 10)

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pssr.config import apply_overrides, load_toml
+from pssr.config import apply_overrides, check_overrides, load_toml
 from pssr.registry import Registry
 from pssr.utils import atomic_write_json, atomic_write_text, run_metadata
 
@@ -215,6 +215,7 @@ def reproduce(
     tag = f"{p.name}-quick" if quick else p.name
     runs = Path(runs_dir) if runs_dir else Path("runs") / tag
     out = Path(results_dir) if results_dir else Path("results") / tag
+    check_overrides(overrides)  # an unknown table or key is an error naming the closest one, not ignored
     extra = (*(p.quick if quick else ()), *overrides)
     t0 = time.perf_counter()
     steps: dict[str, Any] = {}

@@ -70,6 +70,7 @@ from pssr.evaluation.common import (
 from pssr.evaluation.report import Report, summarize
 from pssr.evaluation.runner import Run, post_checks
 from pssr.evaluation.state import StateStore
+from pssr.models import check_input_shape
 from pssr.utils import model_device, run_metadata
 
 # Private names that other modules imported before the split (kept for them; use pssr.evaluation.common).
@@ -211,6 +212,8 @@ def evaluate(
     check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
     if checks is not False and check_cfg is None:
         raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
+    for k, m in models.items():  # one line naming both shapes, not a deep torch error mid-attack
+        check_input_shape(m, split.x.shape[1:], what=f"the {dataset or 'evaluation'} images given to {k!r}")
     eps_list = _as_eps_list(eps, dataset, norm)
     specs = parse_attacks(expand_suites(attacks, norm, dataset), dataset, norm)  # "fast": a suite
     dev = None

@@ -313,7 +313,7 @@ def adversarial_train(
         callbacks=callbacks,
         **overrides,
     )
-    return attach_spec(res.model, res.checkpoint.get("model"))
+    return attach_spec(res.model, res.checkpoint.get("model"), res.checkpoint.get("data"))
 
 
 def run_from_config(

@@ -176,7 +176,7 @@ def train_classifier(
     log.info("test accuracy %.4f", res.checkpoint["metrics"]["test_acc"])
     from pssr.train.loop import attach_spec
 
-    return attach_spec(res.model, res.checkpoint.get("model"))
+    return attach_spec(res.model, res.checkpoint.get("model"), res.checkpoint.get("data"))
 
 
 def load_classifier(path: str | Path, device: str | torch.device | None = "cpu") -> nn.Module:

@@ -234,10 +234,18 @@ def model_spec(model: nn.Module, name: str | None, kwargs: dict[str, Any]) -> di
     return {"name": name, "kwargs": dict(kwargs), "class": type(model).__name__}
 
 
-def attach_spec(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
-    """Record ``{"name", "kwargs"}`` on ``model.pssr_spec`` so a PSSR checkpoint can rebuild it."""
+def attach_spec(
+    model: nn.Module, spec: dict[str, Any] | None, data: dict[str, Any] | None = None
+) -> nn.Module:
+    """Record ``{"name", "kwargs"}`` on ``model.pssr_spec`` so a PSSR checkpoint can rebuild it, and the
+    (C, H, W) it was trained on (a checkpoint's ``data``) on ``model.image_shape``: with it
+    :func:`pssr.models.check_input_shape` refuses other images by name (adaptive pooling would otherwise
+    let an 8x8 classifier run on 28x28 images without an error)."""
     if isinstance(spec, dict) and spec.get("name"):
         model.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+    shape = (data or {}).get("image_shape")
+    if isinstance(shape, (list, tuple)) and len(shape) == 3:
+        model.image_shape = tuple(int(s) for s in shape)
     return model
 
 
@@ -255,7 +263,7 @@ def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
         )
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])
-    return attach_spec(model, spec).eval()
+    return attach_spec(model, spec, ckpt.get("data")).eval()
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tensor]]:

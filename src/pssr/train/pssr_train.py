@@ -704,7 +704,7 @@ def train_pssr(
     if info.enabled:
         defense.metrics["distributed"] = {"world_size": info.world_size, "backend": info.backend}
     defense.eval()
-    if out is not None and defense.classifier_spec is not None:
+    if out is not None:  # a user classifier's weights travel in the checkpoint (PSSR.load(classifier=...))
         D.on_main(lambda: defense.save(out / FINAL_FILE), info)
     return defense
 
