@@ -5,9 +5,10 @@ Model spec syntax (one per ``--checkpoint``)::
     [NAME=]PATH                               a checkpoint written by pssr
     [NAME=]BASELINE[:KEY=VALUE[,KEY=VALUE]]@PATH   an input-transform baseline around PATH's classifier
 
-* ``PATH`` is a PSSR checkpoint (``PSSR.save``; loaded with :meth:`pssr.defense.pssr.PSSR.load`) or a
+* ``PATH`` is a PSSR checkpoint (``PSSR.save``; loaded with :meth:`pssr.defense.pssr.PSSR.load`), a
   training checkpoint of a classifier / adversarially trained model (loaded with
-  :func:`pssr.train.classifier.load_classifier`). For a baseline on a PSSR checkpoint, the baseline
+  :func:`pssr.train.classifier.load_classifier`), or the name of a pretrained model of the zoo
+  (``fashion-mnist/pssr``, ``pssr zoo list``), verified and read from its local copy. For a baseline on a PSSR checkpoint, the baseline
   wraps the PSSR's classifier.
 * ``BASELINE`` is a name of :data:`pssr.defense.baselines.BASELINES` (``jpeg``, ``bit-depth``,
   ``median``, ``tvm``, ``identity``); values are parsed as int, float, true/false, else kept as text.
@@ -68,7 +69,11 @@ def parse_eps(text: str) -> list[float]:
 
 
 def _load_path(path: str) -> tuple[nn.Module, str, dict[str, Any]]:
-    """(model, kind, checkpoint) for a PSSR or training checkpoint."""
+    """(model, kind, checkpoint) for a PSSR or training checkpoint, or a zoo model's name
+    (``fashion-mnist/pssr``: its verified fp32 copy, see :mod:`pssr.zoo`)."""
+    from pssr.zoo import resolve
+
+    path = resolve(path) if not Path(path).exists() else path
     ck = load_checkpoint(path)
     from pssr.defense.pssr import FORMAT, PSSR
 
@@ -117,8 +122,9 @@ def load_model_spec(spec: str) -> tuple[str, nn.Module, dict[str, Any]]:
             {"kind": f"baseline:{base}", "path": path, "checkpoint": ck, "kwargs": kw},
         )
     model, kind, ck = _load_path(spec)
+    zoo_name = not Path(spec).exists()  # a zoo name such as fashion-mnist/pssr
     return (
-        name or ("pssr" if kind == "pssr" else Path(spec).stem),
+        name or (spec.replace("/", "-") if zoo_name else "pssr" if kind == "pssr" else Path(spec).stem),
         model,
         {"kind": kind, "path": spec, "checkpoint": ck},
     )
