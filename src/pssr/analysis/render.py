@@ -143,7 +143,7 @@ def plot_curves(report: dict[str, Any], path: str | Path) -> Path:
                 ax.plot(
                     [100 * grid[i] for i in keep],
                     [100 * c[i] for i in keep],
-                    ls,
+                    linestyle=ls,
                     color=colour,
                     label=text,
                     lw=1.4,

@@ -86,7 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", default=None, help="classifier checkpoint (or a PSSR checkpoint: its classifier)"
     )
     p.add_argument(
-        "--pssr", default=None, help="PSSR checkpoint whose trained (learned) scorer is measured too"
+        "--pssr",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="PSSR checkpoint whose trained scorer is measured too (repeatable; NAME defaults to its scorer)",
     )
     p.add_argument("--n", type=int, default=500, help="test images, a seeded random draw (default 500)")
     p.add_argument(
