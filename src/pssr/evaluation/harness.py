@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pssr import distributed as D
 from pssr.attacks.base import NORMS
@@ -163,99 +163,14 @@ def evaluate(
             model names computes those models only and reports the others from ``state_dir`` as
             above (e.g. a CPU session finishing chosen rows of an evaluation a GPU began).
     """
-    # ---- validate -------------------------------------------------------------------------------
-    if isinstance(models, nn.Module):
-        models = {"model": models}
-    if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict {name: nn.Module}")
-    for k, m in models.items():
-        if not isinstance(k, str) or not k.strip() or "|" in k:
-            raise ValueError(f"model names must be non-empty strings without '|', got {k!r}")
-        if not isinstance(m, nn.Module):
-            raise ValueError(f"models[{k!r}] must be an nn.Module returning logits, got {type(m).__name__}")
-    if gray_box_source:
-        unknown = set(gray_box_source) - set(models)
-        if unknown:
-            raise ValueError(f"gray_box_source names {sorted(unknown)} are not in models ({sorted(models)})")
-    if isinstance(data, Dataset):
-        dataset = dataset or data.name
-        split = data.test
-    elif isinstance(data, Split):
-        split = data
-        # a split carries its dataset's name (pssr.data.load), a trained model may too
-        dataset = dataset or split.dataset or dataset_name(*models.values())
-    else:
-        raise ValueError(f"data must be a pssr.data.Split or Dataset, got {type(data).__name__}")
-    norm = norm.lower() if isinstance(norm, str) else norm
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}; choose from {NORMS}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive int or None, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not isinstance(compute, bool):
-        if isinstance(compute, str) or not compute or not all(isinstance(c, str) for c in compute):
-            raise ValueError(
-                f"compute must be True, False or a non-empty collection of model names, got {compute!r}"
-            )
-        unknown = sorted(set(compute) - set(models))
-        if unknown:
-            raise ValueError(f"compute names {unknown}, not among the models ({', '.join(models)})")
-        compute = frozenset(compute)
-    if compute is False and (state_dir is None or not Path(state_dir, "state.json").is_file()):
-        raise ValueError(
-            "compute=False reports what an evaluation saved in its state folder; "
-            + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)")
-        )
-    check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
-    if checks is not False and check_cfg is None:
-        raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
-    for k, m in models.items():  # one line naming both shapes, not a deep torch error mid-attack
-        check_input_shape(m, split.x.shape[1:], what=f"the {dataset or 'evaluation'} images given to {k!r}")
+    models, split, dataset, norm, compute, check_cfg = _checked_args(
+        models, data, dataset, norm, n, batch_size, seed, compute, state_dir, checks, gray_box_source
+    )
     eps_list = _as_eps_list(eps, dataset, norm)
     specs = parse_attacks(expand_suites(attacks, norm, dataset), dataset, norm)  # "fast": a suite
-    dev = None
-    if device is not None:
-        from pssr.utils import default_device
-
-        dev = default_device(device)
-    # Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); a no-op in one process.
-    first_dev = model_device(next(iter(models.values())))
-    info = D.init_distributed(dev if dev is not None else first_dev)
-    if info.enabled and dev is None and first_dev.type == "cuda":
-        dev = torch.device("cuda")
-    if dev is not None:
-        dev = D.device_for(info, dev)  # cuda:LOCAL_RANK under torchrun, else unchanged
-        for m in models.values():
-            m.to(dev)
-        for m in (gray_box_source or {}).values():
-            m.to(dev)
-
-    # ---- the examples ---------------------------------------------------------------------------
-    n_total = len(split)
-    n_eval = n_total if n is None else min(n, n_total)
-    if subset_seed is None:
-        idx = torch.arange(n_eval)
-    else:
-        idx = (
-            torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval]
-            .sort()
-            .values
-        )
-    x_all, y_all = split.x[idx], split.y[idx]
-    index = idx.tolist()
-    coverage = class_coverage(split.y, y_all)
-    if coverage["missing"] and info.is_main:
-        log.warning(
-            "the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
-            "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
-            n_eval,
-            coverage["in_subset"],
-            coverage["in_split"],
-            coverage["missing"],
-        )
+    dev, info = _placed(models, gray_box_source, device)
+    x_all, y_all, index, coverage = _examples(split, n, subset_seed, info.is_main)
+    n_total, n_eval = len(split), len(index)
 
     sources = {name: _gray_box_source(name, m, gray_box_source) for name, m in models.items()}
     descriptions = {name: describe(m, sources[name][1]) for name, m in models.items()}
@@ -347,7 +262,156 @@ def evaluate(
         random.setstate(py_state)
         np.random.set_state(np_state)
 
-    # ---- assemble the report --------------------------------------------------------------------
+    return _report(run, models, descriptions, check_cfg, config)
+
+
+def _checked_models(
+    models: Mapping[str, nn.Module] | nn.Module, gray_box_source: Mapping[str, nn.Module] | None
+) -> Mapping[str, nn.Module]:
+    """``{name: model}`` (a bare module is named ``"model"``), names and types checked."""
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty dict {name: nn.Module}")
+    for k, m in models.items():
+        if not isinstance(k, str) or not k.strip() or "|" in k:
+            raise ValueError(f"model names must be non-empty strings without '|', got {k!r}")
+        if not isinstance(m, nn.Module):
+            raise ValueError(f"models[{k!r}] must be an nn.Module returning logits, got {type(m).__name__}")
+    if gray_box_source:
+        unknown = set(gray_box_source) - set(models)
+        if unknown:
+            raise ValueError(f"gray_box_source names {sorted(unknown)} are not in models ({sorted(models)})")
+    return models
+
+
+def _checked_compute(
+    compute: bool | Collection[str], models: Mapping[str, nn.Module], state_dir: str | os.PathLike[str] | None
+) -> bool | frozenset[str]:
+    """``compute`` checked: True, False (needs a saved state) or a set of model names."""
+    if not isinstance(compute, bool):
+        if isinstance(compute, str) or not compute or not all(isinstance(c, str) for c in compute):
+            raise ValueError(
+                f"compute must be True, False or a non-empty collection of model names, got {compute!r}"
+            )
+        unknown = sorted(set(compute) - set(models))
+        if unknown:
+            raise ValueError(f"compute names {unknown}, not among the models ({', '.join(models)})")
+        compute = frozenset(compute)
+    if compute is False and (state_dir is None or not Path(state_dir, "state.json").is_file()):
+        raise ValueError(
+            "compute=False reports what an evaluation saved in its state folder; "
+            + ("give state_dir" if state_dir is None else f"{state_dir} holds none (no state.json)")
+        )
+    return compute
+
+
+def _checked_args(
+    models: Mapping[str, nn.Module] | nn.Module,
+    data: Split | Dataset,
+    dataset: str | None,
+    norm: str,
+    n: int | None,
+    batch_size: int,
+    seed: int,
+    compute: bool | Collection[str],
+    state_dir: str | os.PathLike[str] | None,
+    checks: bool | CheckConfig,
+    gray_box_source: Mapping[str, nn.Module] | None,
+) -> tuple[Mapping[str, nn.Module], Split, str | None, str, bool | frozenset[str], CheckConfig | None]:
+    """:func:`evaluate`'s arguments checked (one-line ValueErrors naming the argument) and normalized:
+    (models, split, dataset, norm, compute, check_cfg)."""
+    models = _checked_models(models, gray_box_source)
+    if isinstance(data, Dataset):
+        dataset = dataset or data.name
+        split = data.test
+    elif isinstance(data, Split):
+        split = data
+        # a split carries its dataset's name (pssr.data.load), a trained model may too
+        dataset = dataset or split.dataset or dataset_name(*models.values())
+    else:
+        raise ValueError(f"data must be a pssr.data.Split or Dataset, got {type(data).__name__}")
+    norm = norm.lower() if isinstance(norm, str) else norm
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; choose from {NORMS}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    compute = _checked_compute(compute, models, state_dir)
+    check_cfg = CheckConfig() if checks is True else checks if isinstance(checks, CheckConfig) else None
+    if checks is not False and check_cfg is None:
+        raise ValueError(f"checks must be True, False or a CheckConfig, got {checks!r}")
+    for k, m in models.items():  # one line naming both shapes, not a deep torch error mid-attack
+        check_input_shape(m, split.x.shape[1:], what=f"the {dataset or 'evaluation'} images given to {k!r}")
+    return models, split, dataset, norm, compute, check_cfg
+
+
+def _placed(
+    models: Mapping[str, nn.Module], gray_box_source: Mapping[str, nn.Module] | None, device: Any
+) -> tuple[torch.device | None, Any]:
+    """Join the process group under torchrun (a no-op in one process) and move the models to
+    ``device`` (``cuda:LOCAL_RANK`` under torchrun); (device or None, the distributed info)."""
+    dev = None
+    if device is not None:
+        from pssr.utils import default_device
+
+        dev = default_device(device)
+    first_dev = model_device(next(iter(models.values())))
+    info = D.init_distributed(dev if dev is not None else first_dev)
+    if info.enabled and dev is None and first_dev.type == "cuda":
+        dev = torch.device("cuda")
+    if dev is not None:
+        dev = D.device_for(info, dev)  # cuda:LOCAL_RANK under torchrun, else unchanged
+        for m in models.values():
+            m.to(dev)
+        for m in (gray_box_source or {}).values():
+            m.to(dev)
+
+    return dev, info
+
+
+def _examples(
+    split: Split, n: int | None, subset_seed: int | None, is_main: bool
+) -> tuple[Tensor, Tensor, list[int], dict[str, Any]]:
+    """The evaluated examples: the first ``n`` of ``split`` (or a seeded random ``n``); (x, y, their
+    indices in the split, class coverage). Warns when classes are missing from them."""
+    n_total = len(split)
+    n_eval = n_total if n is None else min(n, n_total)
+    if subset_seed is None:
+        idx = torch.arange(n_eval)
+    else:
+        idx = (
+            torch.randperm(n_total, generator=torch.Generator().manual_seed(subset_seed))[:n_eval]
+            .sort()
+            .values
+        )
+    x_all, y_all = split.x[idx], split.y[idx]
+    index = idx.tolist()
+    coverage = class_coverage(split.y, y_all)
+    if coverage["missing"] and is_main:
+        log.warning(
+            "the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
+            "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
+            n_eval,
+            coverage["in_subset"],
+            coverage["in_split"],
+            coverage["missing"],
+        )
+
+    return x_all, y_all, index, coverage
+
+
+def _report(
+    run: Run,
+    models: Mapping[str, nn.Module],
+    descriptions: dict[str, dict[str, Any]],
+    check_cfg: CheckConfig | None,
+    config: dict[str, Any],
+) -> Report:
+    """The :class:`Report` of a finished (or, with pending units, partial) run."""
     records = run.records()
     results = summarize(records, run.unit_meta)
     if run.pending:  # a worst case over fewer attacks than the threat model's is an upper bound: left out
