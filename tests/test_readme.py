@@ -63,11 +63,8 @@ def test_command_line_block_runs_as_written_on_digits(tmp_path):
     for cmd in commands:
         cmd = cmd.replace("fashion-mnist", "digits").replace("--n 200", "--n 16")
         sub = cmd.split()[1]
-        cmd = (
-            f"{sys.executable} -m pssr {cmd[len('pssr ') :]}{_SHORTER.get(sub, '')} --no-progress"
-            * (sub in ("train-classifier", "train-pssr", "evaluate"))
-            or f"{sys.executable} -m pssr {cmd[len('pssr ') :]}"
-        )
+        quiet = " --no-progress" if sub in ("train-classifier", "train-pssr", "evaluate") else ""
+        cmd = f"{sys.executable} -m pssr {cmd[len('pssr ') :]}{_SHORTER.get(sub, '')}{quiet}"
         r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     assert (tmp_path / "runs/digits/pssr/pssr.pt").is_file()
