@@ -86,13 +86,9 @@ class PSSRConfig:
     gen_width: int = 32  # channels of G's first U-Net level
     gen_depth: int = 2  # 2x down-samplings in G
     condition: str = "none"  # none | logits (FiLM on the classifier's logits of the holed image)
-    restore_scope: str = (
-        "full"  # full: G re-renders every pixel | mask: G's output on the removed pixels only
-    )
+    restore_scope: str = "full"  # full: G re-renders every pixel | mask: G writes the removed ones only
     # --- training data: adversarial examples against the frozen classifier ---
-    eps: float = (
-        0.0  # Linf budget, pixels in [0, 1]; 0 = the dataset's (pssr.defaults.budget), set by train_pssr
-    )
+    eps: float = 0.0  # Linf budget in [0, 1] pixel units; 0 = the dataset's (pssr.defaults.budget)
     pgd_steps: int = 10  # PGD iterations for training examples
     pgd_alpha: float = 0.0  # PGD step size; 0 means 2.5 * eps / pgd_steps
     fgsm_fraction: float = 0.0  # share of training examples made with FGSM instead of PGD
