@@ -15,8 +15,10 @@ What the count assumes (so the number is a planning figure, not a promise):
 
 * every example is attacked for the attack's whole budget: early stopping, AutoAttack's cascade
   (each sub-attack runs only on the points still robust) and restarts run only on surviving
-  points make real runs *shorter* -- much shorter on an undefended model, about as long on a
-  robust one. docs/attack-suites.md compares estimates with measured runs.
+  points make real runs *shorter* -- much shorter on a defense that breaks early, about as long on
+  a robust model. On the other side, per-call overhead that is not a model pass (AutoAttack's own
+  checks and bookkeeping) is not counted, which matters on tiny models. On the 8x8 digits the
+  estimate was 0.7 to 3.8 times the measured time per model (docs/attack-suites.md).
 * paper-protocol attacks take their passes on the gray-box source (a purifier's classifier), like
   the harness; transfer attacks on the surrogate; BPDA and EOT views cost what the model costs per
   pass (a BPDA view skips the purifier's backward pass, so this errs high);
@@ -60,11 +62,7 @@ class Passes:
     def __add__(self, other: Passes) -> Passes:
         return Passes(self.grad + other.grad, self.forward + other.forward)
 
-    def scale(self, k: float) -> Passes:
-        return Passes(self.grad * k, self.forward * k)
 
-
-CostFn = Callable[[Mapping[str, Any], int], Passes]
 # attack name -> cost(resolved kwargs, number of classes) -> passes per attacked example
 COSTS: Registry[Passes] = Registry("attack cost")
 
@@ -337,7 +335,7 @@ def estimate_evaluation(
         models: ``{name: model}`` as given to ``evaluate`` (a bare module is named ``"model"``).
         attacks: what ``evaluate`` takes (``"paper,adaptive"``, ``"fast"``, names, dicts) or its
             parsed :class:`~pssr.evaluation.harness.AttackSpec` list.
-        n: examples to evaluate (each is assumed attacked: an upper bound on clean errors).
+        n: examples to evaluate (each is assumed attacked, none misclassified clean).
         x: a few images (N, C, H, W) in [0, 1] of the evaluated data, for the pass timings.
         dataset, norm: as for ``evaluate`` (they pick the sets' hyper-parameters).
         n_eps: how many budgets each attack runs at.
