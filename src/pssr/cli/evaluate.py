@@ -190,7 +190,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cost (one CPU thread, 8x8 digits, 5 models: undefended, PGD-AT, PSSR, JPEG, TV minimization;\n"
         "docs/attack-suites.md): the default suite 2.45 CPU s per image per model, --attacks fast 0.35\n"
         "(the same adaptive worst case on 4 of the 5 models, 4 points higher on the randomized one).\n"
-        "FMNIST_COST"
         "A time estimate is printed before the evaluation starts (--no-estimate to skip it).",
     )
     p.add_argument(
