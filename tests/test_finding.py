@@ -79,6 +79,18 @@ def test_salient_and_trivial_orders_follow_delta_magnitude() -> None:
     assert (grad.flatten()[[1, 2, 3, 4, 6, 7]] == 0).all()  # no delta, no share of the loss change
 
 
+def test_float_rounding_of_delta_does_not_order_pixels_moved_by_eps() -> None:
+    from pssr.analysis.pixels import delta_magnitude
+
+    x = torch.linspace(0, 0.9, 100).view(1, 1, 10, 10)
+    x_adv = x + 0.1  # float32: (x + 0.1) - x takes several values near 0.1
+    assert len(set((x_adv - x).flatten().tolist())) > 1
+    d = delta_magnitude(x, x_adv)
+    assert len(set(d.flatten().tolist())) == 1  # all tied: their order is left to the random tie-break
+    agree = scorer_agreement(torch.rand(1, 1, 10, 10), x, x_adv, 0.1, torch.Generator().manual_seed(0))
+    assert float(agree["tie_precision"][0]) == 1.0 == float(agree["chance_tie_precision"][0])
+
+
 def test_halving_k_interpolates_and_says_never() -> None:
     grid = [0.0, 0.1, 0.2, 0.4]
     assert halving_k(grid, [0.8, 0.6, 0.2, 0.0]) == pytest.approx(0.1 + 0.1 * (0.6 - 0.4) / 0.4)

@@ -41,9 +41,18 @@ RankingFn = Callable[[Tensor, Tensor, Tensor, nn.Module, torch.Generator], Tenso
 RANKINGS: Registry[Tensor] = Registry("pixel ranking")
 
 
+DELTA_RESOLUTION = 1e-6  # |delta| is rounded to this: far below one 8-bit grey level (1/255)
+
+
 def delta_magnitude(x: Tensor, x_adv: Tensor) -> Tensor:
-    """``sum_c |x_adv - x|`` per pixel, (N, 1, H, W), float32."""
-    return (x_adv.float() - x.float()).abs().sum(1, keepdim=True)
+    """``sum_c |x_adv - x|`` per pixel, (N, 1, H, W), float32, rounded to ``DELTA_RESOLUTION``.
+
+    Rounded because in float32 ``(x + eps) - x`` differs from ``eps`` by an amount that depends on
+    ``x`` (0.1 + 0.5 - 0.5 != 0.1): without it, pixels an L-inf attack moved by exactly eps would be
+    ordered by their clean intensity instead of being tied (and then ordered at random).
+    """
+    d = (x_adv.float() - x.float()).abs().sum(1, keepdim=True)
+    return torch.round(d / DELTA_RESOLUTION) * DELTA_RESOLUTION
 
 
 @RANKINGS.register("salient")
