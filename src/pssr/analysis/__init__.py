@@ -2,7 +2,8 @@
 
 * :mod:`pssr.analysis.pixels` -- pixel rankings, oracle restoration, halving points, scorer agreement;
 * :mod:`pssr.analysis.finding` -- :func:`run_finding`: the salient/trivial finding for a classifier;
-* :mod:`pssr.analysis.render` -- report.md and the figure, drawn from report.json.
+* :mod:`pssr.analysis.render` -- report.md and the figure, drawn from report.json;
+* :mod:`pssr.analysis.files` -- the same from checkpoint files (what ``pssr finding`` calls).
 """
 
 from __future__ import annotations
