@@ -18,4 +18,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c requirements/constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".${extra}"
+# torchattacks (for the interoperability test) declares torchvision, which pulls a CUDA torch and does
+# not import beside the pinned CPU build; torchattacks itself never imports it: install it alone
+if [ -n "$extra" ]; then .venv/bin/python -m pip install -q --no-deps "torchattacks==3.5.1"; fi
 echo "install.sh: pssr $(.venv/bin/python -c 'import pssr; print(pssr.__version__)') installed in .venv"

@@ -35,7 +35,16 @@ from pssr.attacks.deepfool import DeepFool
 from pssr.attacks.fgsm import FGSM
 from pssr.attacks.mifgsm import MIFGSM
 from pssr.attacks.pgd import PGD
-from pssr.attacks.sets import ATTACK_SETS, BUDGETS, DATASET_FAMILIES, AttackSpec, attack_set, dataset_family
+from pssr.attacks.sets import (
+    ATTACK_SETS,
+    BUDGETS,
+    DATASET_FAMILIES,
+    SUITES,
+    AttackSpec,
+    attack_set,
+    dataset_family,
+    expand_suites,
+)
 from pssr.attacks.square import Square
 from pssr.attacks.transfer import Transfer
 
@@ -55,6 +64,8 @@ __all__ = [
     "BIM",
     "BPDAWrapper",
     "BUDGETS",
+    "SUITES",
+    "expand_suites",
     "CW",
     "CWLinf",
     "DATASET_FAMILIES",
