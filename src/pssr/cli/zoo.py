@@ -21,6 +21,54 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The ``pssr zoo list`` table in Markdown (docs/zoo.md's table is this output)."""
+    lines = [
+        "| name | kind | size | n | L-inf eps | PGD steps (paper/adaptive) | clean % | paper PGD % | adaptive PGD % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        eps = f"{r['eps']:.3g}" if r["eps"] is not None else "-"
+        lines.append(
+            f"| `{r['name']}` | {r['kind']} | {_size(r['size_bytes'])} | {r['n'] or '-'} | {eps} | {r['steps'] or '-'} | "
+            f"{_pct(r['clean'])} | {_pct(r['paper'])} | {_pct(r['adaptive'])} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_details(cards: list[dict[str, Any]]) -> str:
+    """How each model was made and measured, in Markdown (docs/zoo.md's per-model sections)."""
+    out = []
+    for c in cards:
+        acc = c.get("accuracy") or {}
+        secs = c.get("train_wall_seconds")
+        out += [
+            f"### `{c['name']}`",
+            "",
+            f"{c.get('architecture', c['kind'])}; `{c['file']}`, {c['size_bytes']:,} bytes, sha256 `{c['sha256']}`. "
+            + (f"Training wall time {secs / 60:.0f} min. " if isinstance(secs, (int, float)) else "")
+            + c.get("notes", ""),
+            "",
+            "```",
+            *c.get("made_by", []),
+            "```",
+            "",
+        ]
+        tm = c.get("trainer_metrics") or {}
+        if "test_acc" in tm:
+            out += [
+                f"The trainer's own test accuracy (fp32, before export): {_pct(tm['test_acc'])}% "
+                f"on {tm.get('n_test', 'all')} test images.",
+                "",
+            ]
+        if acc:
+            out += [
+                f"Measured by `{acc.get('measured_by')}` (n={acc.get('n')}, subset seed {acc.get('subset_seed')}).",
+                "",
+            ]
+    return "\n".join(out).rstrip()
+
+
 def _list(args: argparse.Namespace) -> int:
     from pssr.zoo.store import summary_rows
 
@@ -28,7 +76,12 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = ("name", "kind", "size", "n", "eps", "clean %", "paper PGD %", "adaptive PGD %")
+    if args.markdown:
+        from pssr.zoo import cards
+
+        print(markdown_table(rows) + ("\n\n" + markdown_details(cards()) if args.details else ""))
+        return 0
+    head = ("name", "kind", "size", "n", "eps", "steps", "clean %", "paper PGD %", "adaptive PGD %")
     table = [
         (
             r["name"],
@@ -36,6 +89,7 @@ def _list(args: argparse.Namespace) -> int:
             _size(r["size_bytes"]) + ("" if r["shipped"] else " (url)"),
             str(r["n"] or "-"),
             f"{r['eps']:.3g}" if r["eps"] is not None else "-",
+            r["steps"] or "-",
             _pct(r["clean"]),
             _pct(r["paper"]),
             _pct(r["adaptive"]),
@@ -88,6 +142,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
     ls = sub.add_parser("list", help="one line per model: name, size, measured accuracies")
     ls.add_argument("--json", action="store_true", help="the rows as JSON")
+    ls.add_argument("--markdown", action="store_true", help="the table in Markdown (as in docs/zoo.md)")
+    ls.add_argument("--details", action="store_true", help="with --markdown: how each model was made")
     ls.set_defaults(func=_list)
     sh = sub.add_parser("show", help="a model's card: file, sha256, commands, accuracies and settings")
     sh.add_argument("name", help="a zoo name, e.g. fashion-mnist/pssr")

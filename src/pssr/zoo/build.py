@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -103,6 +104,7 @@ def export(
     url: str | None = None,
     weights_dir: str | Path | None = None,
     cards_file: str | Path | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Store ``checkpoint`` in the zoo (fp16) and write its card; returns the card.
 
@@ -122,9 +124,13 @@ def export(
     stored = half(ck)
     stored["zoo"] = {"name": name, "dtype": "float16", "source_sha256": sha256_of(checkpoint)}
     if kind == "pssr":
-        image_shape, arch = ck["image_shape"], f"pssr around {ck['classifier']['name']}"
+        image_shape, classes, arch = (
+            ck["image_shape"],
+            ck["num_classes"],
+            f"pssr around {ck['classifier']['name']}",
+        )
     else:
-        image_shape, arch = ck["data"]["image_shape"], ck["model"]["name"]
+        image_shape, classes, arch = ck["data"]["image_shape"], ck["data"]["num_classes"], ck["model"]["name"]
     diff = _logit_change(ck, stored, kind, image_shape)
     out = save_checkpoint(weights_dir / f"{dataset}--{kind}.pt", stored)
     sha = sha256_of(out)
@@ -140,6 +146,7 @@ def export(
         "dataset": dataset,
         "architecture": arch,
         "image_shape": list(image_shape),
+        "num_classes": int(classes),
         "file": out.name,
         **({"url": url} if url else {}),
         "sha256": sha,
@@ -154,7 +161,7 @@ def export(
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"
         },
-        "exported_by": command_line(),
+        "exported_by": command or command_line(),
         "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_revision": git_revision(),
         "notes": notes,
@@ -173,6 +180,7 @@ def measure(
     out: str | Path | None = None,
     progress: bool = False,
     cards_file: str | Path | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate zoo model ``name`` as shipped and record its headline accuracies in its card."""
     from pssr.attacks.sets import BUDGETS, dataset_family
@@ -198,7 +206,7 @@ def measure(
     flags = [f"{f.get('name')}: {f.get('message')}" for f in report.flags(m)]
     acc = {
         "split": "test",
-        "n": n,
+        "n": next(r["n"] for r in report.results if r["model"] == m and r["attack"] == "clean"),
         "subset_seed": subset_seed,
         "attack_seed": seed,
         "norm": "linf",
@@ -214,7 +222,7 @@ def measure(
         "adaptive_pgd_full: PGD with exact gradients through the whole model",
         "weights": "the shipped fp16 file, loaded back in fp32",
         "sanity_flags": flags,
-        "measured_by": command_line(),
+        "measured_by": command or command_line(),
         "report": str(out),
         "wall_seconds": round(time.time() - t0, 1),
         "git_revision": git_revision(),
@@ -249,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--subset-seed", type=int, default=0)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    cmd = "python -m pssr.zoo.build " + shlex.join(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "export":
@@ -260,10 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes=args.notes,
                 classifier=args.classifier,
                 url=args.url,
+                command=cmd,
             )
             print(f"{c['name']}: {c['file']} {c['size_bytes']} bytes sha256 {c['sha256']}")
         else:
-            a = measure(args.name, n=args.n, subset_seed=args.subset_seed, seed=args.seed, out=args.out)
+            a = measure(
+                args.name, n=args.n, subset_seed=args.subset_seed, seed=args.seed, out=args.out, command=cmd
+            )
             print(
                 f"{args.name}: {json.dumps({k: a[k] for k in ('n', 'eps', 'clean', 'paper_pgd', 'adaptive_pgd_full')})}"
             )

@@ -294,6 +294,7 @@ def summary_rows() -> list[dict[str, Any]]:
                 "clean": acc.get("clean"),
                 "paper": acc.get("paper_pgd"),
                 "adaptive": acc.get("adaptive_pgd_full"),
+                "steps": "/".join(str(a.get("steps", "?")) for a in acc.get("attacks", [])) or None,
             }
         )
     return rows
