@@ -224,6 +224,17 @@ def test_measure_records_the_shipped_files_accuracies(tmp_zoo: Path) -> None:
     )
 
 
+def test_docs_table_is_rendered_from_the_cards(tmp_path: Path) -> None:
+    doc = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
+    copy = tmp_path / "zoo.md"
+    copy.write_text(doc.read_text())
+    build.render_doc(copy)
+    assert copy.read_text() == doc.read_text(), "docs/zoo.md is stale: python -m pssr.zoo.build render-doc"
+    copy.write_text("no block here")
+    with pytest.raises(zoo.ZooError, match="zoo:begin"):
+        build.render_doc(copy)
+
+
 # ------------------------------------------------------------------ CLI
 
 

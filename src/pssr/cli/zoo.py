@@ -17,6 +17,10 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
@@ -46,7 +50,7 @@ def markdown_details(cards: list[dict[str, Any]]) -> str:
             f"### `{c['name']}`",
             "",
             f"{c.get('architecture', c['kind'])}; `{c['file']}`, {c['size_bytes']:,} bytes, sha256 `{c['sha256']}`. "
-            + (f"Training wall time {secs / 60:.0f} min. " if isinstance(secs, (int, float)) else "")
+            + (f"Training wall time {_duration(secs)}. " if isinstance(secs, (int, float)) else "")
             + c.get("notes", ""),
             "",
             "```",
@@ -79,7 +83,8 @@ def _list(args: argparse.Namespace) -> int:
     if args.markdown:
         from pssr.zoo import cards
 
-        print(markdown_table(rows) + ("\n\n" + markdown_details(cards()) if args.details else ""))
+        details = markdown_details(sorted(cards(), key=lambda c: c["name"]))
+        print(markdown_table(rows) + ("\n\n" + details if args.details else ""))
         return 0
     head = ("name", "kind", "size", "n", "eps", "steps", "clean %", "paper PGD %", "adaptive PGD %")
     table = [

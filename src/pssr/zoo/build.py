@@ -237,6 +237,32 @@ def measure(
     return acc
 
 
+def render_doc(doc: str | Path) -> Path:
+    """Replace the block between ``<!-- zoo:begin ...-->`` and ``<!-- zoo:end -->`` in ``doc`` with the
+    ``pssr zoo list --markdown --details`` rendering of the cards (tables come from the JSON)."""
+    import re
+
+    from pssr.cli.zoo import markdown_details, markdown_table
+    from pssr.utils import atomic_write_text
+
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8")
+    body = (
+        markdown_table(store.summary_rows())
+        + "\n\n"
+        + markdown_details(sorted(store.cards(), key=lambda c: c["name"]))
+    )
+    new, n = re.subn(
+        r"(<!-- zoo:begin[^\n]*-->\n).*?(<!-- zoo:end -->)",
+        lambda m: m.group(1) + body + "\n" + m.group(2),
+        text,
+        flags=re.S,
+    )
+    if n != 1:
+        raise ZooError(f"{doc}: expected one <!-- zoo:begin --> ... <!-- zoo:end --> block, found {n}")
+    return atomic_write_text(doc, new)
+
+
 def _plain(kw: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(kw), default=str))
 
@@ -257,12 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--subset-seed", type=int, default=0)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None)
+    r = sub.add_parser("render-doc", help="render the cards into a Markdown file's zoo:begin/zoo:end block")
+    r.add_argument("doc", nargs="?", default="docs/zoo.md")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     cmd = "python -m pssr.zoo.build " + shlex.join(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.cmd == "export":
+        if args.cmd == "render-doc":
+            print(f"wrote {render_doc(args.doc)}")
+        elif args.cmd == "export":
             c = export(
                 args.checkpoint,
                 made_by=args.made_by,

@@ -109,7 +109,7 @@ def list_models(pattern: str = "*") -> list[str]:
     """Names of the zoo's models matching a glob ``pattern`` (e.g. ``"fashion-mnist/*"``)."""
     import fnmatch
 
-    return [c["name"] for c in cards() if fnmatch.fnmatch(c["name"], pattern)]
+    return sorted(c["name"] for c in cards() if fnmatch.fnmatch(c["name"], pattern))
 
 
 def card(name: str) -> dict[str, Any]:
@@ -281,7 +281,7 @@ def _looks_like_name(spec: str) -> bool:
 def summary_rows() -> list[dict[str, Any]]:
     """One row per card for tables: name, kind, size, clean / paper / adaptive accuracies."""
     rows = []
-    for c in cards():
+    for c in sorted(cards(), key=lambda c: c["name"]):
         acc = c.get("accuracy") or {}
         rows.append(
             {
