@@ -250,3 +250,16 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["zoo", "show", "fashion-mnist/psr"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did you mean fashion-mnist/pssr" in err
+
+
+def test_purify_with_a_zoo_model_right_after_install(tmp_path, monkeypatch):
+    """The issue's bar: `pssr purify --model fashion-mnist/pssr IMG.png` with no training and no --out."""
+    import numpy as np
+    from PIL import Image
+
+    from pssr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save("img.png")
+    assert main(["purify", "--model", "fashion-mnist/pssr", "img.png"]) == 0
+    assert (tmp_path / "purified" / "img.png").is_file()

@@ -173,7 +173,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="PSSR checkpoint (pssr.pt from train-pssr) or zoo model name (pssr zoo list)",
     )
     q.add_argument("images", nargs="+", help="PNG/JPEG files (all are checked before anything is written)")
-    q.add_argument("--out", required=True, help="output folder for purified PNGs (created when missing)")
+    q.add_argument(
+        "--out",
+        default="purified",
+        help="output folder for purified PNGs (created when missing; default: purified)",
+    )
     q.add_argument("--figure", action="store_true", help="also write input/score/mask/restored figures")
     q.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
     q.set_defaults(func=_purify)
