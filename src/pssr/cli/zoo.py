@@ -122,7 +122,9 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     p = zoo.path(c["name"], download=False) if not args.no_verify else None
     for k, v in c.items():
-        if isinstance(v, (dict, list)):
+        if isinstance(v, list) and all(isinstance(i, (int, float, str)) for i in v) and len(str(v)) < 100:
+            v = json.dumps(v)
+        elif isinstance(v, (dict, list)):
             v = json.dumps(v, indent=2).replace("\n", "\n    ")
         print(f"{k}: {v}")
     if p is not None:
