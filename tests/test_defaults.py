@@ -109,3 +109,10 @@ def test_train_pssr_saves_a_defense_around_a_user_model(tmp_path):
     x = data.test.x[:4]
     with torch.no_grad():
         assert back(x).shape == (4, 10)
+
+
+def test_evaluate_refuses_an_empty_split_in_one_line():
+    clf, data = digits_cnn()
+    empty = pssr.data.Split(data.test.x[:0], data.test.y[:0], "digits")
+    with pytest.raises(ValueError, match="empty"):
+        pssr.evaluate({"c": clf}, empty, attacks="fgsm")

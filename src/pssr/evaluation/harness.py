@@ -331,6 +331,10 @@ def _checked_args(
         dataset = dataset or split.dataset or dataset_name(*models.values())
     else:
         raise ValueError(f"data must be a pssr.data.Split or Dataset, got {type(data).__name__}")
+    if len(split) == 0:
+        raise ValueError(
+            "the split to evaluate is empty (0 images): pass a split with images, e.g. data.test"
+        )
     norm = norm.lower() if isinstance(norm, str) else norm
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}; choose from {NORMS}")
