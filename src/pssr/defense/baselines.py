@@ -58,20 +58,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pssr.attacks.adaptive import straight_through
 from pssr.registry import Registry
 
 BASELINES: Registry[nn.Module] = Registry("baseline defense")
 
 
 def _straight_through(x: Tensor, purified: Tensor) -> Tensor:
-    """Value of ``purified`` with the gradient of the identity w.r.t. ``x`` (BPDA's approximation).
-
-    The attacks package's BPDA helper is used when it offers one; else the usual detach trick.
-    """
-    try:
-        from pssr.attacks.adaptive import straight_through  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        return x + (purified - x).detach()
+    """Value of ``purified`` with the gradient of the identity w.r.t. ``x`` (BPDA's approximation)."""
     return straight_through(x, purified)
 
 
