@@ -54,23 +54,36 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
 
 
+# scalar type -> (accepts the value?, what the error says was expected, conversion)
+_SCALARS: dict[Any, tuple[Any, str, Any]] = {
+    float: (lambda v: not isinstance(v, bool) and isinstance(v, (int, float)), "a number", float),
+    int: (lambda v: not isinstance(v, bool) and isinstance(v, int), "an integer", lambda v: v),
+    bool: (lambda v: isinstance(v, bool), "true or false", lambda v: v),
+    str: (lambda v: isinstance(v, str), "a string", lambda v: v),
+}
+
+
+def _check_union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _check_type(value, a, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (and converted: int -> float, list -> tuple)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+        return _check_union(value, tp, key)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -78,30 +91,15 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         inner = args[0] if args else Any
         vals = [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(vals) if origin is tuple else vals
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return build(tp, value, prefix=key + ".")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+        return dict(value) if origin is dict else build(tp, value, prefix=key + ".")
+    if tp in _SCALARS:
+        ok, expected, convert = _SCALARS[tp]
+        if not ok(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        return convert(value)
     return value
 
 
