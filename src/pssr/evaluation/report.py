@@ -395,25 +395,21 @@ def _table(header: list[str], rows: list[list[str]], n_text: int = 1) -> list[st
     return out
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md from a report.json dict: settings, checks, one table per threat model and eps, timings."""
-    cfg, meta, models, results = (
-        report["config"],
-        report.get("metadata", {}),
-        report["models"],
-        report["results"],
-    )
-    names = list(models)
-    flagged = {m for m in names if models[m].get("flags")}
+class _Cells:
+    """Looks up a report's accuracy cells by (model, threat model, attack, eps)."""
 
-    def label(m: str) -> str:
-        return f"{m} ⚠" if m in flagged else m
+    def __init__(self, models: dict[str, Any], results: list[dict[str, Any]]) -> None:
+        self.names, self.results = list(models), results
+        self.flagged = {m for m in self.names if models[m].get("flags")}
 
-    def get(m: str, threat: str, attack: str, eps: float) -> dict[str, Any] | None:
+    def label(self, m: str) -> str:
+        return f"{m} ⚠" if m in self.flagged else m
+
+    def get(self, m: str, threat: str, attack: str, eps: float) -> dict[str, Any] | None:
         return next(
             (
                 r
-                for r in results
+                for r in self.results
                 if r["model"] == m
                 and r["threat_model"] == threat
                 and r["attack"] == attack
@@ -422,10 +418,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             None,
         )
 
-    def acc(m: str, threat: str, attack: str, eps: float) -> str:
-        r = get(m, threat, attack, eps)
+    def acc(self, m: str, threat: str, attack: str, eps: float) -> str:
+        r = self.get(m, threat, attack, eps)
         return _pct(r["accuracy"]) if r else "–"
 
+
+def _md_head(cfg: dict[str, Any], meta: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    """Title, settings, how to read the tables, and the partial-report warning."""
     hw = meta.get("hardware", {}) or {}
     eps_list = cfg.get("eps", [])
     lines = ["# pssr evaluation report", ""]
@@ -449,7 +448,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "never robust. ⚠ marks a model with check flags (see below): its robust accuracies may be upper bounds.",
         "",
     ]
-    pending = {m: models[m]["pending"] for m in names if models[m].get("pending")}
+    pending = {m: models[m]["pending"] for m in models if models[m].get("pending")}
     if cfg.get("complete") is False or pending:
         n_units = sum(len(p) for p in pending.values())
         lines += [
@@ -459,24 +458,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             "bound). Rerun the evaluation's command to finish it.",
             "",
         ]
-    # ---- headline ----
-    header = ["model", "clean"] + [
-        f"{t} worst @{e:g}"
-        for e in eps_list
-        for t in ("paper", "adaptive", "all")
-        if any(r["threat_model"] == t for r in results)
-    ]
-    rows = []
-    for m in names:
-        row = [label(m), acc(m, "none", "clean", 0.0)]
-        for e in eps_list:
-            for t in ("paper", "adaptive", "all"):
-                if any(r["threat_model"] == t for r in results):
-                    row.append(acc(m, t, "worst-case", e))
-        rows.append(row)
-    lines += ["## Summary", ""] + _table(header, rows) + [""]
+    return lines
 
-    # ---- per threat model tables ----
+
+def _md_tables(cells: _Cells, eps_list: list[float], models: dict[str, Any]) -> list[str]:
+    """The summary table and one table per threat model and eps."""
+    results, names = cells.results, cells.names
+    present = [t for t in ("paper", "adaptive", "all") if any(r["threat_model"] == t for r in results)]
+    header = ["model", "clean"] + [f"{t} worst @{e:g}" for e in eps_list for t in present]
+    rows = [
+        [cells.label(m), cells.acc(m, "none", "clean", 0.0)]
+        + [cells.acc(m, t, "worst-case", e) for e in eps_list for t in present]
+        for m in names
+    ]
+    lines = ["## Summary", ""] + _table(header, rows) + [""]
     for t in ("paper", "adaptive"):
         attacks = list(
             dict.fromkeys(
@@ -488,9 +483,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         for e in eps_list:
             lines += [f"## {THREAT_TITLES[t]}, eps = {e:g}", ""]
             rows = [
-                [label(m), acc(m, "none", "clean", 0.0)]
-                + [acc(m, t, a, e) for a in attacks]
-                + [acc(m, t, "worst-case", e)]
+                [cells.label(m), cells.acc(m, "none", "clean", 0.0)]
+                + [cells.acc(m, t, a, e) for a in attacks]
+                + [cells.acc(m, t, "worst-case", e)]
                 for m in names
             ]
             lines += _table(["model", "clean", *attacks, "worst case"], rows) + [""]
@@ -501,73 +496,96 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "(white-box for an undefended classifier).",
                 "",
             ]
+    return lines
 
-    # ---- checks ----
-    lines += ["## Checks", ""]
+
+def _check_facts(ch: dict[str, Any]) -> list[str]:
+    facts = []
+    if "randomness" in ch:
+        facts.append(f"random forward: {'yes' if ch['randomness'].get('random') else 'no'}")
+    if "gradients" in ch:
+        facts.append(f"zero input gradients: {_pct(ch['gradients'].get('zero_fraction'))}%")
+    if "large_eps" in ch and ch["large_eps"].get("accuracy"):
+        le = ch["large_eps"]
+        facts.append(
+            f"accuracy at eps={le['eps']:.3g}: "
+            + ", ".join(f"{a} {_pct(v)}%" for a, v in le["accuracy"].items())
+        )
+    return facts
+
+
+def _md_checks(cfg: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    lines = ["## Checks", ""]
     if cfg.get("checks") is None:
         lines += ["Sanity checks were switched off for this run.", ""]
-    for m in names:
-        fl = models[m].get("flags") or []
-        ch = models[m].get("checks") or {}
-        facts = []
-        if "randomness" in ch:
-            facts.append(f"random forward: {'yes' if ch['randomness'].get('random') else 'no'}")
-        if "gradients" in ch:
-            g = ch["gradients"]
-            facts.append(f"zero input gradients: {_pct(g.get('zero_fraction'))}%")
-        if "large_eps" in ch and ch["large_eps"].get("accuracy"):
-            le = ch["large_eps"]
-            facts.append(
-                f"accuracy at eps={le['eps']:.3g}: "
-                + ", ".join(f"{a} {_pct(v)}%" for a, v in le["accuracy"].items())
-            )
+    for m, info in models.items():
+        fl = info.get("flags") or []
+        facts = _check_facts(info.get("checks") or {})
         lines.append(f"- **{m}** ({'; '.join(facts) or 'no checks'}): " + ("no flags" if not fl else ""))
         lines += [f"  - ⚠ `{f['name']}`: {f['message']}" for f in fl]
-        lines += [f"  - not run: {a} ({why})" for a, why in (models[m].get("skipped_attacks") or {}).items()]
-        lines += [f"  - pending: {a} ({why})" for a, why in (models[m].get("pending") or {}).items()]
+        lines += [f"  - not run: {a} ({why})" for a, why in (info.get("skipped_attacks") or {}).items()]
+        lines += [f"  - pending: {a} ({why})" for a, why in (info.get("pending") or {}).items()]
     lines.append("")
+    return lines
 
-    # ---- timings ----
+
+def _md_timings(results: list[dict[str, Any]]) -> list[str]:
     timed = [r for r in results if r.get("seconds") is not None and r["attack"] not in ("worst-case",)]
-    if timed:
-        lines += ["## Time per attack", ""]
-        rows = [
-            [
-                r["model"],
-                r["threat_model"],
-                r["attack"],
-                f"{r['eps']:g}",
-                f"records of {r['reused_from']}" if r.get("reused_from") else f"{r['seconds']:.2f}",
-                f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–",
-            ]
-            for r in timed
+    if not timed:
+        return []
+    rows = [
+        [
+            r["model"],
+            r["threat_model"],
+            r["attack"],
+            f"{r['eps']:g}",
+            f"records of {r['reused_from']}" if r.get("reused_from") else f"{r['seconds']:.2f}",
+            f"{r['seconds_per_example'] * 1000:.1f}" if r.get("seconds_per_example") else "–",
         ]
-        lines += _table(
-            ["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"], rows, n_text=3
-        ) + [""]
+        for r in timed
+    ]
+    header = ["model", "threat model", "attack", "eps", "seconds", "ms / attacked example"]
+    return ["## Time per attack", ""] + _table(header, rows, n_text=3) + [""]
 
-    # ---- attack settings ----
+
+def _attack_kind(r: dict[str, Any]) -> str:
+    if r.get("gradient_free"):
+        return "black-box (gradient-free)"
+    return "black-box (transfer)" if r.get("black_box") else "white-box (gradient)"
+
+
+def _md_attack_settings(results: list[dict[str, Any]]) -> list[str]:
     cfgs = {(r["threat_model"], r["attack"]): r for r in results if r.get("config")}
-    if cfgs:
-        lines += ["## Attack settings", ""]
-
-        def kind(r: dict[str, Any]) -> str:
-            if r.get("gradient_free"):
-                return "black-box (gradient-free)"
-            return "black-box (transfer)" if r.get("black_box") else "white-box (gradient)"
-
-        rows = [
-            [
-                t,
-                a,
-                str(r.get("target") or ""),
-                kind(r),
-                ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("name", "eps", "norm")),
-            ]
-            for (t, a), r in cfgs.items()
+    if not cfgs:
+        return []
+    rows = [
+        [
+            t,
+            a,
+            str(r.get("target") or ""),
+            _attack_kind(r),
+            ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("name", "eps", "norm")),
         ]
-        lines += _table(["threat model", "attack", "target", "kind", "settings"], rows, n_text=5) + [""]
+        for (t, a), r in cfgs.items()
+    ]
+    header = ["threat model", "attack", "target", "kind", "settings"]
+    return ["## Attack settings", ""] + _table(header, rows, n_text=5) + [""]
 
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md from a report.json dict: settings, checks, one table per threat model and eps, timings."""
+    cfg, meta, models, results = (
+        report["config"],
+        report.get("metadata", {}),
+        report["models"],
+        report["results"],
+    )
+    cells = _Cells(models, results)
+    lines = _md_head(cfg, meta, models)
+    lines += _md_tables(cells, cfg.get("eps", []), models)
+    lines += _md_checks(cfg, models)
+    lines += _md_timings(results)
+    lines += _md_attack_settings(results)
     plots = report.get("plots") or []
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
