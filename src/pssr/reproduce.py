@@ -135,6 +135,36 @@ def _adv_defaults(mapping: dict[str, Any], runs: Path) -> dict[str, Any]:
     return {"data": mapping.get("data", {}), "adv_train": adv}
 
 
+def _variants(p: Preset, ablations: bool) -> dict[str, Mapping[str, Any]]:
+    """PSSR and the ablations a run trains (step 3), named as in the report -> their [pssr] changes."""
+    variants: dict[str, Mapping[str, Any]] = {"pssr": {}}
+    if ablations:
+        variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
+    return variants
+
+
+def _check_only(
+    only: tuple[str, ...],
+    p: Preset,
+    variants: Mapping[str, Any],
+    baselines: bool,
+    input_transforms: tuple[str, ...],
+    calibrated: bool,
+) -> None:
+    """``only``'s names checked before any training: an unknown name would otherwise fail hours later."""
+    if not only:
+        return
+    names = [
+        "none",
+        *((*p.adv_methods, *input_transforms) if baselines else ()),
+        *variants,
+        *(("pssr-calibrated",) if calibrated else ()),
+    ]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise ValueError(f"only: {', '.join(unknown)} not among this run's models ({', '.join(names)})")
+
+
 def reproduce(
     preset: str,
     *,
@@ -197,20 +227,8 @@ def reproduce(
     p = PRESETS.create(preset)
     if only and report_only:
         raise ValueError("only= and report_only=True contradict each other: report_only computes nothing")
-    # PSSR and the ablations this run trains (step 3), named as in the report
-    variants: dict[str, Mapping[str, Any]] = {"pssr": {}}
-    if ablations:
-        variants.update({f"pssr-{k}": v for k, v in ABLATIONS.items() if k in p.ablations})
-    if only:  # checked before any training: an unknown name would otherwise fail hours later
-        names = [
-            "none",
-            *((*p.adv_methods, *input_transforms) if baselines else ()),
-            *variants,
-            *(("pssr-calibrated",) if calibrate else ()),
-        ]
-        unknown = sorted(set(only) - set(names))
-        if unknown:
-            raise ValueError(f"only: {', '.join(unknown)} not among this run's models ({', '.join(names)})")
+    variants = _variants(p, ablations)
+    _check_only(only, p, variants, baselines, input_transforms, bool(calibrate))
     cdir = Path(config_dir) if config_dir else CONFIG_DIR
     tag = f"{p.name}-quick" if quick else p.name
     runs = Path(runs_dir) if runs_dir else Path("runs") / tag
