@@ -329,6 +329,43 @@ def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
 
 
+def _resume_from(
+    ckpt_path: Path,
+    cfg: TrainConfig,
+    kind: str,
+    data: Dataset,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    gens: dict[str, torch.Generator],
+    dist: Any,
+    device: torch.device,
+) -> tuple[int, int, list[dict[str, Any]], dict[str, Any]]:
+    """Load a per-epoch checkpoint of the same run into ``model``, ``opt`` and the generators (a
+    different run's is refused in one line); (epochs done, steps done, history, metrics)."""
+    ck = load_checkpoint(ckpt_path, map_location=device)
+    diff = _config_diff(ck.get("config", {}), cfg)
+    if ck.get("kind") != kind or diff:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was written by a different run (kind {ck.get('kind')!r} vs {kind!r}, "
+            f"differing settings: {', '.join(diff) or 'none'}); pass resume=False (--no-resume) to start "
+            "over or choose another output path"
+        )
+    saved_data = ck.get("data", {})
+    if saved_data.get("name") != data.name or saved_data.get("n_train") != len(data.train):
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained on {saved_data.get('name')!r} ({saved_data.get('n_train')} "
+            f"training images), not on {data.name!r} ({len(data.train)}); pass resume=False to start over"
+        )
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    _set_rng_state(ck["rng"], gens)
+    start_epoch, step = int(ck["epoch"]), int(ck["scheduler"]["step"])
+    if dist.enabled:
+        _set_rank_aug_state(ck["rng"], gens["aug"], dist, cfg.seed, start_epoch)
+    log.info("resuming %s from %s after epoch %d/%d", kind, ckpt_path, start_epoch, cfg.epochs)
+    return start_epoch, step, list(ck.get("history", [])), dict(ck.get("metrics", {}))
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -370,34 +407,11 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    metrics: dict[str, Any] = {}
-
+    start_epoch, step, history, metrics = 0, 0, [], {}
     if ckpt_path is not None and ckpt_path.is_file() and resume:
-        ck = load_checkpoint(ckpt_path, map_location=device)
-        diff = _config_diff(ck.get("config", {}), cfg)
-        if ck.get("kind") != kind or diff:
-            raise ValueError(
-                f"checkpoint {ckpt_path} was written by a different run (kind {ck.get('kind')!r} vs {kind!r}, "
-                f"differing settings: {', '.join(diff) or 'none'}); pass resume=False (--no-resume) to start "
-                "over or choose another output path"
-            )
-        saved_data = ck.get("data", {})
-        if saved_data.get("name") != data.name or saved_data.get("n_train") != len(data.train):
-            raise ValueError(
-                f"checkpoint {ckpt_path} was trained on {saved_data.get('name')!r} ({saved_data.get('n_train')} "
-                f"training images), not on {data.name!r} ({len(data.train)}); pass resume=False to start over"
-            )
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        _set_rng_state(ck["rng"], gens)
-        start_epoch, step = int(ck["epoch"]), int(ck["scheduler"]["step"])
-        if dist.enabled:
-            _set_rank_aug_state(ck["rng"], gens["aug"], dist, cfg.seed, start_epoch)
-        history = list(ck.get("history", []))
-        metrics = dict(ck.get("metrics", {}))
-        log.info("resuming %s from %s after epoch %d/%d", kind, ckpt_path, start_epoch, cfg.epochs)
+        start_epoch, step, history, metrics = _resume_from(
+            ckpt_path, cfg, kind, data, model, opt, gens, dist, device
+        )
 
     train = data.train
     n = len(train)
@@ -477,27 +491,10 @@ def fit(
             loss_sum += loss.detach().float() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
-            if i % 20 == 0 or i == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-            if isinstance(bar, _NoBar):  # no progress bar (background run)
-                heartbeat(
-                    seen, "%s epoch %d/%d: step %d/%d", kind, epoch + 1, cfg.epochs, i + 1, steps_per_epoch
-                )
-        train_time = time.perf_counter() - t0
-        if dist.enabled:  # epoch statistics over all ranks
-            stats = D.all_reduce_sum(
-                torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]),
-                dist,
+            _show_step(
+                bar, heartbeat, loss, lr, seen, i, steps_per_epoch, f"{kind} epoch {epoch + 1}/{cfg.epochs}"
             )
-            loss_sum, correct, seen = stats[0], stats[1], int(stats[2])
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": float(correct) / seen,
-            "lr_last": lr,
-            "train_seconds": train_time,
-            "images_per_second": seen / train_time,
-        }
+        rec = _epoch_record(epoch, loss_sum, correct, seen, lr, time.perf_counter() - t0, dist, device)
         if has_val:
             rec["val_acc"] = evaluate_accuracy(model, data.val, cfg.eval_batch_size)
         rec["epoch_seconds"] = time.perf_counter() - t0
@@ -517,19 +514,56 @@ def fit(
             cb(rec)
 
     if ck is None:  # nothing left to train: the checkpoint was already complete
-        if not metrics or "test_acc" not in metrics:
-            metrics = _final(model, data, cfg, final_metrics)
+        metrics = metrics if "test_acc" in metrics else _final(model, data, cfg, final_metrics)
         ck = save(max(start_epoch, cfg.epochs))
     opt.zero_grad(set_to_none=True)  # the last step's gradients would leak into the caller's code
-    if net is not model:
-        # Free the DDP wrapper now, not at some later garbage collection: one collected after the
-        # process group is destroyed can abort the process ("terminate called without an active
-        # exception").
-        del net
+    # Free a DDP wrapper now, not at some later garbage collection: one collected after the process
+    # group is destroyed can abort the process ("terminate called without an active exception").
+    wrapped = net is not model
+    del net
+    if wrapped:
         gc.collect()
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return FitResult(model, history, ck)
+
+
+def _show_step(
+    bar: Any, heartbeat: Heartbeat, loss: Tensor, lr: float, seen: int, i: int, steps: int, what: str
+) -> None:
+    """The progress bar's loss and lr every 20 steps; without a bar (a background run) a heartbeat line."""
+    if i % 20 == 0 or i == steps - 1:
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+    if isinstance(bar, _NoBar):
+        heartbeat(seen, "%s: step %d/%d", what, i + 1, steps)
+
+
+def _epoch_record(
+    epoch: int,
+    loss_sum: Tensor,
+    correct: Tensor,
+    seen: int,
+    lr: float,
+    train_time: float,
+    dist: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    """An epoch's training statistics, summed over all ranks under torch.distributed."""
+    from pssr import distributed as D
+
+    if dist.enabled:
+        stats = D.all_reduce_sum(
+            torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]), dist
+        )
+        loss_sum, correct, seen = stats[0], stats[1], int(stats[2])
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(loss_sum) / seen,
+        "train_acc": float(correct) / seen,
+        "lr_last": lr,
+        "train_seconds": train_time,
+        "images_per_second": seen / train_time,
+    }
 
 
 def _final(
