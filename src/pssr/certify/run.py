@@ -40,7 +40,7 @@ from torch import nn
 from pssr import distributed as D
 from pssr.certify.core import SmoothedClassifier, check_alpha, check_sigma
 from pssr.data.base import Split
-from pssr.evaluation.harness import _data_fingerprint, _derived_seed, _model_fingerprint
+from pssr.evaluation.common import data_fingerprint, derived_seed, model_fingerprint
 from pssr.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class _State:
 
 
 def _record(g: SmoothedClassifier, x: torch.Tensor, y: int, index: int, cfg: dict[str, Any]) -> dict:
-    gen = g.generator(_derived_seed(cfg["seed"], "certify", index))
+    gen = g.generator(derived_seed(cfg["seed"], "certify", index))
     c = g.certify(x, cfg["n0"], cfg["n"], cfg["alpha"], gen)
     return {
         "index": index,
@@ -240,7 +240,7 @@ def certify_models(
     indices = select_examples(len(split), num_examples, subset_seed)
     settings = {
         "dataset": dataset,
-        "data_fingerprint": _data_fingerprint(split.x, split.y),
+        "data_fingerprint": data_fingerprint(split.x, split.y),
         "n_split": len(split),
         "subset_seed": subset_seed,
         "n0": n0,
@@ -258,7 +258,7 @@ def certify_models(
     D.on_main(open_state, info)
     state = held.get("state")
     cfg = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
-    fingerprints = {name: _model_fingerprint(m) for name, m in models.items()}
+    fingerprints = {name: model_fingerprint(m) for name, m in models.items()}
     for name, sigma in units:
         key = unit_key(name, sigma)
         uinfo = {

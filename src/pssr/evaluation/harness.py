@@ -62,7 +62,6 @@ from pssr.evaluation.checks import CheckConfig
 from pssr.evaluation.common import (
     class_coverage,
     data_fingerprint,
-    derived_seed,
     describe,
     model_config,
     model_fingerprint,
@@ -72,9 +71,6 @@ from pssr.evaluation.runner import Run, post_checks
 from pssr.evaluation.state import StateStore
 from pssr.models import check_input_shape
 from pssr.utils import model_device, run_metadata
-
-# Private names that other modules imported before the split (kept for them; use pssr.evaluation.common).
-_data_fingerprint, _derived_seed, _model_fingerprint = data_fingerprint, derived_seed, model_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -205,9 +205,9 @@ def _init_from(defense: PSSR, path: str) -> None:
 
 
 def _digest(model: nn.Module) -> str:
-    from pssr.evaluation.harness import _model_fingerprint
+    from pssr.evaluation.common import model_fingerprint
 
-    return _model_fingerprint(model)
+    return model_fingerprint(model)
 
 
 def _params(defense: PSSR) -> list[nn.Parameter]:
