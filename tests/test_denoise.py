@@ -114,3 +114,27 @@ def test_second_stage_starts_from_the_first(tmp_path, clf_data):
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="init"):
         train_denoiser(clf, data, DenoiseConfig(**{**SMALL, "gen_width": 4, "init": cfg.init}))
+
+
+def test_a_run_extends_or_stops_at_an_epoch_boundary(tmp_path, clf_data):
+    """Adam at a constant step size: E epochs are the first E of a longer run, so a state may be taken
+    further (or finished where it stands) with another `epochs`; a state past `epochs` is refused."""
+    clf, data = clf_data
+    two = train_denoiser(clf, data, DenoiseConfig(**SMALL), out=tmp_path / "a")
+    train_denoiser(clf, data, DenoiseConfig(**{**SMALL, "epochs": 1}), out=tmp_path / "b")
+    longer = train_denoiser(clf, data, DenoiseConfig(**SMALL), out=tmp_path / "b")
+    assert len(longer.metrics["denoiser"]["history"]) == 2
+    for (k, a), (_, b) in zip(two.generator.state_dict().items(), longer.generator.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="2 epochs in"):
+        train_denoiser(clf, data, DenoiseConfig(**{**SMALL, "epochs": 1}), out=tmp_path / "b")
+
+
+def test_noise_on_top_of_crop_and_flip():
+    x = torch.rand(32, 3, 8, 8)
+    assert gaussian_sigma("crop-flip-gaussian-0.25") == 0.25
+    a = augment("crop-flip-gaussian-0.25", x, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    from pssr.train.augment import gaussian_noise, random_crop, random_flip
+
+    assert torch.equal(a, gaussian_noise(random_flip(random_crop(x, g, 4), g), g, 0.25))

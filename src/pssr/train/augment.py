@@ -89,6 +89,11 @@ def _register_gaussian(sigma: float) -> None:
     def _gaussian(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
         return gaussian_noise(x, gen, sigma)
 
+    # Cohen et al. (2019) train their CIFAR-10 base classifiers with the usual crop and flip as well
+    @AUGMENTATIONS.register(f"crop-flip-gaussian-{sigma}")
+    def _crop_flip_gaussian(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+        return gaussian_noise(random_flip(random_crop(x, gen, padding), gen), gen, sigma)
+
 
 for _s in GAUSSIAN_SIGMAS:
     _register_gaussian(_s)
@@ -96,6 +101,6 @@ for _s in GAUSSIAN_SIGMAS:
 
 def gaussian_sigma(name: str) -> float | None:
     """The noise level of a ``gaussian-<sigma>`` augmentation name, else None."""
-    if isinstance(name, str) and name.startswith("gaussian-") and name in AUGMENTATIONS:
-        return float(name.split("-", 1)[1])
+    if isinstance(name, str) and "gaussian-" in name and name in AUGMENTATIONS:
+        return float(name.rsplit("-", 1)[1])
     return None

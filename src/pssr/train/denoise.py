@@ -60,7 +60,10 @@ PIXEL_LOSSES = {
     "bce": lambda r, x: F.binary_cross_entropy(r.float().clamp(1e-6, 1 - 1e-6), x.float().clamp(0, 1)),
     "mse": lambda r, x: F.mse_loss(r.float(), x.float()),
 }
-_RUNTIME = frozenset({"device"})  # may differ between a saved state and the run resuming it
+# may differ between a saved state and the run resuming it: the device, and the number of epochs (Adam
+# at a constant step size, so a run of E epochs is the first E epochs of a longer one; a state already
+# past the epochs asked for is refused in _resume)
+_RUNTIME = frozenset({"device", "epochs"})
 
 __all__ = ["DenoiseConfig", "DenoiseRunConfig", "run_from_config", "train_denoiser"]
 
@@ -228,6 +231,11 @@ def _resume(
         raise ValueError(
             f"{path} was written by another denoiser run (differing: {', '.join(diff) or 'the classifier'}); "
             "pass resume=False (--no-resume) to start over, or choose another --out"
+        )
+    if int(ck["epoch"]) > cfg.epochs:
+        raise ValueError(
+            f"{path} is already {ck['epoch']} epochs in, more than epochs={cfg.epochs}; ask for at least "
+            f"{ck['epoch']} epochs, or pass resume=False (--no-resume) to start over"
         )
     defense.generator.load_state_dict(ck["generator"])
     defense.scorer.load_state_dict(ck["scorer"])
