@@ -658,14 +658,10 @@ def test_report_roundtrip_markdown_and_plots(clf, digits, tmp_path):
     assert (out / "report.md").read_text() == md and (out / "accuracy_vs_eps.png").is_file()
     with pytest.raises(FileNotFoundError):
         Report.load(tmp_path / "nowhere")
-    # committed results keep gzipped records: scripts/compress_records.py, read back by Report.load
-    import importlib.util
+    # committed results keep gzipped records: pssr report --compress, read back by Report.load
+    from pssr.cli import main
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "compress_records.py"
-    spec = importlib.util.spec_from_file_location("compress_records", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.compress(out)
+    assert main(["report", "--compress", str(out)]) == 0
     assert not (out / "records.jsonl").exists() and (out / "records.jsonl.gz").is_file()
     assert Report.load(out).records == rep.records and "records.jsonl.gz" in (out / "report.md").read_text()
 

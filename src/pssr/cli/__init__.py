@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "pssr.cli.train",
     "pssr.cli.defense",
     "pssr.cli.evaluate",
+    "pssr.cli.report",
     "pssr.cli.demo",
     "pssr.cli.zoo",
     "pssr.cli.finding",

@@ -1,4 +1,4 @@
-"""``pssr evaluate`` and ``pssr report``: the evaluation harness from the shell.
+"""``pssr evaluate``: the evaluation harness from the shell.
 
 ``pssr evaluate --checkpoint SPEC [--checkpoint SPEC ...] [--data NAME] --out DIR`` evaluates each
 model under the paper's (gray-box) protocol and the adaptive attacks and writes DIR/report.json,
@@ -15,8 +15,6 @@ docs/attack-suites.md). ``--quick`` is the fast suite on at most 100 examples.
 Under ``torchrun --nproc_per_node=N -m pssr evaluate ...`` the examples are sharded over the N
 ranks (gloo on CPU, NCCL with ``--device cuda``, one GPU per rank); the records equal those of one
 process, and rank 0 alone writes OUT and prints the summary (see docs/distributed.md).
-
-``pssr report DIR`` redraws report.md and the plots from DIR/report.json.
 """
 
 from __future__ import annotations
@@ -166,13 +164,6 @@ def model_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _report(args: argparse.Namespace) -> int:
-    from pssr.evaluation.report import rerender
-
-    print(f"wrote {rerender(args.dir)}")
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -270,11 +261,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not print the time estimate (it times each model on one batch first)",
     )
     p.set_defaults(func=_evaluate)
-
-    q = subparsers.add_parser(
-        "report",
-        help="re-render report.md and plots from a saved report.json",
-        description="Redraw report.md and the plots of an evaluation report folder.",
-    )
-    q.add_argument("dir", help="folder holding report.json")
-    q.set_defaults(func=_report)

@@ -264,7 +264,7 @@ def read_records(out: str | Path, d: dict[str, Any]) -> list[dict[str, Any]]:
     rec_path = Path(out) / d.get("records_file", "records.jsonl")
     if not rec_path.exists():
         return []
-    if rec_path.suffix == ".gz":  # committed results keep their records gzipped (scripts/compress_records.py)
+    if rec_path.suffix == ".gz":  # committed results keep their records gzipped (pssr report --compress)
         import gzip
 
         text = gzip.decompress(rec_path.read_bytes()).decode("utf-8")

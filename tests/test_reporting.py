@@ -1,25 +1,22 @@
-"""scripts/: the README's PSSR commands rebuilt against the configs as they are now; calibration table and plot."""
+"""pssr.reporting and ``pssr report``: the results tables rendered from results/ (the README's PSSR
+commands rebuilt against the configs as they are now), the docs' generated blocks, the calibration table
+and plot, record compression."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from pssr.cli import main
 from pssr.config import asdict, build, load_toml
 from pssr.defense import PSSRConfig
+from pssr.reporting import calibration_plot, docs, evaluations, speed, tables, training
+from pssr.reporting.common import eps_text
 from pssr.train.pssr_train import PSSRRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/pssr-digits.toml"
-
-
-def _results_table():
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _summary(command: str, **pssr_changes) -> dict:
@@ -31,14 +28,13 @@ def _summary(command: str, **pssr_changes) -> dict:
 
 
 def test_pssr_command_spells_out_settings_that_differ_from_the_config_now():
-    rt = _results_table()
     epochs = load_toml(ROOT / CONFIG)["pssr"]["epochs"]
     d = _summary(
         f"pssr train-pssr --config {CONFIG} --set pssr.epochs=3 --out runs/x --no-progress",
         epochs=epochs + 7,
         w_rdrop=0.0,
     )
-    cmd = rt.pssr_command(d)
+    cmd = training.pssr_command(d, ROOT)
     # the recorded override is replaced by what the run really used, and every other difference added
     assert "pssr.epochs=3" not in cmd.split()
     assert f"--set pssr.epochs={epochs + 7}" in cmd and "--set pssr.w_rdrop=0.0" in cmd
@@ -46,12 +42,11 @@ def test_pssr_command_spells_out_settings_that_differ_from_the_config_now():
 
 
 def test_pssr_command_of_a_run_with_todays_settings_has_no_pssr_overrides():
-    rt = _results_table()
-    cmd = rt.pssr_command(_summary(f"pssr train-pssr --config {CONFIG} --no-progress"))
+    cmd = training.pssr_command(_summary(f"pssr train-pssr --config {CONFIG} --no-progress"), ROOT)
     assert "--set pssr." not in cmd
     # without a config file to compare with, the recorded command is all there is
     assert (
-        rt.pssr_command({"command": "pssr train-pssr --set pssr.epochs=3"})
+        training.pssr_command({"command": "pssr train-pssr --set pssr.epochs=3"}, ROOT)
         == "pssr train-pssr --set pssr.epochs=3"
     )
 
@@ -94,29 +89,28 @@ def test_calibration_table_and_plot_render_from_the_json(tmp_path):
     (tmp_path / "results" / "digits" / "calibrated" / "a.json").write_text(
         json.dumps(_calibration(0.2, False))
     )
-    rt = _results_table()
-    rt.ROOT = tmp_path
-    rows = rt.calibrations()
+    rows = training.calibrations(tmp_path)
     assert len(rows) == 3  # header, rule, one run
     assert "0.1 -> **0.2** (bound not met)" in rows[2] and "0.2: 70.0 / 70.0" in rows[2]
     assert "| 359 | 97.00% | 90.00% | 60.00% | 2.00% (50) |" in rows[2]
-    spec = importlib.util.spec_from_file_location(
-        "plot_calibration", ROOT / "scripts" / "plot_calibration.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "fig.png"
-    assert mod.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert calibration_plot.plot_calibration(tmp_path / "results", out) == out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert mod.main(["--results", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    with pytest.raises(ValueError, match="no \\*/calibrated/\\*.json under"):
+        calibration_plot.plot_calibration(tmp_path / "empty", out)
+    # the same through the CLI: the default output is the checkout's docs/figures/calibration.png
+    out.unlink()
+    assert main(["report", "--calibration-plot", str(out), "--root", str(tmp_path)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", "--calibration-plot", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / "docs" / "figures" / "calibration.png").is_file()
+    (tmp_path / "none" / "results").mkdir(parents=True)
+    assert main(["report", "--calibration-plot", "--root", str(tmp_path / "none")]) == 2
 
 
-def test_evaluations_table_flags_reports_that_cover_few_classes(tmp_path, monkeypatch):
+def test_evaluations_table_flags_reports_that_cover_few_classes(tmp_path):
     import gzip
     import json
-
-    rt = _results_table()
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
 
     def report(name: str, labels: list[int], gz: bool) -> None:
         d = tmp_path / "results" / "ds" / name
@@ -133,15 +127,13 @@ def test_evaluations_table_flags_reports_that_cover_few_classes(tmp_path, monkey
 
     report("all", list(range(10)) * 3, gz=True)
     report("sorted", [0] * 30, gz=False)
-    rows = [r for r in rt.evaluations() if r.startswith("| [results/ds/")]
+    rows = [r for r in evaluations.evaluations(tmp_path) if r.startswith("| [results/ds/")]
     assert rows[0].endswith("| 30 |") and rows[1].endswith("| 30 (⚠ 1 of 10 classes) |")
 
 
-def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command(tmp_path, monkeypatch):
+def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command(tmp_path):
     import json
 
-    rt = _results_table()
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
     d = tmp_path / "results" / "ds" / "p"
     d.mkdir(parents=True)
     (d / "records.jsonl").write_text(json.dumps({"label": 0, "correct": True}) + "\n")
@@ -163,7 +155,7 @@ def test_evaluations_table_marks_partial_reports_and_gives_the_finishing_command
             }
         )
     )
-    lines = rt.evaluations()
+    lines = evaluations.evaluations(tmp_path)
     rows = [r for r in lines if r.startswith("| [results/ds/")]
     assert len(rows) == 1 and "| done |" in rows[0] and rows[0].endswith("| 1 (partial) |")
     cmd = next(r for r in lines if r.startswith("- `results/ds/p`"))
@@ -206,11 +198,9 @@ def _preset_report(tmp_path, complete: bool) -> None:
     )
 
 
-def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path, monkeypatch):
-    rt = _results_table()
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
+def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path):
     _preset_report(tmp_path, complete=True)
-    lines = rt.presets()
+    lines = evaluations.presets(tmp_path)
     assert lines[0].startswith("#### `digits` (L-inf, L2; n = 10")
     assert "`pssr reproduce --preset digits`" in lines  # --report-only is not the reproducing command
     head = [ln for ln in lines if ln.startswith("| defense |")]
@@ -219,17 +209,15 @@ def test_preset_tables_render_each_norm_and_mark_a_partial_preset(tmp_path, monk
     assert not any("partial" in ln for ln in lines)
 
     _preset_report(tmp_path / "p", complete=False)
-    monkeypatch.setattr(rt, "ROOT", tmp_path / "p")
-    cmd = next(ln for ln in rt.presets() if ln.startswith("`pssr reproduce"))
+    cmd = next(ln for ln in evaluations.presets(tmp_path / "p") if ln.startswith("`pssr reproduce"))
     assert "**partial** (2 units pending; not evaluated yet, L-inf: late; L2: late)" in cmd
-    assert not any("whole" in ln for ln in rt.presets())  # reports written before clean_full_split
+    # reports written before clean_full_split
+    assert not any("whole" in ln for ln in evaluations.presets(tmp_path / "p"))
 
 
-def test_preset_tables_give_the_whole_split_clean_accuracy(tmp_path, monkeypatch):
+def test_preset_tables_give_the_whole_split_clean_accuracy(tmp_path):
     import json
 
-    rt = _results_table()
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
     _preset_report(tmp_path, complete=True)
     path = tmp_path / "results" / "digits" / "report.json"
     d = json.loads(path.read_text())
@@ -238,19 +226,15 @@ def test_preset_tables_give_the_whole_split_clean_accuracy(tmp_path, monkeypatch
         "pssr": {"pending": True},
     }
     path.write_text(json.dumps(d))
-    line = next(ln for ln in rt.presets() if "whole" in ln)
+    line = next(ln for ln in evaluations.presets(tmp_path) if "whole" in ln)
     assert (
         line
         == "Clean accuracy on the **whole** test split (359 images; the tables attack the first 10): none 83.57%"
     )
 
 
-def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "update_readme_results", ROOT / "scripts" / "update_readme_results.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_update_docs_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_path):
+    mod = docs
     page = tmp_path / "page.md"
     page.write_text(f"before\n{mod.BEGIN}\nold\n{mod.END}\nafter\n")
     mod.replace_block(page, mod.relink("[r](results/a/report.md) ![f](docs/figures/x.png)"))
@@ -259,20 +243,63 @@ def test_update_script_rewrites_only_the_marked_block_and_relinks_for_docs(tmp_p
         == f"before\n{mod.BEGIN}\n[r](../results/a/report.md) ![f](figures/x.png)\n{mod.END}\nafter\n"
     )
     page.write_text("no markers")
-    with pytest.raises(SystemExit, match="markers are missing"):
+    with pytest.raises(ValueError, match="markers are missing"):
         mod.replace_block(page, "x")
 
 
-def test_budgets_read_as_papers_write_them():
-    rt = _results_table()
-    assert [rt._eps(e) for e in (8 / 255, 0.1, 0.3, 1.0, 2 / 255)] == ["8/255", "0.1", "0.3", "1", "2/255"]
-
-
-def test_speed_tables_render_one_table_per_purification_config(tmp_path, monkeypatch):
+def test_report_command_prints_the_tables_and_rewrites_the_pages_blocks(tmp_path, capsys):
     import json
 
-    rt = _results_table()
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    _preset_report(tmp_path, complete=True)
+    harness = tmp_path / "results" / "ds" / "x"  # one harness report: its row links to its report.md
+    harness.mkdir(parents=True)
+    summary = {"clean_accuracy": 1.0, "worst_case": {}, "flagged": False}
+    (harness / "report.json").write_text(
+        json.dumps({"models": {"m": {"summary": summary}}, "config": {"n": 1}})
+    )
+    assert main(["report", "--tables", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == tables.all_tables(tmp_path) + "\n"
+    assert main(["report", "--tables", "presets", "--root", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == tables.preset_tables(tmp_path) + "\n" and "#### `digits` (L-inf, L2" in printed
+
+    (tmp_path / "docs").mkdir()
+    for page in ("README.md", "docs/results.md"):
+        (tmp_path / page).write_text(f"# {page}\n{docs.BEGIN}\nold\n{docs.END}\nend\n")
+    assert main(["report", "--update-docs", "--root", str(tmp_path)]) == 0
+    readme, results = (tmp_path / "README.md").read_text(), (tmp_path / "docs/results.md").read_text()
+    assert readme == f"# README.md\n{docs.BEGIN}\n{tables.preset_tables(tmp_path)}\n{docs.END}\nend\n"
+    assert "[report](results/digits/report.md)" in readme
+    assert results.startswith(f"# docs/results.md\n{docs.BEGIN}\n### Classifiers\n") and results.endswith(
+        f"\n{docs.END}\nend\n"
+    )
+    # links made for the repository root in README.md, relative to docs/ in docs/results.md
+    assert "| [results/ds/x](../results/ds/x/report.md) | m | 100.00% |" in results
+    assert "](results/" not in results
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report"],  # neither a folder nor an option
+        ["report", "--compress"],  # nothing to compress
+        ["report", "some/folder", "--tables"],  # the tables render ROOT/results, not a folder
+        ["report", "--update-docs", "--root", "nowhere"],  # no results/ there
+    ],
+)
+def test_report_command_misuse_is_a_one_line_error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pssr report: error: ") and "\n" not in err
+
+
+def test_budgets_read_as_papers_write_them():
+    assert [eps_text(e) for e in (8 / 255, 0.1, 0.3, 1.0, 2 / 255)] == ["8/255", "0.1", "0.3", "1", "2/255"]
+
+
+def test_speed_tables_render_one_table_per_purification_config(tmp_path):
+    import json
+
     row = {
         "precision": "fp32",
         "batch": 256,
@@ -312,7 +339,7 @@ def test_speed_tables_render_one_table_per_purification_config(tmp_path, monkeyp
                 }
             )
         )
-        lines = rt.benchmarks()
+        lines = speed.benchmarks(tmp_path)
         titles = [ln for ln in lines if ln.startswith("Purification, ")]
         assert len(titles) == (2 if doc_pur is pur else 1) and "fashion-mnist 1x28x28" in titles[0]
         assert (

@@ -1,7 +1,4 @@
-"""Gzip the per-example records of finished evaluation reports before committing them to results/.
-
-    .venv/bin/python scripts/compress_records.py results/digits/linf results/digits/l2
-    .venv/bin/python scripts/compress_records.py results/digits      (a preset's folder: all of it)
+"""Gzip the per-example records of finished evaluation reports before they are committed to results/.
 
 For each report folder: records.jsonl -> records.jsonl.gz (deterministic: no timestamp in the gzip
 header), report.json's ``records_file`` (and report.md) pointed at it, then records.jsonl removed.
@@ -12,20 +9,21 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from pssr.evaluation.report import render_markdown  # noqa: E402
-from pssr.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from pssr.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def compress(folder: Path) -> str:
+    """Compress the records of one evaluation report folder; returns a line saying what was done."""
+    from pssr.evaluation.report import render_markdown
+
+    folder = Path(folder)
     report, plain = folder / "report.json", folder / "records.jsonl"
     if not report.is_file():
-        raise SystemExit(f"{folder}: no report.json (not an evaluation report folder)")
+        raise ValueError(
+            f"{folder}: no report.json (not an evaluation report folder); pass a report's folder"
+        )
     if not plain.is_file():
         return f"{folder}: nothing to do"
     d = json.loads(report.read_text())
@@ -45,6 +43,7 @@ def compress_preset(folder: Path) -> list[str]:
     each sub-folder, then point the combined report at the compressed files and re-render it."""
     from pssr.reproduce import render_preset_markdown
 
+    folder = Path(folder)
     d = json.loads((folder / "report.json").read_text())
     lines = [
         compress(folder / norm) for norm in d["evaluations"] if (folder / norm / "report.json").is_file()
@@ -63,18 +62,10 @@ def compress_preset(folder: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    for a in argv:
-        report = Path(a) / "report.json"
-        if report.is_file() and "evaluations" in json.loads(report.read_text()):
-            print("\n".join(compress_preset(Path(a))))
-        else:
-            print(compress(Path(a)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def compress_folder(folder: Path) -> list[str]:
+    """An evaluation report folder or a preset's (told apart by its report.json): :func:`compress` or
+    :func:`compress_preset`; returns the lines saying what was done."""
+    report = Path(folder) / "report.json"
+    if report.is_file() and "evaluations" in json.loads(report.read_text()):
+        return compress_preset(Path(folder))
+    return [compress(Path(folder))]

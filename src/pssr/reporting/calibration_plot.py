@@ -1,6 +1,4 @@
-"""Plot the removal-ratio sweeps of ``pssr calibrate`` (results/*/calibrated/*.json) side by side.
-
-    .venv/bin/python scripts/plot_calibration.py [--out docs/figures/calibration.png]
+"""The removal-ratio sweeps of ``pssr calibrate`` (``results/*/calibrated/*.json``) side by side.
 
 One panel per JSON: clean and gray-box accuracy on PSSR's validation split against the ratio, the
 classifier's clean accuracy as a line, the trained and the chosen ratio marked. Rendered from the
@@ -9,28 +7,28 @@ JSON files, never typed in.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
+def plot_calibration(results: Path, out: Path) -> Path:
+    """Draw every ``results/*/calibrated/*.json`` into one PNG at ``out`` (atomically); returns ``out``.
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "docs" / "figures" / "calibration.png"))
-    ap.add_argument("--results", default=str(ROOT / "results"))
-    args = ap.parse_args(argv)
-    files = sorted(Path(args.results).glob("*/calibrated/*.json"))
-    if not files:
-        print(f"no results/*/calibrated/*.json under {args.results}", file=sys.stderr)
-        return 1
+    Raises ValueError when ``results`` holds no calibration."""
+    import io
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg", force=False)  # a file, never a window
     import matplotlib.pyplot as plt
 
+    from pssr.utils import atomic_write_bytes
+
+    files = sorted(Path(results).glob("*/calibrated/*.json"))
+    if not files:
+        raise ValueError(
+            f"no */calibrated/*.json under {results}: `pssr calibrate --results FILE` writes them"
+        )
     fig, axes = plt.subplots(1, len(files), figsize=(3.6 * len(files), 3.2), squeeze=False)
     for ax, f in zip(axes[0], files):
         d = json.loads(f.read_text())
@@ -49,12 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    print(f"wrote {out} ({len(files)} panels)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(out, buf.getvalue())
