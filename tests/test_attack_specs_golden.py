@@ -1,8 +1,11 @@
 """parse_attacks and the attack-set tables give what they gave before AttackSpec was merged (issue 20).
 
 ``tests/data/attack_specs.json`` holds a digest of every output below, recorded with the code of
-f28170a (two AttackSpec classes, set entries carrying eps and norm); the one AttackSpec must
-reproduce each of them: the same attacks, hyper-parameters, labels, flags and errors.
+f28170a (two AttackSpec classes, set entries carrying eps and norm, ``evaluate`` parsing
+``parse_attacks(expand_suites(attacks))``); the one AttackSpec must reproduce each of them: the
+same attacks, hyper-parameters, labels, flags and errors, and the same set tables at each family's
+budgets. (The recording script: ``/tmp/h20/golden.py`` of that session, run on an export of f28170a
+with the old ``parse_attacks(expand_suites(...))`` in place of ``parse_attacks``.)
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pssr.attacks.base import ATTACKS
-from pssr.attacks.sets import expand_suites, suite_attacks
-from pssr.attacks.spec import parse_attacks
+from pssr.attacks import sets
+from pssr.attacks.base import ATTACKS, NORMS
+from pssr.attacks.sets import BUDGETS, expand_suites, suite_attacks
 
 GOLDEN = Path(__file__).parent / "data" / "attack_specs.json"
 DATASETS = ("mnist-10k", "FASHION-MNIST", "cifar10", "digits", None, "svhn")  # each family, none, unknown
@@ -39,7 +42,7 @@ def digest(value: Any) -> str:
 
 def _specs(attacks: Any, dataset: str | None, norm: str) -> Any:
     try:
-        return [s.to_dict() for s in parse_attacks(attacks, dataset, norm)]
+        return [s.to_dict() for s in sets.parse_attacks(attacks, dataset, norm)]
     except ValueError as e:
         return {"error": str(e)}
 
@@ -101,3 +104,32 @@ def test_parse_attacks_outputs_are_unchanged() -> None:
     changed = {k: v for k, v in now.items() if golden.get(k) != digest(v)}
     assert not changed, f"{len(changed)} groups of outputs changed, e.g. {dict(list(changed.items())[:3])}"
     assert not {k for k in golden if not k.startswith("table|")} - set(now)
+
+
+def test_attack_set_tables_are_unchanged_at_each_budget() -> None:
+    """Each entry with its family's budget and its norm put back where the old entries held them."""
+    golden = json.loads(GOLDEN.read_text())
+    for name, table in {**sets.ATTACK_SETS, **sets.SUITES}.items():
+        for family, by_norm in table.items():
+            for norm in NORMS:
+                old_form = [
+                    {
+                        "label": s.label,
+                        "attack": s.name,
+                        "kwargs": {"eps": BUDGETS[family][norm], "norm": norm, **s.kwargs},
+                        "for_randomized": s.for_randomized,
+                        "needs_surrogate": s.needs_surrogate,
+                        **({"threat_model": s.threat_model} if name in sets.SUITES else {}),
+                    }
+                    for s in by_norm.get(norm, ())
+                ]
+                assert digest(old_form) == golden[f"table|{name}|{family}|{norm}"], (name, family, norm)
+                assert all(s.threat_model == name for s in by_norm.get(norm, ()) if name in sets.ATTACK_SETS)
+
+
+def test_parse_attacks_expands_suites_itself() -> None:
+    for norm in NORMS:
+        for attacks in ("fast", "fast,fgsm", ["pgd", "fast"], "paper,adaptive"):
+            assert sets.parse_attacks(attacks, "digits", norm) == sets.parse_attacks(
+                expand_suites(attacks, norm, "digits"), "digits", norm
+            )

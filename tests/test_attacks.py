@@ -322,27 +322,33 @@ def test_project_and_lp_norm():
 def test_attack_sets_build_and_respect_budgets(mlp_data, batch):
     model, _ = mlp_data
     assert set(ATTACK_SETS) == {"paper", "adaptive"}
-    paper = {s.attack for s in attack_set("paper", "mnist")}
+    paper = {s.name for s in attack_set("paper", "mnist")}
     assert {"fgsm", "pgd", "mifgsm", "cw", "deepfool", "ddn", "autoattack"} <= paper
-    adaptive = {s.attack for s in attack_set("adaptive", "cifar10")}
+    adaptive = {s.name for s in attack_set("adaptive", "cifar10")}
     assert {"pgd-bpda", "pgd-bpda-eot", "pgd-full", "autoattack-bpda", "square", "transfer"} <= adaptive
     assert dataset_family("cifar100") == "cifar" and dataset_family("mnist-10k") == "mnist"
-    assert math.isclose(attack_set("paper", "cifar10")[1].eps, 8 / 255)
+    assert attack_set("paper", "cifar10", "linf")[1].label == "pgd" and math.isclose(
+        BUDGETS["cifar"]["linf"], 8 / 255
+    )
     with pytest.raises(ValueError, match="no attack budgets"):
         dataset_family("imagenet")
     with pytest.raises(ValueError, match="unknown attack set"):
         attack_set("strong", "mnist")
     for set_name, families in ATTACK_SETS.items():
-        for family, specs in families.items():
-            for spec in specs:
-                assert spec.attack in ATTACKS, spec
-                assert spec.eps == BUDGETS[family][spec.norm], (set_name, family, spec)
-                over = {"surrogate": model} if spec.needs_surrogate else {}
-                atk = spec.build(model, seed=3, **over)
-                assert atk.eps == spec.eps and atk.seed == 3 and atk.norm == spec.norm
-                assert spec.to_dict()["attack"] == spec.attack
+        for family, by_norm in families.items():
+            for norm, specs in by_norm.items():
+                for spec in specs:
+                    assert spec.name in ATTACKS and spec.threat_model == set_name, spec
+                    assert not {"eps", "norm"} & set(spec.kwargs), spec  # the budget is the family's
+                    eps = BUDGETS[family][norm]
+                    over = {"surrogate": model} if spec.needs_surrogate else {}
+                    atk = spec.build(model, eps=eps, norm=norm, seed=3, **over)
+                    assert atk.eps == eps and atk.seed == 3 and atk.norm == norm
+                    assert spec.to_dict()["name"] == spec.name
     with pytest.raises(ValueError, match="surrogate"):
-        next(s for s in attack_set("adaptive", "digits") if s.needs_surrogate).build(model)
+        next(s for s in attack_set("adaptive", "digits") if s.needs_surrogate).build(
+            model, eps=0.1, norm="linf"
+        )
 
 
 # ------------------------------------------------------------------ agreement (slow, bounded)

@@ -34,16 +34,19 @@ def mlp_data():
 # ------------------------------------------------------------------------------------ the fast suite
 def test_fast_suite_builds_at_every_family_budget(mlp_data):
     model, _ = mlp_data
-    for family, specs in SUITES["fast"].items():
-        assert {s.threat_model for s in specs} == {"paper", "adaptive"}
-        for s in specs:
-            assert s.attack in ATTACKS and s.eps == BUDGETS[family][s.norm]
-            atk = s.build(model, seed=1)
-            assert atk.eps == s.eps and atk.norm == s.norm
-        # the adaptive views the suite promises: BPDA (APGD), exact gradients, EOT, gradient-free
-        names = {s.attack for s in specs if s.threat_model == "adaptive"}
-        assert {"autoattack-bpda", "pgd-full", "pgd-bpda-eot", "square"} <= names
-    assert attack_set("fast", "cifar10") == SUITES["fast"]["cifar"]
+    for family, by_norm in SUITES["fast"].items():
+        assert set(by_norm) == set(BUDGETS[family])  # entries for every norm of the family
+        for norm, specs in by_norm.items():
+            assert {s.threat_model for s in specs} == {"paper", "adaptive"}
+            for s in specs:
+                eps = BUDGETS[family][norm]
+                assert s.name in ATTACKS and not {"eps", "norm"} & set(s.kwargs)
+                atk = s.build(model, eps=eps, norm=norm, seed=1)
+                assert atk.eps == eps and atk.norm == norm
+            # the adaptive views the suite promises: BPDA (APGD), exact gradients, EOT, gradient-free
+            names = {s.name for s in specs if s.threat_model == "adaptive"}
+            assert {"autoattack-bpda", "pgd-full", "pgd-bpda-eot", "square"} <= names
+    assert attack_set("fast", "cifar10", "l2") == SUITES["fast"]["cifar"]["l2"]
     with pytest.raises(ValueError, match="unknown attack set"):
         attack_set("fastest", "mnist")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -755,16 +754,11 @@ def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
     from pssr.defense.baselines import create_baseline
 
     specs = parse_attacks("paper,adaptive", "digits")
-    want = [
-        (e.label, t)
-        for t in ("paper", "adaptive")
-        for e in attack_set(t, "digits")
-        if e.kwargs.get("norm", "linf") == "linf"
-    ]
+    want = [(e.label, t) for t in ("paper", "adaptive") for e in attack_set(t, "digits", "linf")]
     assert [(s.label, s.threat_model) for s in specs] == want
     assert all(s.threat_model == "paper" for s in parse_attacks("paper", "digits", norm="l2"))
     assert {s.label for s in parse_attacks("paper", "digits", norm="l2")} == {
-        e.label for e in attack_set("paper", "digits") if e.kwargs.get("norm") == "l2"
+        e.label for e in attack_set("paper", "digits", "l2")
     }
     pgd = next(s for s in specs if s.label == "pgd")
     assert (

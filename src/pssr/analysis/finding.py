@@ -51,8 +51,11 @@ from pssr.analysis.pixels import (
     restore_order,
     scorer_agreement,
 )
-from pssr.attacks.sets import AttackSpec, attack_set
+from pssr.attacks.base import NORMS
+from pssr.attacks.sets import attack_set
+from pssr.attacks.spec import AttackSpec
 from pssr.data import Split
+from pssr.defaults import budget
 from pssr.utils import atomic_write_bytes, atomic_write_json, load_checkpoint, run_metadata, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -153,12 +156,25 @@ def _generator(seed: int, *names: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32("/".join(names).encode()))
 
 
+def _spec_record(spec: AttackSpec, eps: float, norm: str) -> dict[str, Any]:
+    """The attack as the report (and the cache's key) records it: its budget among the kwargs."""
+    return {
+        "label": spec.label,
+        "attack": spec.name,
+        "kwargs": {"eps": eps, "norm": norm, **spec.kwargs},
+        "for_randomized": spec.for_randomized,
+        "needs_surrogate": spec.needs_surrogate,
+    }
+
+
 def make_adversarial(
     spec: AttackSpec,
     classifier: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
+    eps: float,
+    norm: str,
     seed: int,
     batch_size: int,
     cache: Path | None = None,
@@ -170,7 +186,7 @@ def make_adversarial(
         if ck.get("key") == dict(key or {}):
             log.info("%s: adversarial examples from %s", spec.label, cache)
             return ck["x_adv"].to(x.device), float(ck["seconds"])
-    atk = spec.build(classifier, seed=seed)
+    atk = spec.build(classifier, eps=eps, norm=norm, seed=seed)
     t0 = time.perf_counter()
     x_adv = torch.cat(
         [atk(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -326,7 +342,7 @@ def run_finding(
     out = Path(out)
     dev = next(iter(classifier.parameters())).device
     classifier.eval()
-    specs = {s.label: s for s in attack_set("paper", cfg.dataset)}
+    specs = {s.label: (s, norm) for norm in NORMS for s in attack_set("paper", cfg.dataset, norm)}
     draw = sample_indices(len(split), cfg.n, cfg.seed)
     fp = weights_fingerprint(classifier)
     report: dict[str, Any] = {
@@ -342,20 +358,31 @@ def run_finding(
     for label in cfg.attacks:
         idx = draw[: cfg.n_slow] if label in SLOW_ATTACKS else draw
         x, y = split.x[idx].to(dev), split.y[idx].to(dev)
-        spec = specs[label]
+        spec, norm = specs[label]
+        eps = budget(cfg.dataset, norm)
+        record = _spec_record(spec, eps, norm)
         key = {
-            "spec": json.dumps(spec.to_dict(), sort_keys=True),
+            "spec": json.dumps(record, sort_keys=True),
             "indices": idx.tolist(),
             "seed": cfg.seed,
             "classifier": fp,
         }
         cache = Path(cache_dir) / f"{label}.pt" if cache_dir is not None else None
         x_adv, secs = make_adversarial(
-            spec, classifier, x, y, seed=cfg.seed, batch_size=cfg.batch_size, cache=cache, key=key
+            spec,
+            classifier,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            cache=cache,
+            key=key,
         )
         t0 = time.perf_counter()
         summary, records = measure_attack(cfg, label, classifier, x, x_adv, y, idx, scorers)
-        summary.update(spec=spec.to_dict(), slow_subset=label in SLOW_ATTACKS, attack_seconds=round(secs, 2))
+        summary.update(spec=record, slow_subset=label in SLOW_ATTACKS, attack_seconds=round(secs, 2))
         summary["measure_seconds"] = round(time.perf_counter() - t0, 2)
         report["attacks"][label] = summary
         all_records.extend(records)

@@ -7,8 +7,9 @@ Two lines, as in torchattacks::
 
 Registered (``list_attacks()``): fgsm, bim, pgd, mifgsm, cw (L2), cw-linf, deepfool, ddn, square,
 autoattack, autoattack-rand, transfer, and the adaptive ones pgd-full, pgd-bpda, pgd-bpda-eot,
-autoattack-bpda (see :mod:`pssr.attacks.adaptive`). Named sets with per-dataset budgets:
-:data:`ATTACK_SETS` / :func:`attack_set`.
+autoattack-bpda (see :mod:`pssr.attacks.adaptive`). What one attack run is: :class:`AttackSpec`;
+named sets of them with per-dataset budgets: :data:`ATTACK_SETS` / :func:`attack_set`; the
+``attacks=`` argument of an evaluation read into specs: :func:`parse_attacks`.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from pssr.attacks.sets import (
     BUDGETS,
     DATASET_FAMILIES,
     SUITES,
-    AttackSpec,
     attack_set,
     dataset_family,
     expand_suites,
+    parse_attacks,
 )
+from pssr.attacks.spec import THREAT_MODELS, AttackSpec
 from pssr.attacks.square import Square
 from pssr.attacks.transfer import Transfer
 
@@ -65,7 +67,9 @@ __all__ = [
     "BPDAWrapper",
     "BUDGETS",
     "SUITES",
+    "THREAT_MODELS",
     "expand_suites",
+    "parse_attacks",
     "CW",
     "CWLinf",
     "DATASET_FAMILIES",

@@ -1,18 +1,22 @@
-"""What an attack run is: :class:`AttackSpec` (a registered attack, its threat model, hyper-parameters
-and label) and :func:`parse_attacks`, which turns the ``attacks=`` argument of
-:func:`pssr.evaluation.evaluate` (set names, attack names, dicts) into specs, with each dataset
-family's defaults from :mod:`pssr.attacks.sets`."""
+"""What one attack run is: :class:`AttackSpec`, a registered attack with its threat model,
+hyper-parameters and table label.
+
+A spec carries no budget: eps comes from the evaluation (by default the dataset's budget,
+:func:`pssr.defaults.budget`) and the norm from its threat model (``linf`` or ``l2``, one per
+evaluation), so the same spec serves every dataset of a family and both budgets of a sweep. The
+named sets and suites of specs, and :func:`~pssr.attacks.sets.parse_attacks` (which turns the
+``attacks=`` argument of :func:`pssr.evaluation.evaluate` into specs) are in :mod:`pssr.attacks.sets`.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pssr.attacks.sets import ATTACK_SETS, DATASET_FAMILIES, dataset_family
+from torch import nn
 
-log = logging.getLogger(__name__)
+from pssr.attacks.base import ATTACKS, Attack
 
 THREAT_MODELS = ("paper", "adaptive")
 
@@ -21,8 +25,11 @@ THREAT_MODELS = ("paper", "adaptive")
 class AttackSpec:
     """One attack to run: registry ``name``, ``threat_model``, keyword arguments, table ``label``.
 
-    ``for_randomized``: run only on models whose forward pass is random (EOT attacks);
-    ``needs_surrogate``: the attack gets ``surrogate=`` (the gray-box source) unless given one.
+    ``threat_model``: ``"paper"`` (crafted on the classifier, then given to the defense) or
+    ``"adaptive"`` (crafted on the whole defense). ``kwargs`` hold the hyper-parameters, never eps,
+    norm, seed or the model (the evaluation sets those). ``for_randomized``: run only on models whose
+    forward pass is random (EOT attacks); ``needs_surrogate``: the attack gets ``surrogate=`` (the
+    gray-box source) unless given one.
     """
 
     name: str
@@ -44,6 +51,7 @@ class AttackSpec:
             raise ValueError(f"attack {self.label!r}: {sorted(bad)} are set by evaluate(), not per attack")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (reports, fingerprints of resumable units)."""
         return {
             "name": self.name,
             "threat_model": self.threat_model,
@@ -56,160 +64,15 @@ class AttackSpec:
             "needs_surrogate": self.needs_surrogate,
         }
 
-
-def _family(dataset: str | None) -> str | None:
-    """The attacks package's budget family of ``dataset`` (None when unknown)."""
-    if dataset is None:
-        return None
-    try:
-        return dataset_family(dataset)
-    except ValueError:
-        return None
-
-
-def _set_entries(set_name: str, dataset: str | None) -> list[Any]:
-    """``ATTACK_SETS[set_name][family]``: the set's entries at ``dataset``'s default hyper-parameters."""
-    sets = ATTACK_SETS
-    if set_name not in sets:
-        raise ValueError(f"unknown attack set {set_name!r}; available: {', '.join(sorted(sets)) or 'none'}")
-    fam = _family(dataset)
-    if fam is None:
-        raise ValueError(
-            f"the attack set {set_name!r} needs a dataset with known defaults (got dataset={dataset!r}); pass "
-            f"dataset=... (one of {', '.join(sorted(DATASET_FAMILIES))}) "
-            "or list attacks by name"
-        )
-    return list(sets[set_name][fam])
-
-
-def _defaults_for(
-    name: str, threat: str | None, dataset: str | None, norm: str
-) -> tuple[Any | None, str | None, bool]:
-    """The set entry describing attack ``name``, its set's name, and whether its hyper-parameters apply.
-
-    Looks the name up as a label, then as a registry name, in the set of ``threat`` first, preferring
-    entries of ``norm``. With an
-    unknown dataset the entry still gives the threat model and flags, but not the hyper-parameters.
-    """
-    sets = ATTACK_SETS
-    fam = _family(dataset)
-    order = [t for t in ((threat,) if threat else ()) + THREAT_MODELS if t in sets]
-    for field_name in ("label", "attack"):
-        for same_norm in (True, False):
-            for set_name in dict.fromkeys(order):
-                families = [fam] if fam is not None else list(sets[set_name])
-                for f in families:
-                    for e in sets[set_name].get(f, ()):
-                        if getattr(e, field_name, None) == name and (_entry_norm(e) == norm or not same_norm):
-                            return e, set_name, fam is not None
-    return None, None, False
-
-
-def _from_set_entry(
-    entry: Any, threat: str, label: str = "", extra: Mapping[str, Any] | None = None, with_kwargs: bool = True
-) -> AttackSpec:
-    kw = (
-        {k: v for k, v in dict(entry.kwargs).items() if k not in ("eps", "norm", "seed")}
-        if with_kwargs
-        else {}
-    )
-    kw.update(extra or {})
-    return AttackSpec(
-        name=entry.attack,
-        threat_model=threat,
-        kwargs=kw,
-        label=label or entry.label,
-        for_randomized=bool(getattr(entry, "for_randomized", False)),
-        needs_surrogate=bool(getattr(entry, "needs_surrogate", False)),
-    )
-
-
-def _entry_norm(entry: Any) -> str:
-    return str(dict(entry.kwargs).get("norm", "linf"))
-
-
-def _spec_from(item: str | Mapping[str, Any], dataset: str | None, norm: str) -> AttackSpec:
-    if isinstance(item, str):
-        name, _, threat = item.strip().partition("@")
-        kw: dict[str, Any] = {}
-        label = ""
-    elif isinstance(item, Mapping):
-        d = dict(item)
-        if "name" not in d:
-            raise ValueError(f"attack spec dict needs a 'name' key, got {item!r}")
-        name = str(d.pop("name"))
-        threat = str(d.pop("threat_model", "") or "")
-        label = str(d.pop("label", "") or "")
-        kw = d
-    else:
-        raise ValueError(f"attack spec must be a name or a dict, got {type(item).__name__}: {item!r}")
-    name = name.strip().lower()
-    threat = threat.strip().lower()
-    entry, set_name, exact = _defaults_for(name, threat or None, dataset, norm)
-    threat = threat or set_name or "paper"
-    if entry is not None:
-        return _from_set_entry(
-            entry, threat, label=label or (entry.label if exact else name), extra=kw, with_kwargs=exact
-        )
-    return AttackSpec(
-        name=name,
-        threat_model=threat,
-        kwargs=kw,
-        label=label,
-        needs_surrogate=name == "transfer" and "surrogate" not in kw,
-    )
-
-
-def parse_attacks(
-    attacks: str | Sequence[str | Mapping[str, Any]], dataset: str | None = None, norm: str = "linf"
-) -> list[AttackSpec]:
-    """Attack specs from a set name, a comma list, or a list of names / dicts.
-
-    * ``"paper"`` / ``"adaptive"`` expand to ``pssr.attacks.ATTACK_SETS[set][family of dataset]``
-      under that threat model; entries of another norm than ``norm`` are left out (a worst case
-      never mixes threat norms);
-    * a name (a set label such as ``"cw-l2"`` or a registry name such as ``"pgd"``) runs under the
-      threat model of the set it belongs to (``"paper"`` when in none) with that set's
-      hyper-parameters for ``dataset``; ``"pgd@adaptive"`` chooses the threat model;
-    * a dict ``{"name": "pgd", "steps": 100, "threat_model": "adaptive", "label": "pgd-100"}``
-      passes its other keys to the attack (over the set's defaults).
-
-    Labels are made unique per threat model (``pgd``, ``pgd#2``, ...). ``eps``, ``norm`` and
-    ``seed`` are always those given to :func:`evaluate`.
-    """
-    if isinstance(attacks, str):
-        items: list[Any] = [a for a in attacks.split(",") if a.strip()]
-    elif isinstance(attacks, Sequence):
-        items = list(attacks)
-    else:
-        raise ValueError(f"attacks must be a string or a list of names/dicts, got {type(attacks).__name__}")
-    specs: list[AttackSpec] = []
-    for item in items:
-        if isinstance(item, str) and item.strip().lower() in THREAT_MODELS:
-            set_name = item.strip().lower()
-            for e in _set_entries(set_name, dataset):
-                if _entry_norm(e) != norm:
-                    log.info(
-                        "attack set %r: %s (%s) left out of a %s evaluation",
-                        set_name,
-                        e.label,
-                        _entry_norm(e),
-                        norm,
-                    )
-                    continue
-                specs.append(_from_set_entry(e, set_name))
-        else:
-            specs.append(_spec_from(item, dataset, norm))
-    seen: dict[tuple[str, str], int] = {}
-    out = []
-    for s in specs:
-        k = (s.threat_model, s.label)
-        seen[k] = seen.get(k, 0) + 1
-        if seen[k] > 1:
-            s = AttackSpec(
-                s.name, s.threat_model, s.kwargs, f"{s.label}#{seen[k]}", s.for_randomized, s.needs_surrogate
+    def build(self, model: nn.Module, *, eps: float, norm: str, **overrides: Any) -> Attack:
+        """The attack on ``model`` at budget ``eps`` in ``norm``; ``overrides`` replace the spec's
+        hyper-parameters (e.g. ``seed=``, ``surrogate=``)."""
+        kw = {**self.kwargs, **overrides}
+        if self.needs_surrogate and kw.get("surrogate") is None:
+            raise ValueError(
+                f"attack {self.label!r} needs surrogate= (the model the examples are crafted on)"
             )
-        out.append(s)
-    if not out:
-        raise ValueError(f"no attacks to run from attacks={attacks!r} (norm={norm!r})")
-    return out
+        return ATTACKS.create(self.name, model=model, eps=eps, norm=norm, **kw)
+
+
+__all__ = ["THREAT_MODELS", "AttackSpec"]

@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pssr.attacks.base import ATTACKS
+from pssr.attacks.sets import parse_attacks
+from pssr.attacks.spec import AttackSpec
 from pssr.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -168,8 +171,6 @@ def _autoattack_rand(kw: Mapping[str, Any], k: int) -> Passes:
 
 def _defaults(name: str) -> dict[str, Any]:
     """The registered attack's keyword defaults (from its signature), {} when unknown."""
-    from pssr.attacks.base import ATTACKS
-
     if name not in ATTACKS:
         return {}
     try:
@@ -334,7 +335,7 @@ def estimate_evaluation(
     Args:
         models: ``{name: model}`` as given to ``evaluate`` (a bare module is named ``"model"``).
         attacks: what ``evaluate`` takes (``"paper,adaptive"``, ``"fast"``, names, dicts) or its
-            parsed :class:`~pssr.evaluation.harness.AttackSpec` list.
+            parsed :class:`~pssr.attacks.spec.AttackSpec` list.
         n: examples to evaluate (each is assumed attacked, none misclassified clean).
         x: a few images (N, C, H, W) in [0, 1] of the evaluated data, for the pass timings.
         dataset, norm: as for ``evaluate`` (they pick the sets' hyper-parameters).
@@ -344,9 +345,6 @@ def estimate_evaluation(
         times: a cache of pass times keyed by ``(id(module), batch)``: reused, and filled in (so that
             estimating two attack lists on the same models times each model once).
     """
-    from pssr.attacks.sets import expand_suites
-    from pssr.evaluation.harness import AttackSpec, parse_attacks
-
     if isinstance(models, nn.Module):
         models = {"model": models}
     if not isinstance(models, Mapping) or not models:
@@ -362,7 +360,7 @@ def estimate_evaluation(
     ):
         specs = list(attacks)
     else:
-        specs = parse_attacks(expand_suites(attacks, norm, dataset), dataset, norm)
+        specs = parse_attacks(attacks, dataset, norm)
     cache: dict[tuple[int, int], PassTimes] = {} if times is None else times
     batch = min(batch_size, n)
 

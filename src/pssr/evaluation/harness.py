@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from pssr import distributed as D
 from pssr.attacks.base import NORMS
-from pssr.attacks.sets import expand_suites
-from pssr.attacks.spec import THREAT_MODELS, AttackSpec, parse_attacks
+from pssr.attacks.sets import parse_attacks
+from pssr.attacks.spec import THREAT_MODELS, AttackSpec
 from pssr.data import Dataset, Split
 from pssr.defaults import budget, dataset_name
 from pssr.evaluation.checks import CheckConfig
@@ -163,7 +163,7 @@ def evaluate(
         models, data, dataset, norm, n, batch_size, seed, compute, state_dir, checks, gray_box_source
     )
     eps_list = _as_eps_list(eps, dataset, norm)
-    specs = parse_attacks(expand_suites(attacks, norm, dataset), dataset, norm)  # "fast": a suite
+    specs = parse_attacks(attacks, dataset, norm)
     dev, info = _placed(models, gray_box_source, device)
     x_all, y_all, index, coverage = _examples(split, n, subset_seed, info.is_main)
     n_total, n_eval = len(split), len(index)
