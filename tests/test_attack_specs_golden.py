@@ -4,8 +4,10 @@
 f28170a (two AttackSpec classes, set entries carrying eps and norm, ``evaluate`` parsing
 ``parse_attacks(expand_suites(attacks))``); the one AttackSpec must reproduce each of them: the
 same attacks, hyper-parameters, labels, flags and errors, and the same set tables at each family's
-budgets. (The recording script: ``/tmp/h20/golden.py`` of that session, run on an export of f28170a
-with the old ``parse_attacks(expand_suites(...))`` in place of ``parse_attacks``.)
+budgets. To record it again on the old code::
+
+    git archive f28170a src | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old/src python tests/test_attack_specs_golden.py
 """
 
 from __future__ import annotations
@@ -133,3 +135,20 @@ def test_parse_attacks_expands_suites_itself() -> None:
             assert sets.parse_attacks(attacks, "digits", norm) == sets.parse_attacks(
                 expand_suites(attacks, norm, "digits"), "digits", norm
             )
+
+
+if __name__ == "__main__":  # records GOLDEN with the code of f28170a (see the module docstring)
+    from pssr.attacks import spec as old_spec
+
+    # evaluate() parsed attacks=... as parse_attacks(expand_suites(...)) then; old entries held their norm
+    sets.parse_attacks = lambda a, ds=None, norm="linf": old_spec.parse_attacks(  # type: ignore[misc]
+        expand_suites(a, norm, ds), ds, norm
+    )
+    golden = {k: digest(v) for k, v in grouped(parse_outputs()).items()}
+    for name, table in {**sets.ATTACK_SETS, **sets.SUITES}.items():
+        for family, entries in table.items():
+            for norm in NORMS:
+                golden[f"table|{name}|{family}|{norm}"] = digest(
+                    [e.to_dict() for e in entries if e.norm == norm]
+                )
+    GOLDEN.write_text(json.dumps(golden, indent=0, sort_keys=True))
