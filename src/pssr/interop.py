@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr.attacks.adaptive import EOT, bpda_view
+from pssr.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
 
@@ -67,43 +68,27 @@ class GradientSwitch(nn.Module):
         return f"gradient={self.gradient!r}"
 
 
-def _device(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _num_classes(defense: nn.Module, input_shape: tuple[int, ...]) -> int:
-    dev = _device(defense)
-    modes = [(m, m.training) for m in defense.modules()]
-    defense.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            return int(defense(torch.full((1, *input_shape), 0.5, device=dev)).shape[1])
-    finally:
-        for m, t in modes:
-            m.training = t
+    dev = model_device(defense)
+    with (
+        eval_mode(defense),
+        torch.no_grad(),
+        torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+    ):
+        return int(defense(torch.full((1, *input_shape), 0.5, device=dev)).shape[1])
 
 
 def _probe(defense: nn.Module, input_shape: tuple[int, ...], seed: int) -> bool:
     """Whether the exact input gradient is zero or non-finite on 8 seeded random images (the
     harness's zero-gradient check, in miniature)."""
-    dev = _device(defense)
+    dev = model_device(defense)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((8, *input_shape), generator=gen).to(dev).requires_grad_(True)
-    modes = [(m, m.training) for m in defense.modules()]
-    defense.eval()
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            out = defense(x)
-            if not out.requires_grad:
-                return True
-            (g,) = torch.autograd.grad(F.cross_entropy(out, out.argmax(1)), x, allow_unused=True)
-    finally:
-        for m, t in modes:
-            m.training = t
+    with eval_mode(defense), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        out = defense(x)
+        if not out.requires_grad:
+            return True
+        (g,) = torch.autograd.grad(F.cross_entropy(out, out.argmax(1)), x, allow_unused=True)
     return g is None or not bool(torch.isfinite(g).all()) or bool((g == 0).all())
 
 
@@ -213,7 +198,7 @@ def art_estimator(
         nb_classes = _num_classes(defense, shape)
     if isinstance(nb_classes, bool) or not isinstance(nb_classes, int) or nb_classes < 2:
         raise ValueError(f"nb_classes must be an int >= 2, got {nb_classes!r}")
-    dev = _device(defense)
+    dev = model_device(defense)
     est = PyTorchClassifier(
         model=GradientSwitch(defense, view, kind),
         loss=loss if loss is not None else nn.CrossEntropyLoss(),

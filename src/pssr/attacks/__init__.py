@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from pssr.attacks import autoattack, bim, cw, ddn, deepfool, fgsm, mifgsm, pgd, square, transfer  # noqa: F401
+from pssr.attacks._common import margin_loss
 from pssr.attacks.adaptive import (
     EOT,
     BPDAWrapper,
@@ -94,6 +95,7 @@ __all__ = [
     "full_gradient_view",
     "list_attacks",
     "lp_norm",
+    "margin_loss",
     "project",
     "straight_through",
 ]

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from pssr.registry import Registry
+from pssr.utils import eval_mode
 
 ATTACKS: Registry[Attack] = Registry("attack")
 NORMS = ("linf", "l2")
@@ -62,30 +63,19 @@ class Attack:
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         check_inputs(x, y)
         modules = self.managed_modules()
-        # Every submodule's own mode is recorded (a caller may keep, e.g., BatchNorm frozen inside a
-        # model in train mode); shared parameters (a BPDA view shares the defense's) are seen once.
-        modes = [(m, m.training) for mod in modules for m in mod.modules()]
-        params = list({id(p): p for mod in modules for p in mod.parameters()}.values())
-        req = [p.requires_grad for p in params]
-        for mod in modules:
-            mod.eval()
-            for m in mod.modules():  # e.g. EOT wrappers restart their seeded stream on every call
-                reset = getattr(m, "reset_attack_state", None)
-                if callable(reset):
-                    reset()
-        for p in params:
-            p.requires_grad_(False)
-        try:
+        # each submodule's own mode and each parameter's requires_grad come back afterwards (shared
+        # parameters, a BPDA view's and its defense's, are seen once)
+        with eval_mode(*modules, requires_grad=False):
+            for mod in modules:
+                for m in mod.modules():  # e.g. EOT wrappers restart their seeded stream on every call
+                    reset = getattr(m, "reset_attack_state", None)
+                    if callable(reset):
+                        reset()
             # A randomized defense may draw from torch's global generator: seed it from ``seed`` in a
             # fork, so the attack is reproducible and the caller's random stream is left as it was.
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
                 return self._attack(x.detach(), y)
-        finally:
-            for m, was_training in modes:
-                m.training = was_training
-            for p, r in zip(params, req):
-                p.requires_grad_(r)
 
     def _attack(self, x: Tensor, y: Tensor) -> Tensor:
         if x.shape[0] == 0:

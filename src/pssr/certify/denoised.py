@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pssr.defense.pssr import PSSR, eval_mode
+from pssr.defense.pssr import PSSR
 from pssr.defense.surgery import MASK_MODES
+from pssr.utils import eval_mode
 
 
 class DenoisedClassifier(nn.Module):

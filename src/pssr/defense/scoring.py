@@ -19,6 +19,7 @@ Scores are only ranked (top-k) or thresholded after a per-image min-max, so thei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,39 +28,21 @@ from torch import Tensor, nn
 
 from pssr.defense.regeneration import UNet
 from pssr.registry import Registry
+from pssr.utils import eval_mode
 
 SCORERS: Registry[nn.Module] = Registry("scorer")
 TARGETS: Registry[Callable[..., Tensor]] = Registry("scorer target")
 
 
-class FrozenEval:
-    """Context: classifier in eval mode with parameters frozen; restores both on exit.
-
-    ``requires_grad=True`` keeps eval mode (BatchNorm statistics fixed) but makes every parameter
-    trainable, for fine-tuning the classifier (``PSSRConfig.classifier_lr``).
-    """
-
-    def __init__(self, model: nn.Module, requires_grad: bool = False) -> None:
-        self.model = model
-        self.requires_grad = requires_grad
-
-    def __enter__(self) -> nn.Module:
-        self.was_training = self.model.training
-        self.req = [p.requires_grad for p in self.model.parameters()]
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(self.requires_grad)
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
-        for p, r in zip(self.model.parameters(), self.req):
-            p.requires_grad_(r)
+# The eval-mode context with frozen parameters (pssr.utils.eval_mode); ``requires_grad=True`` keeps
+# BatchNorm statistics fixed but makes the classifier trainable (``PSSRConfig.classifier_lr``).
+# The name stays for train/ and benchmarks/, which still import it from here.
+FrozenEval = functools.partial(eval_mode, requires_grad=False)
 
 
 def input_gradient(classifier: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
     """``grad_x CE(f(x), y)`` (y defaults to the prediction), (N, C, H, W); no grad on parameters."""
-    with FrozenEval(classifier), torch.enable_grad():
+    with eval_mode(classifier, requires_grad=False), torch.enable_grad():
         xi = x.detach().float().requires_grad_(True)
         logits = classifier(xi)
         target = logits.argmax(1) if y is None else y

@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pssr.attacks import create_attack
+from pssr.attacks import create_attack, margin_loss
+from pssr.utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,6 @@ def flag(name: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "message": message, **extra}
 
 
-def _margin_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """(N,) max other logit - true logit (> 0 means misclassified)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, y[:, None], float("-inf"))
-    return other.amax(1) - true
-
-
 def check_randomness(model: nn.Module, x: Tensor, tol: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Two forward passes on the same batch; flags ``random_forward`` / ``nonfinite_outputs``."""
     with torch.no_grad():
@@ -125,7 +118,7 @@ def check_gradients(
     xr = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xr)
-        margin = _margin_loss(logits, y).sum()
+        margin = margin_loss(logits, y).sum()  # (N,): max other logit - true logit
         (g_margin,) = torch.autograd.grad(margin, xr, retain_graph=True, allow_unused=True)
         ce = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         (g_ce,) = torch.autograd.grad(ce, xr, allow_unused=True)
@@ -255,11 +248,9 @@ def run_pre_checks(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All pre-attack checks on (x, y) (already on the model's device); restores the model's mode.
     ``eps``: the evaluation's budget, for :func:`check_inert` (skipped when None)."""
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        results: dict[str, Any] = {}
-        flags: list[dict[str, Any]] = []
+    results: dict[str, Any] = {}
+    flags: list[dict[str, Any]] = []
+    with eval_mode(model):
         results["randomness"], f = check_randomness(model, x, config.random_tol)
         flags += f
         results["gradients"], f = check_gradients(model, x, y, config.zero_grad_fraction)
@@ -270,9 +261,6 @@ def run_pre_checks(
         if inert:
             results["inert"] = inert
         flags += f
-    finally:
-        for m, t in was:
-            m.training = t
     return results, flags
 
 

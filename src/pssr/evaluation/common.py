@@ -64,22 +64,6 @@ def lp_norm(d: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
 
 
-class EvalMode:
-    """Context: every submodule in eval mode, then each restored to its own mode."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.models = models
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for mod in self.models for m in mod.modules()]
-        for mod in self.models:
-            mod.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, t in self.modes:
-            m.training = t
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)

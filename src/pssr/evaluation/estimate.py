@@ -51,6 +51,7 @@ from pssr.attacks.base import ATTACKS
 from pssr.attacks.sets import parse_attacks
 from pssr.attacks.spec import AttackSpec
 from pssr.registry import Registry
+from pssr.utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,6 @@ def measure_pass_times(model: nn.Module, x: Tensor, batch_size: int = 128, repea
     dev = next((p.device for p in model.parameters()), x.device)
     reps = math.ceil(batch_size / x.shape[0])
     xb = x.repeat(reps, 1, 1, 1)[:batch_size].to(dev)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
 
     def grad_pass() -> None:
         xi = xb.clone().requires_grad_(True)
@@ -251,12 +250,8 @@ def measure_pass_times(model: nn.Module, x: Tensor, batch_size: int = 128, repea
                 ts.append(time.perf_counter() - t0)
         return sorted(ts)[len(ts) // 2]
 
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            return PassTimes(grad=timed(grad_pass), forward=timed(fwd_pass), batch=batch_size)
-    finally:
-        for m, t in modes:
-            m.training = t
+    with eval_mode(model), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        return PassTimes(grad=timed(grad_pass), forward=timed(fwd_pass), batch=batch_size)
 
 
 @dataclass
@@ -287,14 +282,12 @@ def format_seconds(s: float) -> str:
 
 def _num_classes(model: nn.Module, x: Tensor) -> int:
     dev = next((p.device for p in model.parameters()), x.device)
-    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            return int(model(x[:1].to(dev)).shape[1])
-        finally:
-            for m, t in modes:
-                m.training = t
+    with (
+        torch.no_grad(),
+        torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+        eval_mode(model),
+    ):
+        return int(model(x[:1].to(dev)).shape[1])
 
 
 def _source(model: nn.Module) -> nn.Module:

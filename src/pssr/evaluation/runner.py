@@ -20,7 +20,6 @@ from pssr.attacks.spec import AttackSpec
 from pssr.evaluation import checks as checks_mod
 from pssr.evaluation.checks import CheckConfig
 from pssr.evaluation.common import (
-    EvalMode,
     derived_seed,
     jsonable,
     lp_norm,
@@ -30,7 +29,7 @@ from pssr.evaluation.common import (
 )
 from pssr.evaluation.report import worst_case_table
 from pssr.evaluation.state import StateStore, UnitState, unit_fingerprint
-from pssr.utils import model_device
+from pssr.utils import eval_mode, model_device
 
 # logs under the harness's name: the runner is part of evaluate(), and callers filter on that logger
 log = logging.getLogger("pssr.evaluation.harness")
@@ -188,7 +187,7 @@ class Run:
         with self._bar(per_model * len(self.models)) as bar:
             for name, model in self.models.items():
                 dev = self.device or model_device(model)
-                with EvalMode(model, self.sources[name][0]):
+                with eval_mode(model, self.sources[name][0]):
                     if self.check_cfg is not None:
                         self._checks(name, model, dev)
                     clean_pred = self._clean(name, model, dev, bar)

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic I/O, checkpoints, devices, seeds, run metadata."""
+"""Small shared helpers: atomic I/O, checkpoints, devices, seeds, the eval-mode context, run metadata."""
 
 from pssr.utils.io import (
     atomic_write_bytes,
@@ -8,7 +8,7 @@ from pssr.utils.io import (
     save_checkpoint,
 )
 from pssr.utils.meta import run_metadata
-from pssr.utils.runtime import autocast_context, default_device, model_device, seed_everything
+from pssr.utils.runtime import autocast_context, default_device, eval_mode, model_device, seed_everything
 
 __all__ = [
     "atomic_write_bytes",
@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write_text",
     "autocast_context",
     "default_device",
+    "eval_mode",
     "load_checkpoint",
     "model_device",
     "run_metadata",

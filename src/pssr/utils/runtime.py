@@ -1,4 +1,4 @@
-"""Device choice, seeding and optional bf16 autocast."""
+"""Device choice, seeding, optional bf16 autocast, and the eval-mode context."""
 
 from __future__ import annotations
 
@@ -47,3 +47,34 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module | None, requires_grad: bool | None = None) -> Iterator[None]:
+    """``modules`` (None entries skipped) in eval mode; afterwards each submodule gets its own mode back.
+
+    Each submodule's mode is restored, not just the top module's: a caller may keep, e.g., BatchNorm
+    frozen inside a model in train mode. ``requires_grad``: when a bool, every parameter's
+    ``requires_grad`` is set to it (False freezes the weights during an attack or a scorer target;
+    True makes a frozen classifier trainable with fixed BatchNorm statistics) and restored afterwards;
+    None leaves the parameters alone. Shared parameters are seen once.
+    """
+    mods = [m for m in modules if m is not None]
+    modes = [(m, m.training) for mod in mods for m in mod.modules()]
+    params = (
+        list({id(p): p for mod in mods for p in mod.parameters()}.values())
+        if requires_grad is not None
+        else []
+    )
+    req = [p.requires_grad for p in params]
+    try:
+        for mod in mods:
+            mod.eval()
+        for p in params:
+            p.requires_grad_(bool(requires_grad))
+        yield
+    finally:
+        for m, t in modes:
+            m.training = t
+        for p, r in zip(params, req):
+            p.requires_grad_(r)
