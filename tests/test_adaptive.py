@@ -101,6 +101,51 @@ def test_straight_through_forms_have_real_forward_and_identity_backward():
         straight_through(x, x[:1])
 
 
+def test_straight_through_forward_is_the_output_bit_for_bit():
+    """Not ``x + (out - x).detach()``: that rounds where ``out`` is much smaller than ``x``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=g).requires_grad_(True)
+    out = torch.rand(64, 1, 8, 8, generator=g) * 1e-3  # (64, 1, 8, 8)
+    assert not torch.equal(x.detach() + (out - x.detach()), out)  # the rounding this test would catch
+    for v in (
+        straight_through(x, out),
+        straight_through(lambda t: t * 0 + out)(x),
+        bpda(x, lambda t: t * 0 + out),
+    ):
+        assert torch.equal(v, out)
+        (grad,) = torch.autograd.grad(v.sum(), x)
+        assert torch.equal(grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("name", ["pssr", "jpeg", "bit-depth", "median", "tvm"])
+def test_bpda_views_feed_the_classifier_exactly_the_purified_image(name):
+    """A defense's BPDA view runs the same forward pass as the defense, bit for bit: its classifier
+    gets ``defense.purify(x)`` itself, so its logits are the defense's."""
+    from pssr.defense import PSSR, PSSRConfig
+    from pssr.defense.baselines import create_baseline
+    from pssr.models import create_model
+
+    torch.manual_seed(1)
+    clf = create_model("tiny-cnn", num_classes=10, in_channels=1).eval()
+    if name == "pssr":
+        cfg = PSSRConfig(gen_width=8, scorer_width=8, ratio=0.25)
+        d = PSSR(clf, cfg, image_shape=(1, 8, 8), classifier_spec={"name": "tiny-cnn", "kwargs": {}}).eval()
+    else:
+        d = create_baseline(name, clf)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    seen: list[torch.Tensor] = []
+    hook = clf.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        for run in (d.purify, d, d.bpda()):
+            getattr(d, "reseed", lambda _s: None)(5)  # tvm draws a random pixel subset
+            with torch.no_grad():
+                seen.append(run(x))
+    finally:
+        hook.remove()
+    purified, _, logits, bpda_input, bpda_logits = seen
+    assert torch.equal(bpda_input, purified) and torch.equal(bpda_logits, logits)
+
+
 def test_bpda_wrapper_uses_the_surrogate_gradient():
     x = torch.rand(2, 1, 3, 3, requires_grad=True)
     w = BPDAWrapper(_quantize, backward_fn=lambda t: 2 * t)

@@ -53,27 +53,33 @@ Transform = Callable[[Tensor], Tensor]
 
 
 # --------------------------------------------------------------------------------------------- BPDA
-class _BPDAFunction(torch.autograd.Function):
-    """forward: ``forward_fn(x)`` without a graph; backward: the vector-Jacobian product of
-    ``backward_fn`` at ``x`` (the identity when ``backward_fn`` is None)."""
+class _StraightThrough(torch.autograd.Function):
+    """forward: ``out`` itself, bit for bit (a copy; not ``x + (out - x).detach()``, which rounds);
+    backward: the gradient passed to ``x`` unchanged (none to ``out``)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, forward_fn: Transform, backward_fn: Transform | None) -> Tensor:
+    def forward(ctx: Any, x: Tensor, out: Tensor) -> Tensor:
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        return grad_out, None
+
+
+class _BPDAFunction(torch.autograd.Function):
+    """forward: ``forward_fn(x)`` without a graph; backward: the vector-Jacobian product of
+    ``backward_fn`` at ``x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, forward_fn: Transform, backward_fn: Transform) -> Tensor:
         with torch.no_grad():
             out = forward_fn(x)
-        if backward_fn is None and out.shape != x.shape:
-            raise ValueError(
-                f"BPDA with the identity backward needs a shape-preserving transform, got "
-                f"{tuple(x.shape)} -> {tuple(out.shape)}; pass a backward_fn surrogate"
-            )
         ctx.backward_fn = backward_fn
         ctx.save_for_backward(x)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
-        if ctx.backward_fn is None:
-            return grad_out, None, None
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
@@ -83,7 +89,16 @@ class _BPDAFunction(torch.autograd.Function):
 
 def bpda(x: Tensor, forward_fn: Transform, backward_fn: Transform | None = None) -> Tensor:
     """``forward_fn(x)`` whose gradient w.r.t. ``x`` is that of ``backward_fn`` (identity if None)."""
-    return _BPDAFunction.apply(x, forward_fn, backward_fn)
+    if backward_fn is not None:
+        return _BPDAFunction.apply(x, forward_fn, backward_fn)
+    with torch.no_grad():
+        out = forward_fn(x)
+    if out.shape != x.shape:
+        raise ValueError(
+            f"BPDA with the identity backward needs a shape-preserving transform, got "
+            f"{tuple(x.shape)} -> {tuple(out.shape)}; pass a backward_fn surrogate"
+        )
+    return _StraightThrough.apply(x, out)
 
 
 def straight_through(fn_or_x: Transform | Tensor, out: Tensor | None = None) -> Any:
@@ -92,6 +107,9 @@ def straight_through(fn_or_x: Transform | Tensor, out: Tensor | None = None) -> 
     * ``straight_through(fn)`` -> a function ``x -> fn(x)`` whose backward pass is the identity;
     * ``straight_through(x, out)`` -> a tensor with the value of ``out`` (computed from ``x`` by
       any means, e.g. numpy) and the gradient of the identity w.r.t. ``x``. Shapes must match.
+
+    Both forward passes return the transform's output exactly, so a BPDA view's logits are the
+    defense's own (``defense.bpda()(x) == defense(x)`` for a deterministic defense).
     """
     if isinstance(fn_or_x, Tensor):
         if out is None or out.shape != fn_or_x.shape:
@@ -99,7 +117,7 @@ def straight_through(fn_or_x: Transform | Tensor, out: Tensor | None = None) -> 
                 "straight_through(x, out) needs out with the shape of x, got "
                 f"{None if out is None else tuple(out.shape)} for {tuple(fn_or_x.shape)}"
             )
-        return fn_or_x + (out - fn_or_x).detach()
+        return _StraightThrough.apply(fn_or_x, out)
     if not callable(fn_or_x) or out is not None:
         raise ValueError("straight_through takes a callable fn, or two tensors (x, out)")
     fn = fn_or_x

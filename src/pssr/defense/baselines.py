@@ -64,11 +64,6 @@ from pssr.registry import Registry
 BASELINES: Registry[nn.Module] = Registry("baseline defense")
 
 
-def _straight_through(x: Tensor, purified: Tensor) -> Tensor:
-    """Value of ``purified`` with the gradient of the identity w.r.t. ``x`` (BPDA's approximation)."""
-    return straight_through(x, purified)
-
-
 class InputTransformDefense(nn.Module):
     """``classifier(transform(x))``; subclasses implement :meth:`_transform` (numpy) or :meth:`_purify` (torch).
 
@@ -140,7 +135,7 @@ class _BPDAView(nn.Module):
         self.classifier = defense.classifier
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(_straight_through(x, self.defense.purify(x)))
+        return self.classifier(straight_through(x, self.defense.purify(x)))
 
 
 def _check_images(x: Any) -> None:

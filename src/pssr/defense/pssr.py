@@ -43,21 +43,20 @@ from their neighbours).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pssr.attacks.adaptive import straight_through
 from pssr.config import asdict, build
 from pssr.defense.regeneration import CONDITIONS, Regenerator, compose
 from pssr.defense.scoring import SCORERS, TARGETS, create_scorer
 from pssr.defense.surgery import FILLS, MASK_MODES, apply_fill
-from pssr.utils import load_checkpoint, run_metadata, save_checkpoint
+from pssr.utils import eval_mode, load_checkpoint, run_metadata, save_checkpoint
 
 FORMAT = "pssr.defense.PSSR"
 FORMAT_VERSION = 1
@@ -191,20 +190,6 @@ def classifier_spec_of(model: nn.Module) -> dict[str, Any] | None:
     if isinstance(spec, dict) and "name" in spec:
         return {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
     return None
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
-    """Put ``modules`` in eval mode and restore each one's (and each child's) mode afterwards."""
-    saved = [(m, [(c, c.training) for c in m.modules()]) for m in modules if m is not None]
-    for m, _ in saved:
-        m.eval()
-    try:
-        yield
-    finally:
-        for _, modes in saved:
-            for c, t in modes:
-                c.training = t
 
 
 class PSSR(nn.Module):
@@ -480,18 +465,6 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, Tensor) else str(o)))
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the purified image; backward: the gradient passed to ``x`` unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, x_pure: Tensor) -> Tensor:
-        return x_pure.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
-
-
 class BPDAView(nn.Module):
     """``defense.bpda(mode)``: same outputs as ``defense(x)``; backward per ``mode``.
 
@@ -510,7 +483,7 @@ class BPDAView(nn.Module):
         if self.mode == "identity":
             with torch.no_grad():
                 x_pure = d.purify(x.detach())
-            x_in = _StraightThrough.apply(x, x_pure)
+            x_in = straight_through(x, x_pure)  # forward: x_pure exactly
         else:
             with torch.no_grad():
                 m = d.mask(x.detach())
