@@ -56,7 +56,14 @@ from pssr.attacks.sets import attack_set
 from pssr.attacks.spec import AttackSpec
 from pssr.data import Split
 from pssr.defaults import budget
-from pssr.utils import atomic_write_bytes, atomic_write_json, load_checkpoint, run_metadata, save_checkpoint
+from pssr.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    eval_mode,
+    load_checkpoint,
+    run_metadata,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +231,10 @@ def _orders(
         gen = _generator(cfg.seed, label, r)
         orders[r] = restore_order(RANKINGS.get(r)(x, x_adv, y, classifier, gen), gen)
     for name, scorer in scorers.items():
-        was = scorer.training
-        scorer.eval()
-        try:
-            with torch.no_grad():
-                s = torch.cat(
-                    [
-                        scorer(x_adv[i : i + cfg.batch_size], classifier)
-                        for i in range(0, len(x), cfg.batch_size)
-                    ]
-                ).float()
-        finally:
-            scorer.train(was)
+        with eval_mode(scorer), torch.no_grad():
+            s = torch.cat(
+                [scorer(x_adv[i : i + cfg.batch_size], classifier) for i in range(0, len(x), cfg.batch_size)]
+            ).float()
         scores[name] = s
         orders[f"scorer:{name}"] = restore_order(s, _generator(cfg.seed, label, "scorer", name))
     return orders, scores

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from pssr.defense.scoring import input_gradient
 from pssr.defense.surgery import num_removed
 from pssr.registry import Registry
+from pssr.utils import eval_mode
 
 RankingFn = Callable[[Tensor, Tensor, Tensor, nn.Module, torch.Generator], Tensor]
 RANKINGS: Registry[Tensor] = Registry("pixel ranking")
@@ -128,9 +129,7 @@ def fooled_curve(
     batch_size: int = 256,
 ) -> Tensor:
     """(N, G) bool: is ``classifier`` still fooled once the first ``grid[j]`` of ``order`` is restored?"""
-    was_training = classifier.training
-    classifier.eval()
-    try:
+    with eval_mode(classifier):
         cols = []
         for k in grid:
             xk = restore_pixels(x, x_adv, order, float(k))
@@ -139,8 +138,6 @@ def fooled_curve(
             )
             cols.append(pred != y)
         return torch.stack(cols, 1) if cols else torch.zeros(len(x), 0, dtype=torch.bool)
-    finally:
-        classifier.train(was_training)
 
 
 def halving_k(grid: Sequence[float], rates: Sequence[float]) -> float | None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pssr.utils import eval_mode
+
 ABSTAIN = -1
 
 
@@ -143,9 +145,7 @@ class SmoothedClassifier:
         dev = self._device()
         x = x.to(dev, torch.float32)
         counts: Tensor | None = None
-        modes = [(m, m.training) for m in self.base.modules()]
-        self.base.eval()
-        try:
+        with eval_mode(self.base):
             left = num
             while left > 0:
                 b = min(self.batch_size, left)
@@ -155,9 +155,6 @@ class SmoothedClassifier:
                 c = torch.bincount(pred, minlength=logits.shape[1])
                 counts = c if counts is None else counts + c
                 left -= b
-        finally:
-            for m, t in modes:
-                m.training = t
         assert counts is not None
         return counts.cpu()
 
