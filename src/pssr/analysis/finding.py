@@ -61,6 +61,7 @@ from pssr.utils import (
     atomic_write_json,
     eval_mode,
     load_checkpoint,
+    model_device,
     run_metadata,
     save_checkpoint,
 )
@@ -339,7 +340,7 @@ def run_finding(
     if not isinstance(cfg, FindingConfig):
         raise ValueError(f"cfg must be a FindingConfig, got {type(cfg).__name__}")
     out = Path(out)
-    dev = next(iter(classifier.parameters())).device
+    dev = model_device(classifier)
     classifier.eval()
     specs = {s.label: (s, norm) for norm in NORMS for s in attack_set("paper", cfg.dataset, norm)}
     draw = sample_indices(len(split), cfg.n, cfg.seed)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pssr.utils import eval_mode
+from pssr.utils import eval_mode, model_device
 
 ABSTAIN = -1
 
@@ -120,16 +120,9 @@ class SmoothedClassifier:
         self.sigma = check_sigma(sigma)
         self.batch_size = _check_positive_int("batch_size", batch_size)
 
-    def _device(self) -> torch.device:
-        for t in self.base.parameters():
-            return t.device
-        for t in self.base.buffers():
-            return t.device
-        return torch.device("cpu")
-
     def generator(self, seed: int) -> torch.Generator:
         """A generator on the base model's device, seeded (noise is drawn where the model runs)."""
-        return torch.Generator(device=self._device()).manual_seed(int(seed))
+        return torch.Generator(device=model_device(self.base)).manual_seed(int(seed))
 
     @torch.no_grad()
     def sample_counts(self, x: Tensor, num: int, generator: torch.Generator) -> Tensor:
@@ -142,7 +135,7 @@ class SmoothedClassifier:
         if x.ndim != 3:
             raise ValueError(f"x must be one image (C, H, W), got shape {tuple(x.shape)}")
         _check_positive_int("num", num)
-        dev = self._device()
+        dev = model_device(self.base)
         x = x.to(dev, torch.float32)
         counts: Tensor | None = None
         with eval_mode(self.base):
