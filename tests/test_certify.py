@@ -322,8 +322,8 @@ def test_two_gloo_ranks_give_the_records_of_one_process(tmp_path):
 
 def test_cli_certifies_a_checkpoint_and_names_a_missing_sigma(tmp_path, capsys):
     from pssr.cli import main
+    from pssr.models.specs import model_spec
     from pssr.testing import digits_cnn
-    from pssr.train.loop import model_spec
     from pssr.utils import save_checkpoint
 
     model, data = digits_cnn(epochs=1)

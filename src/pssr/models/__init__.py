@@ -21,6 +21,7 @@ from pssr.models.common import (
     describe_model,
     load_matching_weights,
 )
+from pssr.models.specs import attach_spec, model_spec, rebuild_model
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -34,10 +35,13 @@ def list_models(pattern: str = "*") -> list[str]:
 __all__ = [
     "MODELS",
     "Normalize",
+    "attach_spec",
     "check_input_shape",
     "create_model",
     "declared_image_shape",
     "describe_model",
     "list_models",
     "load_matching_weights",
+    "model_spec",
+    "rebuild_model",
 ]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from pssr.attacks.pgd import pgd_linf
 from pssr.data import Dataset, Split
 from pssr.distributed import unwrap
+from pssr.models.specs import attach_spec
 from pssr.registry import Registry
 from pssr.train.loop import EpochCallback, FitResult, TrainConfig, fit, iter_batches, model_device
 from pssr.utils import load_checkpoint
@@ -300,8 +301,6 @@ def adversarial_train(
     go through ``more``. Checkpointing and resume work as in :func:`pssr.train.train_classifier`;
     the checkpoint's metrics hold the clean and PGD-``eval_steps`` test accuracy.
     """
-    from pssr.train.loop import attach_spec
-
     overrides = dict(method=method, eps=eps, alpha=alpha, steps=steps, epochs=epochs, **more)
     res = adversarial_train_run(
         model,

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr.data import Dataset
+from pssr.models.specs import attach_spec, rebuild_model
 from pssr.train.loop import (
     EpochCallback,
     FitResult,
     TrainConfig,
     evaluate_accuracy,
     fit,
-    rebuild_model,
 )
 from pssr.utils import load_checkpoint
 
@@ -174,8 +174,6 @@ def train_classifier(
         **overrides,
     )
     log.info("test accuracy %.4f", res.checkpoint["metrics"]["test_acc"])
-    from pssr.train.loop import attach_spec
-
     return attach_spec(res.model, res.checkpoint.get("model"), res.checkpoint.get("data"))
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from pssr.config import asdict
 from pssr.data import Dataset, Split
+from pssr.models.specs import model_spec
 from pssr.registry import Registry
 from pssr.train.augment import AUGMENTATIONS
 from pssr.utils import (
@@ -229,43 +230,6 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 1000) ->
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
-def model_spec(model: nn.Module, name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What :func:`rebuild_model` needs: the registry name and its keyword arguments."""
-    return {"name": name, "kwargs": dict(kwargs), "class": type(model).__name__}
-
-
-def attach_spec(
-    model: nn.Module, spec: dict[str, Any] | None, data: dict[str, Any] | None = None
-) -> nn.Module:
-    """Record ``{"name", "kwargs"}`` on ``model.pssr_spec`` so a PSSR checkpoint can rebuild it, and the
-    (C, H, W) it was trained on (a checkpoint's ``data``) on ``model.image_shape``: with it
-    :func:`pssr.models.check_input_shape` refuses other images by name (adaptive pooling would otherwise
-    let an 8x8 classifier run on 28x28 images without an error)."""
-    if isinstance(spec, dict) and spec.get("name"):
-        model.pssr_spec = {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
-    shape = (data or {}).get("image_shape")
-    if isinstance(shape, (list, tuple)) and len(shape) == 3:
-        model.image_shape = tuple(int(s) for s in shape)
-    return model
-
-
-def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
-    """The model a pssr training checkpoint describes, with its weights, in eval mode, on CPU."""
-    from pssr.models import create_model
-
-    spec = ckpt.get("model")
-    if not isinstance(spec, dict) or "state_dict" not in ckpt:
-        raise ValueError("not a pssr training checkpoint (no 'model' spec / 'state_dict')")
-    if not spec.get("name"):
-        raise ValueError(
-            f"the checkpoint holds a custom {spec.get('class')} that is not in the model registry; build the "
-            "module yourself and load ckpt['state_dict'] into it"
-        )
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
-    return attach_spec(model, spec, ckpt.get("data")).eval()
-
-
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tensor]]:
     state: dict[str, Any] = {f"gen_{k}": g.get_state() for k, g in gens.items()}
     state["torch_cpu"] = torch.get_rng_state()

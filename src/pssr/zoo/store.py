@@ -49,7 +49,7 @@ KINDS: Registry[nn.Module] = Registry("zoo model kind")
 
 @KINDS.register("classifier")
 def _classifier(ck: dict[str, Any]) -> nn.Module:
-    from pssr.train.loop import rebuild_model
+    from pssr.models.specs import rebuild_model
 
     return rebuild_model(ck)
 
