@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from pssr.attacks import create_attack, margin_loss
+from pssr.evaluation.report import worst_case_table
 from pssr.utils import eval_mode
 
 log = logging.getLogger(__name__)
@@ -381,6 +382,33 @@ def check_budget(records: list[dict[str, Any]], tol: float) -> tuple[dict[str, A
     return res, flags
 
 
+def run_post_checks(
+    name: str,
+    records: list[dict[str, Any]],
+    unit_meta: dict[tuple[str, str, str], dict[str, Any]],
+    results: list[dict[str, Any]],
+    cfg: CheckConfig | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All post-attack checks of model ``name``, from its records, the units' metadata and the
+    summarized ``results`` (black-box controls, adaptive gap, budget, collapse)."""
+    if cfg is None:
+        return {}, []
+    mine = [r for r in records if r["model"] == name and r["attack"] != "clean"]
+    gf = {(t, a): bool(meta.get("black_box")) for (m, t, a), meta in unit_meta.items() if m == name}
+    out: dict[str, Any] = {}
+    flags: list[dict[str, Any]] = []
+    out["black_box"], f = check_black_box(mine, gf, cfg.black_box_margin)
+    flags += f
+    worst = worst_case_table(results, name)
+    out["adaptive_gap"], f = check_adaptive_gap(worst, cfg.adaptive_gap)
+    flags += f
+    out["budget"], f = check_budget(mine, cfg.budget_tol)
+    flags += f
+    out["collapse"], f = check_collapse([r for r in records if r["model"] == name and r["attack"] == "clean"])
+    flags += f
+    return out, flags
+
+
 __all__ = [
     "CheckConfig",
     "check_adaptive_gap",
@@ -391,5 +419,6 @@ __all__ = [
     "check_large_eps",
     "check_randomness",
     "default_large_eps",
+    "run_post_checks",
     "run_pre_checks",
 ]

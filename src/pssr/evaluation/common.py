@@ -59,11 +59,6 @@ def class_coverage(split_y: Tensor, y: Tensor) -> dict[str, Any]:
     return {"in_subset": len(have), "in_split": len(full), "missing": sorted(full - have)}
 
 
-def lp_norm(d: Tensor, norm: str) -> Tensor:
-    flat = d.flatten(1)
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)

@@ -58,7 +58,7 @@ from pssr.attacks.sets import parse_attacks
 from pssr.attacks.spec import THREAT_MODELS, AttackSpec
 from pssr.data import Dataset, Split
 from pssr.defaults import budget, dataset_name
-from pssr.evaluation.checks import CheckConfig
+from pssr.evaluation.checks import CheckConfig, run_post_checks
 from pssr.evaluation.common import (
     class_coverage,
     data_fingerprint,
@@ -67,7 +67,7 @@ from pssr.evaluation.common import (
     model_fingerprint,
 )
 from pssr.evaluation.report import Report, summarize
-from pssr.evaluation.runner import Run, post_checks
+from pssr.evaluation.runner import Run
 from pssr.evaluation.state import StateStore
 from pssr.models import check_input_shape
 from pssr.utils import model_device, run_metadata
@@ -427,7 +427,7 @@ def _report(
     for name in models:
         info = dict(descriptions[name])
         c, f = run.pre_checks.get(name, ({}, []))
-        post_c, post_f = post_checks(name, records, run.unit_meta, results, check_cfg)
+        post_c, post_f = run_post_checks(name, records, run.unit_meta, results, check_cfg)
         info["checks"] = {**c, **post_c} if check_cfg else None
         info["flags"] = list(f) + list(post_f)
         info["skipped_attacks"] = run.skipped.get(name, {})

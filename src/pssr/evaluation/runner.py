@@ -15,19 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from pssr import distributed as D
-from pssr.attacks import create_attack
+from pssr.attacks import create_attack, lp_norm
 from pssr.attacks.spec import AttackSpec
 from pssr.evaluation import checks as checks_mod
 from pssr.evaluation.checks import CheckConfig
 from pssr.evaluation.common import (
     derived_seed,
     jsonable,
-    lp_norm,
     model_fingerprint,
     predict,
     reseed,
 )
-from pssr.evaluation.report import worst_case_table
 from pssr.evaluation.state import StateStore, UnitState, unit_fingerprint
 from pssr.utils import eval_mode, model_device
 
@@ -37,33 +35,6 @@ log = logging.getLogger("pssr.evaluation.harness")
 
 def _create_attack(name: str, model: nn.Module, **kw: Any) -> Any:
     return create_attack(name, model, **kw)
-
-
-def post_checks(
-    name: str,
-    records: list[dict[str, Any]],
-    unit_meta: dict[tuple[str, str, str], dict[str, Any]],
-    results: list[dict[str, Any]],
-    cfg: CheckConfig | None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    if cfg is None:
-        return {}, []
-    mine = [r for r in records if r["model"] == name and r["attack"] != "clean"]
-    gf = {(t, a): bool(meta.get("black_box")) for (m, t, a), meta in unit_meta.items() if m == name}
-    out: dict[str, Any] = {}
-    flags: list[dict[str, Any]] = []
-    out["black_box"], f = checks_mod.check_black_box(mine, gf, cfg.black_box_margin)
-    flags += f
-    worst = worst_case_table(results, name)
-    out["adaptive_gap"], f = checks_mod.check_adaptive_gap(worst, cfg.adaptive_gap)
-    flags += f
-    out["budget"], f = checks_mod.check_budget(mine, cfg.budget_tol)
-    flags += f
-    out["collapse"], f = checks_mod.check_collapse(
-        [r for r in records if r["model"] == name and r["attack"] == "clean"]
-    )
-    flags += f
-    return out, flags
 
 
 # Adaptive attacks that are the same attack as a paper-protocol one on a model with no BPDA view
@@ -121,10 +92,8 @@ class Run:
         extra: dict[str, Any] = {}
         if spec is not None:
             attack = spec.to_dict()
-            for (
-                k,
-                v,
-            ) in spec.kwargs.items():  # a model among the kwargs (a surrogate): its weights, not its repr
+            # a model among the kwargs (a surrogate): its weights, not its repr
+            for k, v in spec.kwargs.items():
                 if isinstance(v, nn.Module):
                     attack["kwargs"][k] = model_fingerprint(v)
             extra = {"attack": attack, "eps": eps}
@@ -199,12 +168,8 @@ class Run:
                                 )
                             else:
                                 self._attack(name, model, spec, eps, clean_pred, dev, bar)
-                    if (
-                        name in self.computed
-                        and self.n_examples > 0
-                        and callable(getattr(model, "purify", None))
-                        and self.specs
-                    ):
+                    purifies = callable(getattr(model, "purify", None))
+                    if name in self.computed and self.n_examples > 0 and purifies and self.specs:
                         self._examples(name, model, clean_pred, dev)
 
     # -- units ------------------------------------------------------------------------------------
@@ -250,6 +215,37 @@ class Run:
             self._pend(name, "checks", "not started")
         self.pre_checks[name] = (meta["results"], meta["flags"])
 
+    def _records(
+        self,
+        name: str,
+        threat: str,
+        attack: str,
+        eps: float,
+        sl: slice,
+        clean_pred: Tensor,
+        adv_pred: Tensor,
+        correct: Tensor,
+        attacked: Tensor,
+        pert: Tensor | None = None,
+    ) -> list[dict[str, Any]]:
+        """One record per example of chunk ``sl`` (the tensors: (B,) for the chunk's B examples)."""
+        return [
+            {
+                "model": name,
+                "threat_model": threat,
+                "attack": attack,
+                "eps": eps,
+                "index": self.index[sl.start + j],
+                "label": int(self.y[sl.start + j]),
+                "clean_pred": int(clean_pred[j]),
+                "adv_pred": int(adv_pred[j]),
+                "correct": bool(correct[j]),
+                "attacked": bool(attacked[j]),
+                "pert_norm": 0.0 if pert is None else float(pert[j]),
+            }
+            for j in range(clean_pred.shape[0])
+        ]
+
     def _clean(self, name: str, model: nn.Module, dev: torch.device, bar: Any) -> Tensor | None:
         unit = self._load(f"clean|{name}", self._fp(name))
         unit.n_chunks = self.n_chunks
@@ -263,27 +259,10 @@ class Run:
             reseed(model, derived_seed(self.seed, unit.key, c))
             pred = predict(model, self.x[sl].to(dev)).cpu()
             seconds = time.perf_counter() - t0
-            ys = self.y[sl]
-            recs = []
-            for j in range(pred.shape[0]):
-                i = sl.start + j
-                p, lab = int(pred[j]), int(ys[j])
-                recs.append(
-                    {
-                        "model": name,
-                        "threat_model": "none",
-                        "attack": "clean",
-                        "eps": 0.0,
-                        "index": self.index[i],
-                        "label": lab,
-                        "clean_pred": p,
-                        "adv_pred": p,
-                        "correct": p == lab,
-                        "attacked": False,
-                        "pert_norm": 0.0,
-                    }
-                )
-            return recs, seconds
+            none = torch.zeros(pred.shape[0], dtype=torch.bool)
+            return self._records(
+                name, "none", "clean", 0.0, sl, pred, pred, pred == self.y[sl], none
+            ), seconds
 
         self._run_chunks(unit, work, bar)
         self.units.append(unit)
@@ -368,25 +347,11 @@ class Run:
                 adv_pred[mask] = predict(model, x_adv).cpu()
                 pert[mask] = lp_norm((x_adv - xm).float(), self.norm).cpu()
             seconds = time.perf_counter() - t0
-            recs = []
-            for j in range(xs.shape[0]):
-                i = sl.start + j
-                lab, a = int(ys[j]), bool(mask[j])
-                recs.append(
-                    {
-                        "model": name,
-                        "threat_model": spec.threat_model,
-                        "attack": spec.label,
-                        "eps": eps,
-                        "index": self.index[i],
-                        "label": lab,
-                        "clean_pred": int(clean_pred[i]),
-                        "adv_pred": int(adv_pred[j]),
-                        "correct": a and int(adv_pred[j]) == lab,
-                        "attacked": a,
-                        "pert_norm": float(pert[j]),
-                    }
-                )
+            # an example misclassified clean is not attacked and counts as not robust
+            correct = mask & (adv_pred == ys)
+            recs = self._records(
+                name, spec.threat_model, spec.label, eps, sl, clean_pred[sl], adv_pred, correct, mask, pert
+            )
             return recs, seconds
 
         self._run_chunks(unit, work, bar)
