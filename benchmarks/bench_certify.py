@@ -39,7 +39,8 @@ from common import load_average  # noqa: E402
 
 from pssr.certify import SmoothedClassifier, load_base_model  # noqa: E402
 from pssr.certify.run import select_examples  # noqa: E402
-from pssr.train.loop import host_info, plain_metadata  # noqa: E402
+from pssr.experiments.summary import host_info  # noqa: E402
+from pssr.train.loop import plain_metadata  # noqa: E402
 
 
 def _data(info: dict[str, Any], name: str | None) -> Any:

@@ -11,9 +11,9 @@ import pytest
 from pssr.cli import main
 from pssr.config import asdict, build, load_toml
 from pssr.defense import PSSRConfig
+from pssr.experiments.pssr_train import PSSRRunConfig
 from pssr.reporting import calibration_plot, docs, evaluations, speed, tables, training
 from pssr.reporting.common import eps_text
-from pssr.train.pssr_train import PSSRRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/pssr-digits.toml"

@@ -183,7 +183,7 @@ def test_training_commands_share_option_names(command: str) -> None:
 
 
 def test_train_pssr_epochs_is_a_shortcut_for_set(tmp_path, monkeypatch) -> None:
-    import pssr.train.pssr_train as pt
+    import pssr.experiments.pssr_train as pt
 
     seen = {}
 

@@ -337,7 +337,7 @@ def test_cli_train_adversarial(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     from pssr.config import build, load_toml
-    from pssr.train.loop import DataConfig
+    from pssr.experiments.data import DataConfig
 
     mapping = load_toml(path)
     build(DataConfig, mapping.get("data"))

@@ -168,22 +168,22 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
 # no command is a typo.
 COMMAND_SECTIONS: dict[str, dict[str, str]] = {
     "pssr train-classifier": {
-        "data": "pssr.train.loop:DataConfig",
+        "data": "pssr.experiments.data:DataConfig",
         "classifier": "pssr.train.classifier:ClassifierConfig",
     },
     "pssr train-adversarial": {
-        "data": "pssr.train.loop:DataConfig",
+        "data": "pssr.experiments.data:DataConfig",
         "adv_train": "pssr.train.adversarial:AdvTrainConfig",
     },
     "pssr train-pssr": {
-        "data": "pssr.train.loop:DataConfig",
+        "data": "pssr.experiments.data:DataConfig",
         "pssr": "pssr.defense.pssr:PSSRConfig",
-        "run": "pssr.train.pssr_train:PSSRRunConfig",
+        "run": "pssr.experiments.pssr_train:PSSRRunConfig",
     },
     "pssr train-denoiser": {
-        "data": "pssr.train.loop:DataConfig",
+        "data": "pssr.experiments.data:DataConfig",
         "denoise": "pssr.train.denoise:DenoiseConfig",
-        "run": "pssr.train.denoise:DenoiseRunConfig",
+        "run": "pssr.experiments.denoise:DenoiseRunConfig",
     },
 }
 

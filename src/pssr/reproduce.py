@@ -220,9 +220,9 @@ def reproduce(
     from pssr.defense.baselines import create_baseline
     from pssr.defense.pssr import PSSR
     from pssr.evaluation.harness import evaluate
-    from pssr.train import adversarial, classifier, pssr_train
+    from pssr.experiments import adversarial, classifier, pssr_train
+    from pssr.experiments.data import DataConfig, load_data
     from pssr.train.classifier import load_classifier
-    from pssr.train.loop import DataConfig, load_data
 
     p = PRESETS.create(preset)
     if only and report_only:

@@ -71,7 +71,8 @@ def build_report(
     """The report dict of every unit in ``state_dir`` (units of earlier calls included), on the
     examples ``indices`` (records of other examples, from a larger earlier run, are left out)."""
     from pssr.certify.run import _file_of, read_records
-    from pssr.train.loop import host_info, plain_metadata
+    from pssr.experiments.summary import host_info
+    from pssr.train.loop import plain_metadata
 
     state_dir = Path(state_dir)
     settings = {

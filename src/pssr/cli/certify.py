@@ -75,7 +75,7 @@ def _certify(args: argparse.Namespace) -> int:
 
 def _train_denoiser(args: argparse.Namespace) -> int:
     from pssr.cli.train import _mapping
-    from pssr.train.denoise import run_from_config
+    from pssr.experiments.denoise import run_from_config
 
     summary = run_from_config(
         _mapping(args, "denoise"),

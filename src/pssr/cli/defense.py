@@ -24,7 +24,7 @@ from pathlib import Path
 def _train_pssr(args: argparse.Namespace) -> int:
     from pssr import distributed as D
     from pssr.cli.train import config_mapping
-    from pssr.train.pssr_train import run_from_config
+    from pssr.experiments.pssr_train import run_from_config
 
     if args.quick and not args.results:  # a smoke run never overwrites the config's results file
         args.overrides = ['run.results=""', *args.overrides]
@@ -92,7 +92,7 @@ def _ratios(text: str) -> list[float]:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pssr.train.calibrate import calibrate_checkpoint
+    from pssr.experiments.calibrate import calibrate_checkpoint
 
     s = calibrate_checkpoint(
         _checkpoint(args.checkpoint),

@@ -132,13 +132,13 @@ def _train(args: argparse.Namespace, section: str, run_from_config: Callable[...
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from pssr.train.classifier import run_from_config
+    from pssr.experiments.classifier import run_from_config
 
     return _train(args, "classifier", run_from_config)
 
 
 def _train_adversarial(args: argparse.Namespace) -> int:
-    from pssr.train.adversarial import run_from_config
+    from pssr.experiments.adversarial import run_from_config
 
     return _train(args, "adv_train", run_from_config)
 

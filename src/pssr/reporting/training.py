@@ -96,7 +96,7 @@ def pssr_command(d: dict[str, Any], root: Path) -> str:
     The config path of the command is read relative to ``root``."""
     from pssr.config import asdict, build, load_toml
     from pssr.defense import PSSRConfig
-    from pssr.train.pssr_train import PSSRRunConfig
+    from pssr.experiments.pssr_train import PSSRRunConfig
 
     cmd = d.get("command") or ""
     tokens = shlex.split(cmd)

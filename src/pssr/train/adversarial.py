@@ -23,9 +23,7 @@ Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64, logits (N, classes).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,43 +311,6 @@ def adversarial_train(
         **overrides,
     )
     return attach_spec(res.model, res.checkpoint.get("model"), res.checkpoint.get("data"))
-
-
-def run_from_config(
-    mapping: dict[str, Any],
-    out_dir: str | Path,
-    *,
-    summary_path: str | Path | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Train from a parsed config (tables ``[data]`` and ``[adv_train]``; others ignored); write
-    ``out_dir/<method>.pt`` and ``out_dir/<method>.json`` (and a copy at ``summary_path``). Under
-    torchrun every rank returns the summary and rank 0 alone writes the files."""
-    from pssr.config import build
-    from pssr.train.loop import DataConfig, load_data, summarize, write_summary
-
-    t0 = time.perf_counter()
-    data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
-    cfg = build(AdvTrainConfig, mapping.get("adv_train"), prefix="adv_train.")
-    data = load_data(data_cfg)
-    out_dir = Path(out_dir)
-    ckpt = out_dir / f"{cfg.method}.pt"
-    res = adversarial_train_run(cfg.model, data, cfg, checkpoint=ckpt, resume=resume, progress=progress)
-    summary = summarize(res.checkpoint)
-    summary.update(
-        {
-            "command": command,
-            "checkpoint": str(ckpt),
-            "data_config": dataclasses.asdict(data_cfg),
-            "robust_eval_note": "robust accuracy from pssr.train.adversarial.pgd_accuracy (L-inf PGD, random start, "
-            "fp32, eval mode); see pssr.evaluation for the full adaptive evaluation",
-            "wall_seconds_this_invocation": time.perf_counter() - t0,
-        }
-    )
-    write_summary(summary, out_dir / f"{cfg.method}.json", summary_path)
-    return summary
 
 
 __all__ = [

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pssr.config import asdict, build
+from pssr.config import asdict
 from pssr.defense.pssr import PSSR, PSSRConfig
 from pssr.defense.scoring import FrozenEval, attack_share_target
 from pssr.defense.surgery import MASK_MODES
@@ -65,7 +65,7 @@ PIXEL_LOSSES = {
 # past the epochs asked for is refused in _resume)
 _RUNTIME = frozenset({"device", "epochs"})
 
-__all__ = ["DenoiseConfig", "DenoiseRunConfig", "run_from_config", "train_denoiser"]
+__all__ = ["DenoiseConfig", "train_denoiser"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,60 +351,3 @@ def train_denoiser(
     if out is not None:
         defense.save(Path(out) / "denoiser.pt")
     return defense
-
-
-# ----------------------------------------------------------------------------- config-file runs
-@dataclasses.dataclass(frozen=True)
-class DenoiseRunConfig:
-    """The ``[run]`` table of a ``configs/denoise-*.toml`` file (with ``[data]`` and ``[denoise]``)."""
-
-    classifier: str = ""  # classifier checkpoint written by `pssr train-classifier` (required)
-    out: str = ""  # output folder; "" = runs/<config file stem>
-
-
-def run_from_config(
-    mapping: dict[str, Any],
-    out_dir: str | Path | None = None,
-    *,
-    classifier: str | None = None,
-    resume: bool = True,
-    command: str | None = None,
-    default_out: str | Path = "runs/denoise",
-) -> dict[str, Any]:
-    """Train from a parsed config (``[data]``, ``[denoise]``, ``[run]``); write ``OUT/denoiser.pt`` and
-    ``OUT/denoiser.json``; return the summary."""
-    from pssr.train.loop import DataConfig, host_info, load_data, plain_metadata
-    from pssr.train.pssr_train import load_classifier_checkpoint
-    from pssr.utils import atomic_write_json
-
-    data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
-    cfg = build(DenoiseConfig, mapping.get("denoise"), prefix="denoise.")
-    run = build(DenoiseRunConfig, mapping.get("run"), prefix="run.")
-    clf_path = classifier or run.classifier
-    if not clf_path:
-        raise ValueError(
-            "no classifier checkpoint: set [run] classifier = PATH in the config or pass --classifier"
-        )
-    out = Path(out_dir or run.out or default_out)
-    clf, _ = load_classifier_checkpoint(clf_path, device=cfg.device)
-    data = load_data(data_cfg)
-    t0 = time.perf_counter()
-    defense = train_denoiser(clf, data, cfg, out=out, resume=resume)
-    summary = {
-        "kind": "denoiser",
-        "checkpoint": str(out / "denoiser.pt"),
-        "classifier": str(clf_path),
-        "dataset": data.name,
-        "sigma": cfg.sigma,
-        "surgery": cfg.use_surgery,
-        "final": defense.metrics.get("final", {}),
-        "history": defense.metrics["denoiser"]["history"],
-        "config": asdict(cfg),
-        "data_config": dataclasses.asdict(data_cfg),
-        "command": command,
-        "wall_seconds_this_invocation": time.perf_counter() - t0,
-        "metadata": plain_metadata(),
-        "host": host_info(),
-    }
-    atomic_write_json(out / "denoiser.json", summary)
-    return summary

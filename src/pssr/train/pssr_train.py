@@ -34,8 +34,8 @@ PSSR (Fu, Zhou, Ma, Zhang, arXiv 2402.00304; our reading in shared/docs/paper-no
   process; rank 0 alone reads and writes the files.
 
 The training-time attack is a small private PGD (:func:`pgd`) with an explicit ``torch.Generator``,
-so training does not depend on the attack library; evaluation (:func:`quick_eval`) uses
-``pssr.attacks`` when it provides "pgd".
+so training does not depend on the attack library; the quick evaluation of a run
+(:func:`pssr.experiments.quick_eval.quick_eval`) uses ``pssr.attacks`` when it provides "pgd".
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import time
@@ -195,41 +194,13 @@ def make_adversarial(
     return torch.cat(advs), torch.cat(targets)
 
 
-def _classifier_digest(model: nn.Module | dict[str, Tensor]) -> str:
+def classifier_digest(model: nn.Module | dict[str, Tensor]) -> str:
     """Digest of a classifier's weights (a module or its state dict)."""
     h = hashlib.sha256()
     for k, v in (model if isinstance(model, dict) else model.state_dict()).items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _finished_run(out: Path, cfg: PSSRConfig, data_cfg: Any, classifier: nn.Module) -> dict[str, Any] | None:
-    """The stored summary of a finished run in ``out`` made with these training settings, this dataset
-    and this classifier; None when there is none (or any of them differs).
-
-    A rerun of a finished configuration (a preset run again, say) then costs no training and no
-    evaluation. The evaluation settings of ``[run]`` may differ: the stored quick evaluation is
-    returned with its own settings. A fine-tuned classifier (``classifier_lr > 0``) changes during
-    training, so such runs are never reused this way (they resume from their training state)."""
-    final, stored = out / FINAL_FILE, out / "pssr-train.json"
-    if cfg.classifier_lr > 0 or not (final.is_file() and stored.is_file()):
-        return None
-    try:
-        summary = json.loads(stored.read_text())
-        ck = load_checkpoint(final)
-    except (OSError, ValueError, RuntimeError, EOFError):
-        return None
-    plain = json.loads(json.dumps(asdict(cfg)))
-    saved = json.loads(json.dumps(ck.get("config", {})))
-    runtime = {"device"}
-    same = (
-        {k: v for k, v in plain.items() if k not in runtime}
-        == {k: v for k, v in saved.items() if k not in runtime}
-        and (summary.get("config") or {}).get("data") == json.loads(json.dumps(dataclasses.asdict(data_cfg)))
-        and _classifier_digest(ck["classifier"]["state_dict"]) == _classifier_digest(classifier)
-    )
-    return summary if same else None
 
 
 # ----------------------------------------------------------------------------- data
@@ -478,7 +449,7 @@ def train_pssr(
     opt_params = [p for g in groups for p in g["params"]]  # what the gradient all-reduce covers, in order
 
     key = {
-        "classifier": _classifier_digest(classifier),
+        "classifier": classifier_digest(classifier),
         "n_train": len(x_tr),
         "n_val": len(x_val),
         **{
@@ -713,7 +684,7 @@ def _check_same_start(defense: PSSR, cfg: PSSRConfig, key: dict[str, Any], info:
     """ValueError on every rank unless all ranks start from the same weights, config and data: the
     gradient all-reduce keeps identical weights identical but does not make them so (unlike DDP,
     which broadcasts rank 0's)."""
-    mine = {"weights": _classifier_digest(defense), "config": asdict(cfg), "key": key}
+    mine = {"weights": classifier_digest(defense), "config": asdict(cfg), "key": key}
     every = D.all_gather_objects(mine, info)
     bad = [r for r, o in enumerate(every) if o != every[0]]
     if bad:
@@ -722,249 +693,3 @@ def _check_same_start(defense: PSSR, cfg: PSSRConfig, key: dict[str, Any], info:
             f"train_pssr under torch.distributed: rank {bad[0]} differs from rank 0 in {', '.join(what)} "
             "(every rank must load the same classifier checkpoint and data and use the same config)"
         )
-
-
-# ----------------------------------------------------------------------------- quick measurement
-def _attack_fn(eps: float, alpha: float, steps: int, seed: int) -> tuple[str, Callable[..., Tensor]]:
-    """PGD from ``pssr.attacks``; returns (implementation, fn).
-
-    ``fn(model, x, y, grad_model=None)``: gradients from ``grad_model`` (a BPDA view), success on ``model``.
-    """
-    from pssr.attacks import create_attack
-
-    def lib(m: nn.Module, x: Tensor, y: Tensor, grad_model: nn.Module | None = None) -> Tensor:
-        return create_attack("pgd", m, eps=eps, alpha=alpha, steps=steps, seed=seed, grad_model=grad_model)(
-            x, y
-        )
-
-    return "pssr.attacks.pgd (1 restart, random start, early stop per example)", lib
-
-
-def quick_eval(
-    defense: PSSR,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    steps: int = 40,
-    alpha: float | None = None,
-    adaptive_n: int = 300,
-    seed: int = 0,
-    batch_size: int = 250,
-    progress: bool = False,
-    shard: D.DistInfo | None = None,
-) -> dict[str, Any]:
-    """Clean, gray-box and adaptive accuracies of ``defense`` (and of its bare classifier) on (x, y).
-
-    * gray-box (the paper's protocol): Linf PGD on the classifier alone, then purified;
-    * adaptive (white-box on PSSR), on the first ``adaptive_n`` examples: PGD through
-      ``bpda("identity")`` and through ``bpda("mask-constant")`` (exact gradients of fill + G with
-      the mask fixed); ``adaptive_worst`` is the per-example worst case of the two and
-      ``worst_of_all`` adds the gray-box attack (an adaptive attack weaker than a transferred one
-      is a sign of gradient masking: compare them).
-    A first evaluation, not the harness: one PGD run each, no restarts, no AutoAttack.
-
-    ``shard`` (a process group's :class:`pssr.distributed.DistInfo`; every rank must call): the
-    batches of ``batch_size`` examples are dealt out over the ranks (contiguous) and the per-example
-    results gathered, so every rank returns the same dict. With ``pssr.attacks.pgd`` (reseeded per
-    batch) it equals one process's; the fallback PGD draws its starts from one generator in batch
-    order, so there it does not.
-    """
-    from tqdm.auto import tqdm
-
-    info = shard if shard is not None else D.DistInfo()
-    alpha = alpha if alpha is not None else 2.5 * eps / steps
-    impl, attack = _attack_fn(eps, alpha, steps, seed)
-    dev = next(defense.parameters()).device
-    clf = defense.classifier
-    res: dict[str, Any] = {
-        "n": len(x),
-        "eps": eps,
-        "steps": steps,
-        "alpha": alpha,
-        "attack_impl": impl,
-        "seed": seed,
-    }
-
-    def my_batches(n: int) -> list[int]:  # start indices of this rank's batches of range(n)
-        starts = list(range(0, n, batch_size))
-        mine = D.shard_range(len(starts), info)
-        return starts[mine.start : mine.stop]
-
-    def gathered(fn: Callable[[], dict[str, list[Tensor]]]) -> dict[str, list[Tensor]]:
-        parts = D.all_gather_results(fn, info)  # rank order = batch order
-        return {k: [t for p in parts for t in p[k]] for k in parts[0]}
-
-    def graybox() -> dict[str, list[Tensor]]:
-        out: dict[str, list[Tensor]] = {
-            k: [] for k in ("clf_clean", "pssr_clean", "clf_pgd", "pssr_graybox_pgd")
-        }
-        for i in tqdm(
-            my_batches(len(x)), desc="gray-box", disable=not (progress and info.is_main), leave=False
-        ):
-            xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
-            xa = attack(clf, xb, yb)
-            with torch.no_grad():
-                out["clf_clean"].append((clf(xb).argmax(1) == yb).cpu())
-                out["pssr_clean"].append((defense(xb).argmax(1) == yb).cpu())
-                out["clf_pgd"].append((clf(xa).argmax(1) == yb).cpu())
-                out["pssr_graybox_pgd"].append((defense(xa).argmax(1) == yb).cpu())
-        return out
-
-    correct = gathered(graybox)
-    for k, v in correct.items():
-        res[f"{k}_acc"] = float(torch.cat(v).float().mean())
-    na = min(adaptive_n, len(x))
-    res["adaptive_n"] = na
-    worst = torch.ones(na, dtype=torch.bool)
-    for mode in ("identity", "mask-constant") if na > 0 else ():
-        view = defense.bpda(mode)
-
-        def adaptive(mode: str = mode, view: nn.Module = view) -> dict[str, list[Tensor]]:
-            ok = []
-            for i in tqdm(
-                my_batches(na), desc=f"adaptive {mode}", disable=not (progress and info.is_main), leave=False
-            ):
-                xb, yb = x[i : min(i + batch_size, na)].to(dev), y[i : min(i + batch_size, na)].to(dev)
-                xa = attack(defense, xb, yb, grad_model=view)
-                with torch.no_grad():
-                    ok.append((defense(xa).argmax(1) == yb).cpu())
-            return {"ok": ok}
-
-        ok_t = torch.cat(gathered(adaptive)["ok"])
-        worst &= ok_t
-        res[f"pssr_adaptive_pgd_{mode}_acc"] = float(ok_t.float().mean())
-    if na > 0:
-        res["pssr_adaptive_worst_acc"] = float(worst.float().mean())
-        # the transferred (gray-box) attack is an attack on PSSR too: worst case over all three
-        gray_ok = torch.cat(correct["pssr_graybox_pgd"])[:na]
-        res["pssr_worst_of_all_acc"] = float((worst & gray_ok).float().mean())
-        res["pssr_clean_acc_on_adaptive_subset"] = float(torch.cat(correct["pssr_clean"])[:na].float().mean())
-    return res
-
-
-# ----------------------------------------------------------------------------- config-file runs
-@dataclasses.dataclass(frozen=True)
-class PSSRRunConfig:
-    """The ``[run]`` table of a ``configs/pssr-*.toml`` file (``[data]`` and ``[pssr]`` are the others)."""
-
-    classifier: str = ""  # classifier checkpoint written by `pssr train-classifier` (required)
-    out: str = ""  # output folder; "" = runs/<dataset>/pssr
-    results: str = ""  # JSON summary path; "" = <out>/pssr-train.json only
-    eval_n: int = 1000  # test images of the quick gray-box evaluation (0 = the whole test split)
-    eval_steps: int = 40  # PGD steps of the evaluation attacks
-    eval_eps: float = -1.0  # Linf budget of the evaluation; < 0 = pssr.eps
-    adaptive_n: int = 300  # test images attacked adaptively (through bpda views)
-    eval_seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("eval_n", "eval_steps", "adaptive_n", "eval_seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
-
-
-def load_classifier_checkpoint(
-    path: str | Path, device: str | torch.device | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(classifier in eval mode, ``{"name", "kwargs"}``) from a ``pssr train-classifier`` checkpoint."""
-    from pssr.train.classifier import load_classifier
-
-    # rebuild_model (behind load_classifier) refuses checkpoints without a registered model name
-    # and records {"name", "kwargs"} on model.pssr_spec.
-    model = load_classifier(path, device=default_device(device))
-    return model, model.pssr_spec
-
-
-def run_from_config(
-    mapping: dict[str, Any],
-    out_dir: str | Path | None = None,
-    *,
-    results: str | Path | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Train PSSR from a parsed config (tables ``[data]``, ``[pssr]``, ``[run]``), evaluate it quickly
-    (:func:`quick_eval` on the test split) and write ``<out>/pssr.pt`` and the JSON summary.
-
-    Under torchrun every rank calls it: training and the quick evaluation are sharded, every rank
-    returns the same summary, and rank 0 alone writes the files."""
-    from pssr.config import build
-    from pssr.defaults import resolved
-    from pssr.train.loop import DataConfig, load_data
-    from pssr.utils import atomic_write_json, run_metadata
-
-    data_cfg = build(DataConfig, mapping.get("data"), prefix="data.")
-    cfg = resolved(build(PSSRConfig, mapping.get("pssr"), prefix="pssr."), data_cfg.name)  # eps 0: the budget
-    run = build(PSSRRunConfig, mapping.get("run"), prefix="run.")
-    if not run.classifier:
-        raise ValueError(
-            "run.classifier (the classifier checkpoint path) is required; train one with "
-            "`pssr train-classifier --config configs/<dataset>.toml`"
-        )
-    out = Path(out_dir or run.out or Path("runs") / data_cfg.name / "pssr")
-    data = load_data(data_cfg)
-    info = D.init_distributed(default_device(cfg.device))  # under torchrun; a no-op otherwise
-    classifier, spec = load_classifier_checkpoint(
-        run.classifier, device=D.device_for(info, default_device(cfg.device))
-    )
-    done = _finished_run(out, cfg, data_cfg, classifier) if resume else None
-    if done is not None:
-        log.info(
-            "%s holds a finished run with these settings: reused (its quick evaluation included); "
-            "resume=False / --no-resume trains again",
-            out,
-        )
-        if results or run.results:
-            D.on_main(lambda: atomic_write_json(Path(results or run.results), done), info)
-        return done
-    t0 = time.time()
-    defense = train_pssr(
-        classifier, data, cfg, out_dir=out, resume=resume, progress=progress, classifier_spec=spec
-    )
-    train_s = time.time() - t0
-    test = data.test.subset(run.eval_n or None, seed=run.eval_seed) if run.eval_n else data.test
-    eps = run.eval_eps if run.eval_eps >= 0 else cfg.eps
-    t1 = time.time()
-    ev = quick_eval(
-        defense,
-        test.x,
-        test.y,
-        eps=eps,
-        steps=run.eval_steps,
-        adaptive_n=run.adaptive_n,
-        seed=run.eval_seed,
-        progress=progress,
-        shard=info,
-    )
-    ev["seconds"] = round(time.time() - t1, 1)
-    defense.metrics["test"] = ev
-    # The dataset (name, split seed, validation fraction), as training checkpoints record it, so that
-    # `pssr evaluate --checkpoint pssr.pt` needs no --data.
-    defense.metrics["data"] = dataclasses.asdict(data_cfg)
-    summary = {
-        "kind": "pssr",
-        "dataset": data_cfg.name,
-        "command": command,
-        "checkpoint": str(out / FINAL_FILE),
-        "classifier_checkpoint": run.classifier,
-        "config": {"data": dataclasses.asdict(data_cfg), "pssr": asdict(cfg), "run": asdict(run)},
-        "train_seconds_this_invocation": round(train_s, 1),
-        "test": ev,
-        "validation": {k: v for k, v in defense.metrics.items() if k != "test"},
-        "metadata": run_metadata(),
-    }
-    if info.enabled:
-        summary["distributed"] = {
-            "world_size": info.world_size,
-            "backend": info.backend,
-            "seconds": "wall-clock of rank 0",
-        }
-
-    def write() -> None:
-        defense.save(out / FINAL_FILE)
-        atomic_write_json(out / "pssr-train.json", summary)
-        if results or run.results:
-            atomic_write_json(Path(results or run.results), summary)
-
-    D.on_main(write, info)  # rank 0 writes; an error there raises on every rank
-    return summary
