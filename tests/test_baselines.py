@@ -147,13 +147,13 @@ def test_tvm_defaults_per_implementation_and_bpda_of_the_art_one(images):
 # ----------------------------------------------------------------------------- the torch TV solver
 def _tv_energy(z, x, m, lam, norm):
     """(N,) the objective tv_minimize documents: sum m (z - x)^2 + lam * TV_norm(z)."""
-    from pssr.defense.baselines import total_variation
+    from pssr.defense.tv import total_variation
 
     return (m * (z - x) ** 2).flatten(1).sum(1) + lam * total_variation(z, norm)
 
 
 def test_total_variation_of_known_images():
-    from pssr.defense.baselines import total_variation
+    from pssr.defense.tv import total_variation
 
     const = torch.full((2, 3, 5, 5), 0.3)
     assert torch.equal(total_variation(const, 1), torch.zeros(2))
@@ -169,7 +169,7 @@ def test_total_variation_of_known_images():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("norm", [1, 2])
 def test_tv_minimize_keeps_shape_dtype_and_range(dtype, norm):
-    from pssr.defense.baselines import tv_minimize, tvm_keep_mask
+    from pssr.defense.tv import tv_minimize, tvm_keep_mask
 
     g = torch.Generator().manual_seed(3)
     x = (torch.rand(5, 3, 12, 10, generator=g) * 1.4 - 0.2).clamp(0, 1).to(dtype)
@@ -184,7 +184,7 @@ def test_tv_minimize_keeps_shape_dtype_and_range(dtype, norm):
 def test_tv_minimize_with_all_pixels_kept_and_small_lam_stays_within_2_lam_of_the_input(norm):
     # At the minimum, 2 (z - x) = lam * div p with |p| <= 1, and |div p| <= 4 (norm 1) or 2 sqrt(2) + ... <= 4:
     # so |z - x| <= 2 lam at every pixel. Random noise is the worst case for TV.
-    from pssr.defense.baselines import tv_minimize
+    from pssr.defense.tv import tv_minimize
 
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     lam = 0.005
@@ -194,7 +194,7 @@ def test_tv_minimize_with_all_pixels_kept_and_small_lam_stays_within_2_lam_of_th
 
 
 def test_tv_minimize_denoises_a_noisy_image():
-    from pssr.defense.baselines import total_variation, tv_minimize
+    from pssr.defense.tv import total_variation, tv_minimize
 
     g = torch.Generator().manual_seed(5)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 28), torch.linspace(0, 1, 28), indexing="ij")
@@ -209,7 +209,8 @@ def test_tv_minimize_denoises_a_noisy_image():
 
 
 def test_tv_minimize_ignores_dropped_pixels_and_approaches_the_minimum():
-    from pssr.defense.baselines import TVM_DEFAULTS, tv_minimize, tvm_keep_mask
+    from pssr.defense.baselines import TVM_DEFAULTS
+    from pssr.defense.tv import tv_minimize, tvm_keep_mask
 
     g = torch.Generator().manual_seed(6)
     x = torch.rand(6, 1, 28, 28, generator=g)
@@ -239,7 +240,7 @@ def test_tv_minimize_matches_art_total_var_min_on_the_same_problem_and_digits():
     import numpy as np
 
     import pssr.data
-    from pssr.defense.baselines import total_variation, tv_minimize, tvm_keep_mask
+    from pssr.defense.tv import total_variation, tv_minimize, tvm_keep_mask
 
     art_tvm = pytest.importorskip("art.defences.preprocessor").TotalVarMin
     ds = pssr.data.load("digits")
@@ -370,7 +371,7 @@ def test_bpda_breaks_a_baseline_where_plain_pgd_cannot():
 
 
 def test_tv_minimize_rejects_bad_input_with_the_argument_named():
-    from pssr.defense.baselines import total_variation, tv_minimize, tvm_keep_mask
+    from pssr.defense.tv import total_variation, tv_minimize, tvm_keep_mask
 
     x = torch.rand(2, 3, 8, 8)
     ones = torch.ones(2, 1, 8, 8)

@@ -22,11 +22,11 @@ The jpeg, bit-depth and median transforms come from the Adversarial Robustness T
 move the result back to the input's device and dtype. ``JpegCompression`` converts to ``uint8`` by
 truncation (``astype``), not rounding; we keep ART's behaviour rather than patching it.
 
-``tvm`` runs by default on a batched torch solver (:func:`tv_minimize`, on the input's device):
-ART's ``TotalVarMin`` solves image by image and channel by channel with scipy's L-BFGS-B, which is
-too slow on a CPU for evaluation tables; it stays available as ``impl="art"``. Both draw a fresh
-Bernoulli pixel mask on every call from the defense's own seeded stream, so the defense is random
-from call to call -- as in Guo et al. -- yet reproducible through
+``tvm`` runs by default on a batched torch solver (:func:`pssr.defense.tv.tv_minimize`, on the
+input's device): ART's ``TotalVarMin`` solves image by image and channel by channel with scipy's
+L-BFGS-B, which is too slow on a CPU for evaluation tables; it stays available as ``impl="art"``.
+Both draw a fresh Bernoulli pixel mask on every call from the defense's own seeded stream, so the
+defense is random from call to call -- as in Guo et al. -- yet reproducible through
 :meth:`InputTransformDefense.reseed`; neither touches the global numpy or torch generators (ART
 draws from numpy's global state, so it runs under a private seed that is restored afterwards).
 
@@ -55,10 +55,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr.attacks.adaptive import straight_through
+from pssr.defense.tv import check_images, check_int, check_norm, tv_minimize, tvm_keep_mask
 from pssr.registry import Registry
 
 BASELINES: Registry[nn.Module] = Registry("baseline defense")
@@ -98,7 +98,7 @@ class InputTransformDefense(nn.Module):
     @torch.no_grad()
     def purify(self, x: Tensor) -> Tensor:
         """The transformed image: (N, C, H, W) in [0, 1], same dtype and device as ``x``."""
-        _check_images(x)
+        check_images(x)
         return self._purify(x.detach())
 
     def _purify(self, x: Tensor) -> Tensor:
@@ -138,17 +138,6 @@ class _BPDAView(nn.Module):
         return self.classifier(straight_through(x, self.defense.purify(x)))
 
 
-def _check_images(x: Any) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"x must be a float (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return value
-
-
 class JPEGDefense(InputTransformDefense):
     """JPEG compression at ``quality`` (1 = strongest compression, 95 = mildest), via ART."""
 
@@ -156,7 +145,7 @@ class JPEGDefense(InputTransformDefense):
 
     def __init__(self, classifier: nn.Module, quality: int = 75, seed: int = 0) -> None:
         super().__init__(classifier, seed)
-        self.quality = _check_int("quality", quality, 1, 95)
+        self.quality = check_int("quality", quality, 1, 95)
         from art.defences.preprocessor import JpegCompression
 
         self._art = JpegCompression(clip_values=(0.0, 1.0), quality=self.quality, channels_first=True)
@@ -175,7 +164,7 @@ class BitDepthDefense(InputTransformDefense):
 
     def __init__(self, classifier: nn.Module, bits: int = 4, seed: int = 0) -> None:
         super().__init__(classifier, seed)
-        self.bits = _check_int("bits", bits, 1, 16)
+        self.bits = check_int("bits", bits, 1, 16)
         from art.defences.preprocessor import FeatureSqueezing
 
         self._art = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=self.bits)
@@ -194,7 +183,7 @@ class MedianDefense(InputTransformDefense):
 
     def __init__(self, classifier: nn.Module, window: int = 3, seed: int = 0) -> None:
         super().__init__(classifier, seed)
-        self.window = _check_int("window", window, 2, 15)
+        self.window = check_int("window", window, 2, 15)
         from art.defences.preprocessor import SpatialSmoothing
 
         self._art = SpatialSmoothing(window_size=self.window, channels_first=True, clip_values=(0.0, 1.0))
@@ -220,148 +209,6 @@ TVM_DEFAULTS: dict[str, dict[str, float | int]] = {
 }
 
 
-def _forward_differences(z: Tensor) -> tuple[Tensor, Tensor]:
-    """(dx, dy), each shaped like ``z`` (N, C, H, W); zero in the last column / row (Neumann boundary)."""
-    dx = torch.zeros_like(z)
-    dy = torch.zeros_like(z)
-    dx[..., :, :-1] = z[..., :, 1:] - z[..., :, :-1]
-    dy[..., :-1, :] = z[..., 1:, :] - z[..., :-1, :]
-    return dx, dy
-
-
-def _check_norm(norm: Any) -> int:
-    if isinstance(norm, bool) or norm not in (1, 2):
-        raise ValueError(f"norm must be 1 (anisotropic TV) or 2 (isotropic TV), got {norm!r}")
-    return int(norm)
-
-
-def total_variation(x: Tensor, norm: int = 2) -> Tensor:
-    """Total variation of each image, summed over channels: (N, C, H, W) -> (N,).
-
-    ``norm=1``: anisotropic, sum of ``|dx| + |dy|``; ``norm=2``: isotropic, sum of
-    ``sqrt(dx^2 + dy^2)`` per pixel and channel (forward differences, Neumann boundary).
-    """
-    _check_images(x)
-    dx, dy = _forward_differences(x)
-    per_pixel = dx.abs() + dy.abs() if _check_norm(norm) == 1 else torch.hypot(dx, dy)
-    return per_pixel.flatten(1).sum(1)
-
-
-def tvm_keep_mask(
-    n: int,
-    h: int,
-    w: int,
-    keep: float,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Bernoulli(``keep``) pixel mask, (N, 1, H, W) float in {0, 1}: 1 = pixel kept, shared by all channels.
-
-    Drawn on the generator's device (a CPU generator gives the same mask on every device), then moved
-    to ``device``.
-    """
-    for name, v in (("n", n), ("h", h), ("w", w)):
-        _check_int(name, v, 1, 2**31 - 1)
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep (fraction of pixels kept) must be in (0, 1], got {keep!r}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(n, 1, h, w, generator=generator, device=gen_device)
-    return (u < keep).to(torch.float32).to(device if device is not None else gen_device)
-
-
-def _fill_dropped(x: Tensor, m: Tensor) -> Tensor:
-    """Start point of the solver from the kept pixels only: kept pixels as they are, each dropped pixel
-    the mean of the kept pixels in its 3x3 neighbourhood (normalized convolution), or of its image and
-    channel when it has none (0.5 for an image with no kept pixel). x: (N, C, H, W), m: (N, C, H, W)."""
-    n, c, h, w = x.shape
-    box = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
-    num = F.conv2d((x * m).reshape(n * c, 1, h, w), box, padding=1).reshape(n, c, h, w)
-    den = F.conv2d(m.reshape(n * c, 1, h, w), box, padding=1).reshape(n, c, h, w)
-    kept = m.sum((2, 3), keepdim=True)  # (N, C, 1, 1)
-    mean = torch.where(
-        kept > 0, (x * m).sum((2, 3), keepdim=True) / kept.clamp_min(1.0), torch.full_like(kept, 0.5)
-    )
-    local = torch.where(den > 0, num / den.clamp_min(1e-12), mean)
-    return torch.where(m > 0, x, local)
-
-
-@torch.no_grad()
-def tv_minimize(x: Tensor, keep_mask: Tensor, lam: float, norm: int = 2, iters: int = 100) -> Tensor:
-    """Total-variation reconstruction of ``x`` from its kept pixels (Guo et al., ICLR 2018), batched.
-
-    Approximately solves, for every image and channel independently::
-
-        min_{z in [0, 1]}  sum_ij m_ij (z_ij - x_ij)^2  +  lam * TV_norm(z)
-
-    with ``m`` the keep mask (1 = kept) and ``TV_norm`` as in :func:`total_variation`, by ``iters``
-    iterations of the Chambolle-Pock primal-dual algorithm (Chambolle & Pock, JMIV 2011; steps
-    tau = sigma = 1/sqrt(8), theta = 1; the [0, 1] box is part of the primal proximal step). The
-    start point is built from the kept pixels alone (:func:`_fill_dropped`), so the output does not
-    depend on the values of dropped pixels. ``lam = 0``: every ``z`` matching the kept pixels is a
-    minimizer and the start point is returned.
-
-    Args:
-        x: (N, C, H, W) float images in [0, 1].
-        keep_mask: (N, 1, H, W) or (N, C, H, W), values in {0, 1} (bool allowed).
-        lam: TV weight (>= 0), in intensity units ([0, 1] pixels), so that lam * TV is a squared intensity
-            like the fidelity term.
-        norm: 1 (anisotropic TV) or 2 (isotropic TV).
-        iters: solver iterations (>= 1).
-
-    Returns:
-        (N, C, H, W) in [0, 1], dtype of ``x`` (computed in float32, or float64 for float64 input).
-        Not differentiable: attacks go through BPDA (:meth:`InputTransformDefense.bpda`).
-    """
-    _check_images(x)
-    if (
-        not isinstance(keep_mask, Tensor)
-        or keep_mask.ndim != 4
-        or keep_mask.shape[0] != x.shape[0]
-        or keep_mask.shape[2:] != x.shape[2:]
-        or keep_mask.shape[1] not in (1, x.shape[1])
-    ):
-        raise ValueError(
-            f"keep_mask must be (N, 1, H, W) or (N, C, H, W) for x of shape {tuple(x.shape)}, "
-            f"got {getattr(keep_mask, 'shape', type(keep_mask))}"
-        )
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam (TV weight) must be a finite number >= 0, got {lam!r}")
-    norm = _check_norm(norm)
-    iters = _check_int("iters", iters, 1, 100_000)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(work)
-    m = keep_mask.to(device=x.device, dtype=work).expand_as(xf).contiguous()
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError("keep_mask must contain only 0 and 1")
-    z = _fill_dropped(xf, m).clamp_(0.0, 1.0)
-    if lam == 0:
-        return z.to(x.dtype)
-    tau = sigma = 1.0 / math.sqrt(8.0)  # tau * sigma * ||grad||^2 <= 1, as ||grad||^2 <= 8
-    wgt = (2.0 * tau) * m  # prox of tau * m (z - x)^2: (v + wgt x) / (1 + wgt)
-    wx = wgt * xf
-    inv = 1.0 / (1.0 + wgt)
-    z_bar = z.clone()
-    px, py = torch.zeros_like(xf), torch.zeros_like(xf)  # dual variables, one per difference
-    for _ in range(iters):
-        px[..., :, :-1].add_(z_bar[..., :, 1:] - z_bar[..., :, :-1], alpha=sigma)
-        py[..., :-1, :].add_(z_bar[..., 1:, :] - z_bar[..., :-1, :], alpha=sigma)
-        if norm == 1:  # project onto |p| <= lam, componentwise
-            px.clamp_(-lam, lam)
-            py.clamp_(-lam, lam)
-        else:  # project onto |(px, py)| <= lam, per pixel
-            scale = torch.hypot(px, py).div_(lam).clamp_(min=1.0)
-            px.div_(scale)
-            py.div_(scale)
-        div = px + py  # divergence = -(adjoint of the forward differences)
-        div[..., :, 1:] -= px[..., :, :-1]
-        div[..., 1:, :] -= py[..., :-1, :]
-        z_new = div.mul_(tau).add_(z).add_(wx).mul_(inv).clamp_(0.0, 1.0)
-        torch.sub(2.0 * z_new, z, out=z_bar)
-        z = z_new
-    return z.to(x.dtype)
-
-
 class TVMDefense(InputTransformDefense):
     """Total-variation minimization (Guo et al., ICLR 2018, https://arxiv.org/abs/1711.00117); randomized.
 
@@ -370,7 +217,7 @@ class TVMDefense(InputTransformDefense):
     whose total variation is smallest for its fidelity to the kept pixels. (Guo et al. and ART draw
     the mask per pixel *and* channel; on gray images the two are the same.)
 
-    ``impl="torch"`` (default): :func:`tv_minimize`, batched on the input's device, objective
+    ``impl="torch"`` (default): :func:`~pssr.defense.tv.tv_minimize`, batched on the input's device, objective
     ``sum m (z - x)^2 + lam * TV_norm(z)`` with ``iters`` primal-dual iterations; ``norm`` 1 is
     anisotropic, 2 isotropic TV.
 
@@ -418,8 +265,8 @@ class TVMDefense(InputTransformDefense):
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam (TV weight) must be a finite number >= 0, got {lam!r}")
         self.keep, self.lam = float(keep), float(lam)
-        self.norm = _check_norm(d["norm"] if norm is None else norm)
-        self.iters = _check_int("iters", d["iters"] if iters is None else iters, 1, 100_000)
+        self.norm = check_norm(d["norm"] if norm is None else norm)
+        self.iters = check_int("iters", d["iters"] if iters is None else iters, 1, 100_000)
         self._art = None
         if impl == "art":
             from art.defences.preprocessor import TotalVarMin
@@ -499,7 +346,4 @@ __all__ = [
     "TVM_IMPLS",
     "create_baseline",
     "list_baselines",
-    "total_variation",
-    "tv_minimize",
-    "tvm_keep_mask",
 ]
