@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pssr.data import Split
-from pssr.evaluation.full_split import clean_accuracy
+from pssr.experiments.full_split import clean_accuracy
 
 
 class Fixed(nn.Module):

@@ -214,7 +214,7 @@ def reproduce(
 
     ``full_split_clean`` (default: on, off in ``quick`` runs): also measure each model's clean
     accuracy on the whole test split (one forward per image, saved in ``runs/clean-full-split.json``),
-    reported beside the attacked subset's (see :mod:`pssr.evaluation.full_split`).
+    reported beside the attacked subset's (see :mod:`pssr.experiments.full_split`).
     """
     from pssr import distributed as D
     from pssr.defense.baselines import create_baseline
@@ -341,7 +341,7 @@ def reproduce(
         and n_eval is not None
         and (not report_only or cache.is_file())
     ):
-        from pssr.evaluation.full_split import clean_accuracy
+        from pssr.experiments.full_split import clean_accuracy
 
         log.info("[%s] clean accuracy on the whole test split (n=%d)", tag, len(data.test))
         full_clean = clean_accuracy(

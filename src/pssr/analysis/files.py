@@ -25,7 +25,7 @@ DEFAULT_RATIO = 0.1  # without a PSSR checkpoint: the mnist-10k / fashion-mnist 
 
 def _load_classifier(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(classifier, checkpoint dict, info); a PSSR checkpoint gives its classifier."""
-    from pssr.evaluation.loading import load_model_spec
+    from pssr.experiments.loading import load_model_spec
 
     _, model, info = load_model_spec(path)
     if info["kind"] == "pssr":

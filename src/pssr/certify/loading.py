@@ -1,6 +1,6 @@
 """Base models for ``pssr certify`` from checkpoints, and the end-to-end certification of a dataset.
 
-A model spec is the one of ``pssr evaluate`` (:mod:`pssr.evaluation.loading`): ``[NAME=]PATH`` or
+A model spec is the one of ``pssr evaluate`` (:mod:`pssr.experiments.loading`): ``[NAME=]PATH`` or
 ``[NAME=]BASELINE[:K=V,...]@PATH``. A classifier checkpoint is smoothed as it is (the bare
 classifier; or Cohen's Gaussian-trained one, whose ``augment = "gaussian-<sigma>"`` records its
 sigma). A PSSR checkpoint -- a denoiser of :mod:`pssr.train.denoise` or any PSSR defense -- becomes
@@ -39,7 +39,7 @@ def trained_sigma(checkpoint: dict[str, Any]) -> float | None:
 
 def load_base_model(spec: str) -> tuple[str, nn.Module, dict[str, Any]]:
     """``(name, base model, info)``; ``info`` has ``kind``, ``path``, ``checkpoint`` and ``trained_sigma``."""
-    from pssr.evaluation.loading import load_model_spec
+    from pssr.experiments.loading import load_model_spec
 
     name, model, info = load_model_spec(spec)
     if info["kind"] == "pssr":
@@ -84,7 +84,7 @@ def certify_checkpoints(
     """
     import pssr.data
     from pssr.certify.run import certify_models
-    from pssr.evaluation.loading import _checkpoint_data
+    from pssr.experiments.loading import _checkpoint_data
     from pssr.utils import default_device
 
     if not specs:

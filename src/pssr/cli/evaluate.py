@@ -41,7 +41,7 @@ def _dataset_name(
     args: argparse.Namespace, infos: dict[str, dict[str, Any]]
 ) -> tuple[str | None, dict[str, Any]]:
     """The dataset name and load arguments evaluate_checkpoints will use (--data, else the checkpoints')."""
-    from pssr.evaluation.loading import _checkpoint_data
+    from pssr.experiments.loading import _checkpoint_data
 
     stored = _checkpoint_data(infos)
     name = args.data or stored.get("name")
@@ -68,7 +68,7 @@ def _print_estimate(
     """
     import pssr.data
     from pssr.evaluation.estimate import estimate_evaluation, format_seconds
-    from pssr.evaluation.loading import parse_eps
+    from pssr.experiments.loading import parse_eps
 
     split = getattr(pssr.data.load(name, **kw), args.split)
     n_eval = len(split) if n is None else min(n, len(split))
@@ -91,12 +91,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pssr import distributed as D
     from pssr.attacks.sets import expand_suites
     from pssr.evaluation.checks import CheckConfig
-    from pssr.evaluation.loading import evaluate_checkpoints
+    from pssr.experiments.loading import evaluate_checkpoints
 
     attacks, n = _resolve_attacks(args)
     dataset = args.data
     if not args.report_only:
-        from pssr.evaluation.loading import load_models
+        from pssr.experiments.loading import load_models
 
         # the checkpoints name the dataset (a suite's hyper-parameters depend on it) and the
         # estimate times the models: loaded here once more than the evaluation does (seconds)

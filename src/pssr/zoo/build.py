@@ -185,7 +185,7 @@ def measure(
     """Evaluate zoo model ``name`` as shipped and record its headline accuracies in its card."""
     from pssr.attacks.sets import BUDGETS, dataset_family
     from pssr.evaluation.harness import parse_attacks
-    from pssr.evaluation.loading import evaluate_checkpoints
+    from pssr.experiments.loading import evaluate_checkpoints
 
     cards_file = Path(cards_file) if cards_file is not None else store.CARDS_FILE
     c = store.card(name)
