@@ -46,13 +46,13 @@ from common import load_average, time_steps, write_section  # noqa: E402
 
 from pssr.config import build, load_toml  # noqa: E402
 from pssr.defense.pssr import PSSR, PSSRConfig  # noqa: E402
-from pssr.defense.scoring import FrozenEval, attack_share_target  # noqa: E402
+from pssr.defense.scoring import attack_share_target  # noqa: E402
 from pssr.models import create_model  # noqa: E402
 from pssr.train import losses  # noqa: E402
 from pssr.train.adversarial import AdvTrainConfig, pgd_at_loss  # noqa: E402
 from pssr.train.loop import TrainConfig, build_optimizer  # noqa: E402
 from pssr.train.pssr_train import make_adversarial, tapped_loss  # noqa: E402
-from pssr.utils import autocast_context, default_device  # noqa: E402
+from pssr.utils import autocast_context, default_device, eval_mode  # noqa: E402
 
 DATA_NOTE = (
     "uniform random images and labels, fresh weights (speed does not depend on the data or the weights)"
@@ -164,7 +164,7 @@ def pssr_step(
     # target is computed as the trainer does.
     g = torch.Generator().manual_seed(1)
     x_adv = (x + cfg.eps * torch.randn(x.shape, generator=g).sign().to(device)).clamp(0.0, 1.0)
-    with FrozenEval(clf):
+    with eval_mode(clf, requires_grad=False):
         target = attack_share_target(cfg.scorer_target, x, x_adv, clf, y)  # (N, 1, H, W)
     learned = cfg.use_surgery and getattr(defense.scorer, "needs_training", False)
     params = [
@@ -180,7 +180,7 @@ def pssr_step(
     tap = losses.FeatureTap(clf, cfg.feature_layer) if use_tap else None
 
     def step() -> None:
-        with FrozenEval(clf):
+        with eval_mode(clf, requires_grad=False):
             loss, _ = tapped_loss(defense, cfg, x, y, x_adv, target, tap)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,7 +205,7 @@ def pssr_cache_step(
     clf = defense.classifier
 
     def step() -> None:
-        with FrozenEval(clf):
+        with eval_mode(clf, requires_grad=False):
             make_adversarial(clf, x, y, cfg, seed=0, batch_size=batch)
 
     return step, {
