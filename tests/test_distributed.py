@@ -789,7 +789,7 @@ def _reproduce_kw(tmp: str, results: str) -> dict:
 
 
 def _reproduce_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import pssr.reproduce as R
+    import pssr.experiments.reproduce as R
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -818,7 +818,7 @@ def test_reproduce_under_two_gloo_processes_shards_the_evaluation(tmp_path, monk
     import shutil
 
     from pssr.data import load
-    from pssr.reproduce import reproduce
+    from pssr.experiments.reproduce import reproduce
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

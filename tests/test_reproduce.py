@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pssr.cli import main
-from pssr.reproduce import PRESETS, list_presets, reproduce
+from pssr.experiments.presets import PRESETS, list_presets
+from pssr.experiments.reproduce import reproduce
 
 # Tiny settings: this checks the chain and its resume, not the numbers.
 TINY = (
@@ -133,7 +134,7 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
 
 
 def test_full_suite_is_recognised_in_any_order_and_spelling():
-    from pssr.reproduce import FULL_SUITE, _is_full_suite
+    from pssr.experiments.presets import FULL_SUITE, _is_full_suite
 
     assert _is_full_suite(FULL_SUITE)
     assert _is_full_suite({"L2": " paper", "linf": "adaptive, paper"})
@@ -149,7 +150,7 @@ def test_cli_reproduce_rejects_unknown_preset(capsys):
 
 
 def test_cli_reproduce_attacks_option_picks_norms_and_lists(capsys, monkeypatch):
-    import pssr.reproduce
+    import pssr.experiments.reproduce
 
     seen = {}
 
@@ -157,7 +158,7 @@ def test_cli_reproduce_attacks_option_picks_norms_and_lists(capsys, monkeypatch)
         seen.update(kw, preset=preset)
         return {"preset": preset, "evaluations": {}, "training": {}, "complete": False}
 
-    monkeypatch.setattr(pssr.reproduce, "reproduce", fake)
+    monkeypatch.setattr(pssr.experiments.reproduce, "reproduce", fake)
     main(["reproduce", "--preset", "digits", "--attacks", "linf=paper", "--attacks", "L2 = ddn-l2,cw-l2"])
     assert seen["attacks"] == {"linf": "paper", "l2": "ddn-l2,cw-l2"}
     main(["reproduce", "--preset", "digits"])

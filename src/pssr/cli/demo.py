@@ -29,7 +29,7 @@ def _ratio_list(text: str) -> tuple[float, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from pssr.cli.evaluate import model_names
-    from pssr.reproduce import list_presets
+    from pssr.experiments.presets import list_presets
 
     r = sub.add_parser(
         "reproduce", help="train classifier, baselines and PSSR, evaluate, write results/NAME/"
@@ -130,7 +130,7 @@ def _norm_attacks(text: str) -> tuple[str, str]:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from pssr import distributed as D
-    from pssr.reproduce import reproduce
+    from pssr.experiments.reproduce import reproduce
 
     # Under torchrun the evaluation is sharded over the ranks (training steps are reused or run as
     # the configs say); rank 0 writes the results and prints the summary.
@@ -165,7 +165,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pssr.reproduce import reproduce
+    from pssr.experiments.reproduce import reproduce
 
     # A demo, not a result: the quick digits preset without ablations, TV minimization or
     # AutoAttack (the slow parts on a CPU); `pssr reproduce --preset digits` runs everything.

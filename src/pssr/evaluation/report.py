@@ -335,7 +335,7 @@ def _is_preset_report(out: Path) -> bool:
 
 def _rerender_preset(out: Path) -> Path:
     """A preset report folder: each ``<norm>/`` evaluation redrawn, then the preset's report.md."""
-    from pssr.reproduce import render_preset_markdown
+    from pssr.experiments.preset_report import render_preset_markdown
 
     combined = json.loads((out / "report.json").read_text())
     for norm in combined["evaluations"]:

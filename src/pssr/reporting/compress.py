@@ -41,7 +41,7 @@ def compress(folder: Path) -> str:
 def compress_preset(folder: Path) -> list[str]:
     """A preset's results folder (``report.json`` with one evaluation per norm in sub-folders): compress
     each sub-folder, then point the combined report at the compressed files and re-render it."""
-    from pssr.reproduce import render_preset_markdown
+    from pssr.experiments.preset_report import render_preset_markdown
 
     folder = Path(folder)
     d = json.loads((folder / "report.json").read_text())

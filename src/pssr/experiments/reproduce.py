@@ -26,94 +26,27 @@ marked partial while the evaluation is unfinished.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from pssr.config import apply_overrides, check_overrides, load_toml
-from pssr.registry import Registry
+from pssr.experiments.preset_report import render_preset_markdown
+from pssr.experiments.presets import (
+    ABLATIONS,
+    CONFIG_DIR,
+    FULL_SUITE,
+    INPUT_TRANSFORMS,
+    PRESETS,
+    Preset,
+    _is_full_suite,
+)
 from pssr.utils import atomic_write_json, atomic_write_text, run_metadata
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One reproduction setting; the config files hold the training hyper-parameters."""
-
-    name: str
-    config: str  # configs/<file>: [data], [classifier], [adv_train]
-    pssr_config: str  # configs/<file>: [data], [pssr], [run]
-    eval_n: int = 1000  # test examples evaluated (0 = the whole test split)
-    eps: float | None = None  # L-inf budget; None = the dataset family's default (pssr.attacks.sets)
-    adv_methods: tuple[str, ...] = ("pgd-at", "trades")
-    ablations: tuple[str, ...] = ("surgery-only", "regeneration-only", "no-rdrop", "random-mask")
-    quick: tuple[str, ...] = ()  # overrides (section.key=value) applied with quick=True
-    quick_eval_n: int = 100
-
-
-PRESETS: Registry[Preset] = Registry("preset")
-
-# Ablation name -> overrides of the [pssr] table.
-ABLATIONS: Mapping[str, Mapping[str, Any]] = {
-    "surgery-only": {"use_regeneration": False},
-    "regeneration-only": {"use_surgery": False},
-    "no-rdrop": {"w_rdrop": 0.0},
-    "random-mask": {"scorer": "random"},
-}
-
-_QUICK_SMALL = (
-    "classifier.epochs=3",
-    "adv_train.epochs=1",
-    "adv_train.eval_steps=10",
-    "pssr.epochs=2",
-    "pssr.train_subset=1000",
-    "run.eval_n=200",
-    "run.adaptive_n=100",
-)
-
-
-def _register(p: Preset) -> None:
-    PRESETS.register(p.name)(lambda p=p: p)
-
-
-_register(
-    Preset(
-        "digits",
-        "digits.toml",
-        "pssr-digits.toml",
-        eval_n=0,
-        quick=("pssr.epochs=25", "adv_train.epochs=5", "run.adaptive_n=100"),
-        quick_eval_n=120,
-    )
-)
-_register(Preset("mnist-10k", "mnist-10k.toml", "pssr-mnist-10k.toml", eval_n=0, quick=_QUICK_SMALL))
-_register(
-    Preset("fashion-mnist", "fashion-mnist.toml", "pssr-fashion-mnist.toml", eval_n=1000, quick=_QUICK_SMALL)
-)
-_register(
-    Preset("cifar10-jpeg", "cifar10-jpeg.toml", "pssr-cifar10-jpeg.toml", eval_n=500, quick=_QUICK_SMALL)
-)
-_register(Preset("mnist", "mnist.toml", "pssr-mnist.toml", eval_n=1000, quick=_QUICK_SMALL))
-_register(Preset("cifar10", "cifar10.toml", "pssr-cifar10.toml", eval_n=1000, quick=_QUICK_SMALL))
-_register(Preset("cifar100", "cifar100.toml", "pssr-cifar100.toml", eval_n=1000, quick=_QUICK_SMALL))
-
-INPUT_TRANSFORMS = ("jpeg", "bit-depth", "median", "tvm")
-# The evaluation a preset runs unless told otherwise (norm -> the harness's attack list); a report of
-# other lists says so ("full_suite": false, and a line at the top of report.md).
-FULL_SUITE: Mapping[str, str] = MappingProxyType({"linf": "paper,adaptive", "l2": "paper"})
-
-
-def list_presets() -> list[str]:
-    return PRESETS.list()
 
 
 def _config(file: str, config_dir: Path) -> dict[str, Any]:
@@ -374,43 +307,6 @@ def reproduce(
     return combined
 
 
-def _is_full_suite(lists: Mapping[str, str]) -> bool:
-    """Whether ``lists`` (norm -> comma-separated attacks) are the preset's full suite, in any order."""
-
-    def norm(m: Mapping[str, str]) -> dict[str, frozenset[str]]:
-        return {
-            k.strip().lower(): frozenset(a.strip() for a in v.split(",") if a.strip()) for k, v in m.items()
-        }
-
-    return norm(lists) == norm(FULL_SUITE)
-
-
-def _full_split_lines(combined: Mapping[str, Any]) -> list[str]:
-    """report.md: each model's clean accuracy on the whole test split beside the attacked subset's."""
-    full = combined.get("clean_full_split") or {}
-    if not full:
-        return []
-    sub_models = next(iter(combined.get("evaluations", {}).values()), {}).get("models", {})
-    n_full = next((e["n"] for e in full.values() if "n" in e), None)
-    lines = [
-        "",
-        "## Clean accuracy, whole test split",
-        "",
-        f"The attacks run on the first {combined.get('eval_n')} test images; one draw of that size varies by a "
-        f"few points. Clean accuracy over all {n_full} test images, beside the subset's:",
-        "",
-        "| model | whole split | attacked subset | subset - whole |",
-        "|---|---|---|---|",
-    ]
-    for name, e in full.items():
-        sub = (sub_models.get(name) or {}).get("summary", {}).get("clean_accuracy")
-        whole = None if e.get("pending") else e.get("accuracy")
-        cells = [f"{100 * v:.2f}%" if v is not None else "–" for v in (whole, sub)]
-        diff = f"{100 * (sub - whole):+.2f}" if whole is not None and sub is not None else ""
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diff} |")
-    return lines
-
-
 def _finished_summary(what: str, ckpt: Path, epochs: Any) -> dict[str, Any]:
     """Report-only: the training summary of a finished run (its checkpoint at its last epoch)."""
     from pssr.utils import load_checkpoint
@@ -492,90 +388,3 @@ def _strip_history(summary: Mapping[str, Any]) -> dict[str, Any]:
             s.setdefault("epochs", len(hist))
             s.setdefault("train_seconds", round(sum(h.get("seconds", 0.0) for h in hist), 1))
     return s
-
-
-def render_preset_markdown(combined: Mapping[str, Any]) -> str:
-    """report.md of a preset: training summary, then each evaluation's tables (from the JSON)."""
-    from pssr.evaluation.report import render_markdown
-
-    lines = [
-        f"# pssr reproduction: preset `{combined['preset']}`"
-        + (" (quick smoke run: not a result)" if combined.get("quick") else ""),
-        "",
-    ]
-    if combined.get("full_suite") is False:
-        ran = "; ".join(f"{k}={v}" for k, v in combined.get("attacks", {}).items())
-        full = "; ".join(f"{k}={v}" for k, v in FULL_SUITE.items())
-        lines += [
-            f"**⚠ Not the preset's full evaluation**: written with `--attacks` ({ran}); the full suite is "
-            f"{full}. Rows and worst cases below cover those attacks only.",
-            "",
-        ]
-    if combined.get("complete") is False:
-        missing = [n for n in ("linf", "l2") if n not in combined.get("evaluations", {})]
-        lines += [
-            "**⚠ Partial report** (written with `--report-only` or `--only` while the preset's evaluation is "
-            'unfinished): a "–" of a pending unit is not computed yet, not zero'
-            + (f"; not started: {', '.join(missing)} evaluation" if missing else "")
-            + ". Run the command without `--report-only` / `--only` to finish it.",
-            "",
-        ]
-    if combined.get("report_only") or combined.get("only"):
-        how = "`--report-only`" if combined.get("report_only") else f"`--only {','.join(combined['only'])}`"
-        lines += [
-            f"Written with {how} from saved evaluation state: the versions and hardware below are "
-            "those of the machine that wrote the report; the units (and their timings) may have been computed "
-            "elsewhere (a GPU, say).",
-            "",
-        ]
-    if combined.get("command"):
-        lines += ["Command:", "", f"    {combined['command']}", ""]
-    meta = combined.get("metadata", {})
-    lines += [
-        f"pssr {meta.get('pssr_version')}, torch {meta.get('torch_version')}, git {meta.get('git_revision')}, "
-        f"hardware {meta.get('hardware')}",
-        "",
-    ]
-    lines += [
-        "## Training",
-        "",
-        "| model | test accuracy (clean) | test images | epochs | train seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for name, s in combined.get("training", {}).items():
-        if s.get("kind") == "pssr-calibration":
-            sweep = ", ".join(
-                f"{r['ratio']:g}: {100 * r['clean_acc']:.1f} / {100 * r['graybox_acc']:.1f}"
-                for r in s["calibration"]["rows"]
-            )
-            lines.append(
-                f"| {name} | weights of pssr; removal ratio **{s['chosen_ratio']:g}** chosen on its validation "
-                f"split (ratio: clean / gray-box %: {sweep}) | | | |"
-            )
-            continue
-        acc, n_test = (s.get("metrics") or {}).get("test_acc"), (s.get("metrics") or {}).get("n_test", "")
-        if acc is None:  # PSSR: its training run's own check, on a seeded random subset of the test split
-            test = s.get("test") or {}
-            acc, n_test = test.get("pssr_clean_acc"), test.get("n", "")
-            if n_test and "seed" in test:
-                n_test = f"{n_test} (random, seed {test['seed']})"
-        secs = s.get("train_seconds") or s.get("train_seconds_this_invocation")
-        lines.append(
-            f"| {name} | {'' if acc is None else f'{100 * acc:.2f}%'} | {n_test} | {s.get('epochs', '')} | "
-            f"{'' if secs is None else f'{secs:.0f}'} |"
-        )
-    lines += _full_split_lines(combined)
-    for norm, rep in combined.get("evaluations", {}).items():
-        body = render_markdown(rep)
-        lines += ["", f"## Evaluation, {norm}", ""]
-        for ln in body.splitlines():
-            if ln.startswith("#"):
-                ln = "#" + ln
-            elif ln.startswith(
-                "!["
-            ):  # plots and records live in the norm's own folder (results/NAME/<norm>/)
-                ln = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", rf"]({norm}/\1)", ln)
-            elif ln.startswith("Per-example records: `"):
-                ln = ln.replace("`", f"`{norm}/", 1)
-            lines.append(ln)
-    return "\n".join(lines) + "\n"
