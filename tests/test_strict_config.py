@@ -79,7 +79,7 @@ def test_train_pssr_refuses_a_config_without_pssr_table(tmp_path, capsys) -> Non
 
 
 def test_quick_training_writes_beside_the_default_output() -> None:
-    from pssr.cli.train import _out
+    from pssr.cli.training import _out
 
     parse = build_parser().parse_args
     assert (

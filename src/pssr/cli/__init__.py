@@ -1,7 +1,8 @@
 """The ``pssr`` command line: a thin argparse front, one library call per subcommand.
 
-Each module in this package defines ``register(subparsers)`` adding its subcommands; every
-subcommand's handler is ``func(args) -> int``.
+Each command lives in the module named after it (``pssr train-pssr``: :mod:`pssr.cli.train_pssr`),
+which defines ``register(subparsers)`` adding it; every subcommand's handler is
+``func(args) -> int``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from collections.abc import Callable, Sequence
 from pssr._version import __version__
 from pssr.utils.meta import command_line
 
-# Modules that contribute subcommands; each has register(subparsers).
+# One module per command, named after it (pssr train-pssr: pssr.cli.train_pssr), in the order
+# `pssr --help` lists them; each has register(subparsers). pssr.cli.training holds the options the
+# train-classifier, train-adversarial and train-pssr commands share.
 _COMMAND_MODULES = (
-    "pssr.cli.train",
-    "pssr.cli.defense",
+    "pssr.cli.train_classifier",
+    "pssr.cli.train_adversarial",
+    "pssr.cli.train_pssr",
+    "pssr.cli.purify",
+    "pssr.cli.calibrate",
     "pssr.cli.evaluate",
     "pssr.cli.report",
+    "pssr.cli.reproduce",
     "pssr.cli.demo",
     "pssr.cli.zoo",
     "pssr.cli.finding",
     "pssr.cli.certify",
+    "pssr.cli.train_denoiser",
 )
 
 

@@ -1,15 +1,16 @@
-"""``pssr train-classifier`` and ``pssr train-adversarial``: train from a TOML config file.
+"""The options the training commands share, and how they run: ``pssr train-classifier``,
+``train-adversarial`` and ``train-pssr`` (:mod:`.train_classifier`, :mod:`.train_adversarial`,
+:mod:`.train_pssr`).
 
-Each reads the tables it owns (``[data]`` plus ``[classifier]`` or ``[adv_train]``); a table of
-another command (the shipped configs hold several) is left alone, a table no command knows is an
-error (:func:`pssr.config.load_config`). ``--set section.key=value`` overrides a value of a table
-the command reads; the command trains with per-epoch checkpoints (rerunning the same command
-resumes) and writes the checkpoint plus a JSON summary into ``--out``. Under ``torchrun`` the
+Each reads the tables it owns (``[data]`` plus ``[classifier]``, ``[adv_train]`` or ``[pssr]`` and
+``[run]``); a table of another command (the shipped configs hold several) is left alone, a table no
+command knows is an error (:func:`pssr.config.load_config`). ``--set section.key=value`` overrides a
+value of a table the command reads; the command trains with per-epoch checkpoints (rerunning the same
+command resumes) and writes the checkpoint plus a JSON summary into ``--out``. Under ``torchrun`` the
 training is data-parallel and rank 0 alone prints the summary (see docs/distributed.md).
 
-The training commands share their options (:func:`add_training_options`): ``--config``, ``--set``,
-``--epochs``, ``--device``, ``--bf16``, ``--out``, ``--results``, ``--quick``, ``--no-resume``,
-``--no-progress``; ``pssr train-pssr`` (:mod:`pssr.cli.defense`) uses the same function.
+The shared options (:func:`add_training_options`): ``--config``, ``--set``, ``--epochs``, ``--device``,
+``--bf16``, ``--out``, ``--results``, ``--quick``, ``--no-resume``, ``--no-progress``.
 """
 
 from __future__ import annotations
@@ -85,11 +86,6 @@ def config_mapping(args: argparse.Namespace, section: str, requires: str | None 
     )
 
 
-def _mapping(args: argparse.Namespace, section: str) -> dict[str, Any]:
-    """:func:`config_mapping` under its former name (``pssr train-denoiser`` calls it)."""
-    return config_mapping(args, section)
-
-
 def _out(args: argparse.Namespace) -> Path:
     if args.out:
         return Path(args.out)
@@ -106,7 +102,7 @@ def _print(summary: dict[str, Any]) -> None:
     )
 
 
-def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
+def run_and_print(run: Callable[[], dict[str, Any]]) -> int:
     """``run()`` on every rank (under torchrun), the summary printed by rank 0 alone; the process
     group is left at the end."""
     from pssr import distributed as D
@@ -117,9 +113,11 @@ def _run_and_print(run: Callable[[], dict[str, Any]]) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, section: str, run_from_config: Callable[..., dict[str, Any]]) -> int:
+def train_from_config(
+    args: argparse.Namespace, section: str, run_from_config: Callable[..., dict[str, Any]]
+) -> int:
     mapping = config_mapping(args, section)  # errors before any work
-    return _run_and_print(
+    return run_and_print(
         lambda: run_from_config(
             mapping,
             _out(args),
@@ -131,19 +129,7 @@ def _train(args: argparse.Namespace, section: str, run_from_config: Callable[...
     )
 
 
-def _train_classifier(args: argparse.Namespace) -> int:
-    from pssr.experiments.classifier import run_from_config
-
-    return _train(args, "classifier", run_from_config)
-
-
-def _train_adversarial(args: argparse.Namespace) -> int:
-    from pssr.experiments.adversarial import run_from_config
-
-    return _train(args, "adv_train", run_from_config)
-
-
-def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
+def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", default=None, help=f"output folder (default: runs/<config file stem>) for {what}")
     p.add_argument(
         "--results",
@@ -152,23 +138,3 @@ def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help="also write the JSON summary to this path (--summary: the former name)",
     )
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train-classifier",
-        help="train a classifier from a config file",
-        description="Train a classifier ([data] + [classifier] tables of a TOML config).",
-    )
-    add_training_options(p, "classifier", "configs/digits.toml")
-    _add_output_options(p, "classifier.pt and classifier.json")
-    p.set_defaults(func=_train_classifier)
-
-    p = subparsers.add_parser(
-        "train-adversarial",
-        help="adversarial training baseline (PGD-AT, TRADES)",
-        description="Adversarial training ([data] + [adv_train] tables of a TOML config).",
-    )
-    add_training_options(p, "adv_train", "configs/digits.toml")
-    _add_output_options(p, "<method>.pt and <method>.json")
-    p.set_defaults(func=_train_adversarial)
