@@ -32,6 +32,11 @@ DICTS = (
     [{"name": "pgd", "eps": 0.1}],
     ["paper", {"name": "fgsm", "label": "fgsm"}],
 )
+# the registry's attacks (as a list: other tests register attacks of their own in the same session)
+REGISTERED = (
+    "autoattack autoattack-bpda autoattack-rand bim cw cw-linf ddn deepfool fgsm mifgsm pgd pgd-bpda "
+    "pgd-bpda-eot pgd-full square transfer"
+).split()
 LABELS = (
     "apgd apgd-bpda autoattack autoattack-bpda autoattack-rand cw-l2 cw-linf ddn-l2 deepfool-l2 fgsm mifgsm "
     "pgd pgd-bpda pgd-bpda-eot pgd-full square transfer-pgd"
@@ -53,7 +58,7 @@ def parse_outputs() -> dict[str, Any]:
     """Every output compared: set, suite, label and registry names (with and without @threat), dicts.
 
     Keyed by what was parsed; :func:`grouped` gathers them for the golden file."""
-    names = sorted(set(ATTACKS.list()) | set(LABELS))
+    names = sorted(set(REGISTERED) | set(LABELS))
     items = [
         "paper",
         "adaptive",
@@ -98,6 +103,11 @@ def grouped(outputs: dict[str, Any]) -> dict[str, Any]:
         else:
             out.setdefault(f"{kind}|{ds}|{norm}", {})[k] = v
     return out
+
+
+def test_the_registered_attacks_are_all_compared() -> None:
+    assert set(REGISTERED) <= set(ATTACKS.list())
+    assert not {n for n in ATTACKS.list() if not n.startswith("t-")} - set(REGISTERED)  # t-*: test attacks
 
 
 def test_parse_attacks_outputs_are_unchanged() -> None:

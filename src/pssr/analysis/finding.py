@@ -51,6 +51,7 @@ from pssr.analysis.pixels import (
     restore_order,
     scorer_agreement,
 )
+from pssr.attacks import margin_loss
 from pssr.attacks.base import NORMS
 from pssr.attacks.sets import attack_set
 from pssr.attacks.spec import AttackSpec
@@ -259,9 +260,7 @@ def measure_attack(
     )
     correct = clean_logits.argmax(1) == y  # (N,)
     fooled = (adv_logits.argmax(1) != y) & correct
-    true = adv_logits.gather(1, y[:, None]).squeeze(1)
-    other = adv_logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    margin = other - true  # > 0: fooled; how far past the decision boundary
+    margin = margin_loss(adv_logits, y)  # max other logit - true logit > 0: fooled; how far past the boundary
     orders, scores = _orders(cfg, label, classifier, scorers, x, x_adv, y)
     curves = {
         r: fooled_curve(classifier, x, x_adv, y, o, cfg.grid, cfg.batch_size) & correct[:, None]
