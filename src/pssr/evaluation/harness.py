@@ -32,7 +32,7 @@ process (same order, same content). After every round the records are gathered o
 alone reads and writes the resumable state (it hands each unit's saved progress to the others), so a
 run interrupted at any world size resumes at any other. The sanity checks and the example images run
 on rank 0 only and their results are broadcast. Every rank returns the same :class:`Report`; writing it
-is the caller's job, on rank 0 (:func:`pssr.evaluation.loading.evaluate_checkpoints` does that).
+is the caller's job, on rank 0 (:func:`pssr.experiments.loading.evaluate_checkpoints` does that).
 Timings are then summed over ranks (device-seconds), not wall-clock seconds. On CUDA each rank runs
 on ``cuda:LOCAL_RANK``.
 """
