@@ -14,12 +14,12 @@ labels -- speed does not depend on the data -- with fresh weights:
   images per epoch) and ``resnet20`` on 3x32x32 (CIFAR, 50k);
 * ``pgd-at``: the same models, each step a PGD-10 inner attack (eval mode) + the training step
   (:func:`pssr.train.adversarial.pgd_at_loss`, Madry et al. 2018); eps 0.1 / 8/255;
-* ``pssr``: one PSSR step (:func:`pssr.train.pssr_train._loss` + backward + Adam on the scorer and
+* ``pssr``: one PSSR step (:func:`pssr.train.losses.pssr_loss` + backward + Adam on the scorer and
   generator, classifier frozen) with the ``[pssr]`` table of ``configs/pssr-fashion-mnist.toml``
   (small-cnn) and ``configs/pssr-cifar10.toml`` (resnet20), on cached adversarial examples (here
   random points of the eps-ball: what they are does not change the cost of the step);
 * ``pssr-adv-cache``: making those cached examples (PGD against the frozen classifier + the scorer's
-  targets, :func:`pssr.train.pssr_train.make_adversarial`), done once per training run, not per epoch.
+  targets, :func:`pssr.train.adversarial_cache.make_adversarial`), done once per training run, not per epoch.
 
 fp32, and bf16 where the trainer supports it (autocast, + channels_last for the classifier steps as
 ``TrainConfig.channels_last``; ``PSSRConfig.bf16`` for PSSR; the adversarial cache is made in fp32).
@@ -50,8 +50,9 @@ from pssr.defense.scoring import attack_share_target  # noqa: E402
 from pssr.models import create_model  # noqa: E402
 from pssr.train import losses  # noqa: E402
 from pssr.train.adversarial import AdvTrainConfig, pgd_at_loss  # noqa: E402
+from pssr.train.adversarial_cache import make_adversarial  # noqa: E402
 from pssr.train.loop import TrainConfig, build_optimizer  # noqa: E402
-from pssr.train.pssr_train import make_adversarial, tapped_loss  # noqa: E402
+from pssr.train.losses import tapped_loss  # noqa: E402
 from pssr.utils import autocast_context, default_device, eval_mode  # noqa: E402
 
 DATA_NOTE = (

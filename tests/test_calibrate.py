@@ -12,7 +12,8 @@ import pssr
 from pssr.cli import main
 from pssr.defense import PSSR, PSSRConfig
 from pssr.train.calibrate import calibrate_ratio, choose, graybox_examples, with_ratio
-from pssr.train.pssr_train import _splits, train_pssr
+from pssr.train.pssr_data import split_examples as _splits
+from pssr.train.pssr_train import train_pssr
 
 SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
 TINY = dict(

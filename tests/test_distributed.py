@@ -472,8 +472,9 @@ def _pssr_worker(rank: int, world: int, port: int, out_dir: str, clf_path: str) 
     from pssr.data import load
     from pssr.defense import PSSRConfig
     from pssr.experiments.quick_eval import quick_eval
+    from pssr.train.adversarial_cache import make_adversarial
     from pssr.train.classifier import load_classifier
-    from pssr.train.pssr_train import make_adversarial, train_pssr
+    from pssr.train.pssr_train import train_pssr
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

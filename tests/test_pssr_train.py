@@ -10,7 +10,8 @@ import pssr
 from pssr.defense import PSSR, PSSRConfig
 from pssr.experiments.quick_eval import quick_eval
 from pssr.train import losses
-from pssr.train.pssr_train import STATE_FILE, pgd, train_pssr
+from pssr.train.adversarial_cache import pgd
+from pssr.train.pssr_train import STATE_FILE, train_pssr
 
 SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
 TINY = dict(

@@ -1,5 +1,5 @@
-"""``pssr train-adversarial``: an adversarial-training baseline (PGD-AT, TRADES) trained from a TOML config file ([data] + [adv_train]);
-the options are the training commands' (:mod:`pssr.cli.training`)."""
+"""``pssr train-adversarial``: an adversarial-training baseline (PGD-AT, TRADES) trained from a TOML
+config file ([data] + [adv_train]); the options are the training commands' (:mod:`pssr.cli.training`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from pssr import distributed as D
 from pssr.config import asdict
 from pssr.defense.pssr import PSSRConfig
 from pssr.experiments.quick_eval import quick_eval
-from pssr.train.pssr_train import FINAL_FILE, classifier_digest, train_pssr
+from pssr.train.pssr_data import classifier_digest
+from pssr.train.pssr_train import FINAL_FILE, train_pssr
 from pssr.utils import default_device, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The removal ratio (``PSSRConfig.ratio``, the share of pixels Pixel Surgery remov
 training, but the scorer and the regenerator work for any ratio, and the ratio trades clean accuracy
 (every removed pixel of a clean image is a pixel the regenerator has to guess) against the share of
 the attack that is cut out. :func:`calibrate_ratio` measures that trade-off on the images PSSR
-held out of its own training (the validation split of :func:`pssr.train.pssr_train._splits`, the
+held out of its own training (the validation split of :func:`pssr.train.pssr_data.split_examples`, the
 same seed and size) and picks a ratio by a rule fixed in advance, so the test split never takes
 part in the choice:
 
@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from pssr.defense.pssr import PSSR
-from pssr.train.pssr_train import _accuracy, _splits, pgd
+from pssr.train.adversarial_cache import pgd
+from pssr.train.pssr_data import accuracy, split_examples
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,16 @@ def calibrate_ratio(
         raise ValueError(f"eps must be > 0, got {eps!r}")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    _, _, xv, yv = _splits(data, cfg)
+    _, _, xv, yv = split_examples(data, cfg)
     if len(xv) == 0:
         raise ValueError("the validation split is empty (pssr.val_size = 0?): nothing to calibrate on")
     clf = defense.classifier
     xa = graybox_examples(
         clf, xv, yv, float(eps), steps, seed=seed, batch_size=batch_size
     )  # pgd: eval, frozen
-    with torch.no_grad():  # _accuracy puts each model in eval mode and restores it
-        clf_clean = _accuracy(clf, xv, yv, batch_size)
-        clf_adv = _accuracy(clf, xa, yv, batch_size)
+    with torch.no_grad():  # accuracy puts each model in eval mode and restores it
+        clf_clean = accuracy(clf, xv, yv, batch_size)
+        clf_adv = accuracy(clf, xa, yv, batch_size)
         rows = []
         try:
             for r in ratios:
@@ -166,8 +167,8 @@ def calibrate_ratio(
                 row = {
                     "ratio": r,
                     "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
-                    "clean_acc": _accuracy(defense, xv, yv, batch_size),
-                    "graybox_acc": _accuracy(defense, xa, yv, batch_size),
+                    "clean_acc": accuracy(defense, xv, yv, batch_size),
+                    "graybox_acc": accuracy(defense, xa, yv, batch_size),
                 }
                 rows.append(row)
                 log.info(

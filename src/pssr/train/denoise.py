@@ -272,7 +272,7 @@ def train_denoiser(
     )
     if not isinstance(classifier, nn.Module):
         raise ValueError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
-    from pssr.train.pssr_train import _splits
+    from pssr.train.pssr_data import split_examples
 
     device = default_device(cfg.device)
     torch.manual_seed(cfg.seed)  # the weight init of G and the scorer
@@ -281,7 +281,7 @@ def train_denoiser(
         _init_from(defense, cfg.init)
     defense.to(device)
     digest = _digest(classifier)
-    x_tr, _, x_val, y_val = _splits(data, cfg)
+    x_tr, _, x_val, y_val = split_examples(data, cfg)
     params = _params(defense)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     gens = {

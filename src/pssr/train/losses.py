@@ -13,13 +13,23 @@
   classifier's predictions on the two restorations is minimized (``symmetric_kl``), with CE on both.
 
 Shapes: images (N, C, H, W); masks (N, 1, H, W); logits (N, K). Every loss returns a scalar mean.
+
+:func:`pssr_loss` puts them together into the loss of one training batch (:func:`tapped_loss` with
+the feature tap hooked in); under torch.distributed each rank computes its :class:`Share` of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pssr import distributed as D
+from pssr.defense.pssr import PSSR, PSSRConfig
+from pssr.defense.surgery import MASK_MODES
+from pssr.utils import autocast_context
 
 
 def pixel_l1(restored: Tensor, clean: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -94,3 +104,129 @@ class FeatureTap:
 
 def feature_mse(target: Tensor, feats: Tensor) -> Tensor:
     return F.mse_loss(feats.float(), target.detach().float())
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """This rank's part of a global batch under torch.distributed.
+
+    Each rank backpropagates its *contribution* to the loss of the whole global batch: batch means
+    scaled by ``frac`` (= examples here / examples in the global batch) and the masked pixel L1 summed
+    here but divided by the number of masked values of the whole global batch. The sum of the ranks'
+    gradients (:func:`pssr.distributed.all_reduce_grads`) is then the one-process gradient on the
+    global batch, also for uneven shares (a ragged last batch) and for threshold masks, whose size
+    varies per image.
+    """
+
+    info: D.DistInfo
+    frac: float
+
+    def mask_totals(self, local: Tensor) -> Tensor:
+        """(2,) sums over ranks of the adversarial and the clean masks' values. Every rank calls it once
+        per step -- from :func:`pssr_loss`, or directly when its share of the batch is empty."""
+        return D.all_reduce_sum(local, self.info)
+
+
+def pssr_loss(
+    defense: PSSR,
+    cfg: PSSRConfig,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    target: Tensor | None,
+    tap: FeatureTap | None,
+    share: Share | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The training loss on one batch and its parts (for the log). ``share``: under torch.distributed,
+    this rank's contribution to the global batch's loss (see :class:`Share`)."""
+    clf = defense.classifier
+    parts: dict[str, Tensor] = {}
+    with torch.no_grad():
+        logits_clean = clf(x)
+        feat_clean = tap.pop() if tap is not None else None
+
+    def mean(t: Tensor) -> Tensor:  # a batch mean; under torch.distributed this rank's part of the global one
+        return t if share is None else t * share.frac
+
+    def masked_l1(r: Tensor, m: Tensor, which: int) -> Tensor:
+        if share is None:
+            return pixel_l1(r, x, m)
+        err = (r.float() - x.float()).abs()  # (n, C, H, W)
+        return (err * m.float().expand_as(err)).sum() / totals[which].clamp_min(1.0)
+
+    def mask_of(scores: Tensor) -> Tensor:
+        arg = cfg.ratio if cfg.mask_mode == "topk" else cfg.threshold
+        return MASK_MODES[cfg.mask_mode](scores.detach(), arg)
+
+    learned = getattr(defense.scorer, "needs_training", False) and cfg.use_surgery
+    zeros = torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)
+    if not cfg.use_surgery:
+        m_adv = m_clean = zeros
+    elif learned:
+        s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
+        parts["scorer"] = cfg.w_scorer * mean(scorer_ce(s_adv, target))
+        # Logged, not optimized: the lowest value the scorer loss can reach (the target's entropy);
+        # loss_scorer - loss_scorer_floor is the KL the scorer has left to learn.
+        floor = cfg.w_scorer * mean(entropy(target))
+        m_adv = mask_of(s_adv)
+        with torch.no_grad():
+            m_clean = mask_of(defense.scorer(x, clf))
+    else:
+        with torch.no_grad():
+            m_adv, m_clean = mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf))
+
+    if share is not None:  # masked values of the whole global batch, (2,): one collective per step
+        totals = share.mask_totals(
+            torch.stack([m_adv.float().expand_as(x).sum(), m_clean.float().expand_as(x).sum()])
+        )
+
+    if defense.generator is not None:
+        with autocast_context(x.device, cfg.bf16):
+            r_adv = defense.restore(x_adv, m_adv)
+            logits_adv = clf(r_adv)
+            feat_adv = tap.pop() if tap is not None else None
+        parts["pix_mask"] = cfg.w_pixel_mask * masked_l1(r_adv, m_adv, 0)
+        parts["pix_full"] = cfg.w_pixel_full * mean(pixel_l1(r_adv, x))
+        parts["kl"] = cfg.w_semantic_kl * mean(kl_to_target(logits_clean, logits_adv))
+        parts["ce"] = cfg.w_ce * mean(F.cross_entropy(logits_adv.float(), y))
+        if tap is not None:
+            parts["feat"] = cfg.w_semantic_feat * mean(feature_mse(feat_clean, feat_adv))
+        if cfg.w_rdrop > 0:
+            with autocast_context(x.device, cfg.bf16):
+                r_clean = defense.restore(x, m_clean)
+                logits_rc = clf(r_clean)
+                if tap is not None:
+                    tap.pop()
+            parts["rdrop"] = cfg.w_rdrop * mean(
+                symmetric_kl(logits_rc, logits_adv) + F.cross_entropy(logits_rc.float(), y)
+            )
+            parts["pix_clean"] = cfg.w_pixel_mask * masked_l1(r_clean, m_clean, 1) + cfg.w_pixel_full * mean(
+                pixel_l1(r_clean, x)
+            )
+    if not parts:
+        return torch.zeros((), device=x.device), {}
+    total = sum(parts.values())
+    logged = {k: float(v.detach()) for k, v in parts.items()}
+    if learned:
+        logged["scorer_floor"] = float(floor)
+    return total, logged
+
+
+def tapped_loss(
+    defense: PSSR,
+    cfg: PSSRConfig,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    target: Tensor | None,
+    tap: FeatureTap | None,
+    share: Share | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`pssr_loss` with the feature tap (if any) hooked in for this step only and emptied after."""
+    if tap is None:
+        return pssr_loss(defense, cfg, x, y, x_adv, target, None, share)
+    with tap:
+        try:
+            return pssr_loss(defense, cfg, x, y, x_adv, target, tap, share)
+        finally:
+            tap.outputs.clear()
