@@ -51,8 +51,9 @@ from pssr.models import create_model  # noqa: E402
 from pssr.train import losses  # noqa: E402
 from pssr.train.adversarial import AdvTrainConfig, pgd_at_loss  # noqa: E402
 from pssr.train.adversarial_cache import make_adversarial  # noqa: E402
-from pssr.train.loop import TrainConfig, build_optimizer  # noqa: E402
+from pssr.train.loop import TrainConfig  # noqa: E402
 from pssr.train.losses import tapped_loss  # noqa: E402
+from pssr.train.schedules import build_optimizer  # noqa: E402
 from pssr.utils import autocast_context, default_device, eval_mode  # noqa: E402
 
 DATA_NOTE = (

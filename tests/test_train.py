@@ -20,7 +20,7 @@ from pssr.train.classifier import (
     train_classifier,
     train_classifier_run,
 )
-from pssr.train.loop import lr_at
+from pssr.train.schedules import lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small, fast settings: tiny-cnn on the embedded 8x8 digits takes ~0.1 s per epoch on one core.

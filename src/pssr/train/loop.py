@@ -22,7 +22,6 @@ import dataclasses
 import gc
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -37,12 +36,12 @@ from torch import Tensor, nn
 from pssr.config import asdict
 from pssr.data import Dataset, Split
 from pssr.models.specs import model_spec
-from pssr.registry import Registry
 from pssr.train.augment import AUGMENTATIONS
+from pssr.train.resume import resume_from, rng_state
+from pssr.train.schedules import OPTIMIZERS, SCHEDULES, build_optimizer, lr_at
 from pssr.utils import (
     autocast_context,
     default_device,
-    load_checkpoint,
     model_device,
     run_metadata,
     save_checkpoint,
@@ -60,10 +59,6 @@ EpochCallback = Callable[[dict[str, Any]], None]
 
 # ---------------------------------------------------------------------------------------------
 # Configs
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-OPTIMIZERS = ("sgd", "adam")
-# Fields that may differ between a checkpoint and the call resuming it (they do not change the result).
-RUNTIME_FIELDS = frozenset({"device", "eval_batch_size"})
 
 
 @dataclass(frozen=True)
@@ -114,59 +109,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Learning-rate schedules: lr multiplier as a pure function of (step, total steps, warmup share)
-SCHEDULE_FNS: Registry[float] = Registry("schedule")
-
-
-@SCHEDULE_FNS.register("onecycle")
-def _onecycle(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up from 1/25 of the peak, then cosine annealing to 0 (Smith & Topin 2019)."""
-    w = max(1, int(round(warmup * total)))
-    if step < w:
-        return 0.04 + 0.96 * step / w
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
-
-
-@SCHEDULE_FNS.register("cosine")
-def _cosine(step: int, total: int, warmup: float) -> float:
-    """Cosine annealing to 0 after an optional linear warm-up from 0."""
-    w = int(round(warmup * total))
-    if step < w:
-        return (step + 1) / w
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
-
-
-@SCHEDULE_FNS.register("step")
-def _step(step: int, total: int, warmup: float) -> float:
-    """x0.1 at 50% and again at 75% of training (the classic CIFAR ResNet schedule)."""
-    return 1.0 if step < 0.5 * total else 0.1 if step < 0.75 * total else 0.01
-
-
-@SCHEDULE_FNS.register("constant")
-def _constant(step: int, total: int, warmup: float) -> float:
-    return 1.0
-
-
-def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate for global ``step`` (0-based) of ``total_steps``."""
-    return cfg.lr * SCHEDULE_FNS.get(cfg.schedule)(step, total_steps, cfg.warmup)
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device``. A CPU tensor bound for CUDA is copied through pinned (page-locked) memory
@@ -204,55 +146,10 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 1000) ->
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
-def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor | list[Tensor]]:
-    state: dict[str, Any] = {f"gen_{k}": g.get_state() for k, g in gens.items()}
-    state["torch_cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
-    # RNG states are CPU byte tensors; a checkpoint loaded with map_location=<cuda device> holds
-    # them on the GPU, which set_state refuses, hence .cpu() (a no-op on CPU).
-    for k, g in gens.items():
-        g.set_state(state[f"gen_{k}"].cpu())
-    torch.set_rng_state(state["torch_cpu"].cpu())
-    if torch.cuda.is_available() and "torch_cuda" in state:
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["torch_cuda"]])
-
-
-def _set_rank_aug_state(rng: dict[str, Any], gen: torch.Generator, dist: Any, seed: int, epoch: int) -> None:
-    """On resume under torchrun: this rank's own augmentation stream, as saved by the same number of
-    ranks (so the resumed run equals an uninterrupted one); else, on ranks > 0, a fresh stream derived
-    from the seed, rank and epoch (rank 0 continues the saved "gen_aug")."""
-    by_rank = rng.get("gen_aug_by_rank")
-    if by_rank is not None and len(by_rank) == dist.world_size:
-        gen.set_state(by_rank[dist.rank].cpu())
-    elif dist.rank > 0:
-        gen.manual_seed(seed + 1 + 1000 * dist.rank + 1_000_003 * epoch)
-        if dist.rank == 1:
-            log.warning(
-                "the checkpoint was written by %s process(es), this run has %d: ranks > 0 start new "
-                "augmentation streams (the run is valid but not bit-identical to an uninterrupted one)",
-                len(by_rank) if by_rank is not None else 1,
-                dist.world_size,
-            )
-
-
 def plain_metadata() -> dict[str, Any]:
     """:func:`run_metadata` reduced to JSON types (``torch.__version__`` is a str subclass that
     ``torch.load(weights_only=True)`` refuses)."""
     return json.loads(json.dumps(run_metadata(), default=str))
-
-
-def _config_diff(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Settings that differ between a checkpoint's config and ``cfg``; a key the checkpoint lacks
-    (written by an older pssr) counts as equal when ``cfg`` holds that field's default."""
-    now = asdict(cfg)
-    defaults = asdict(type(cfg)())
-    keys = (set(saved) | set(now)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != now.get(k))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,43 +162,6 @@ class FitResult:
 
 def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
-
-
-def _resume_from(
-    ckpt_path: Path,
-    cfg: TrainConfig,
-    kind: str,
-    data: Dataset,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    gens: dict[str, torch.Generator],
-    dist: Any,
-    device: torch.device,
-) -> tuple[int, int, list[dict[str, Any]], dict[str, Any]]:
-    """Load a per-epoch checkpoint of the same run into ``model``, ``opt`` and the generators (a
-    different run's is refused in one line); (epochs done, steps done, history, metrics)."""
-    ck = load_checkpoint(ckpt_path, map_location=device)
-    diff = _config_diff(ck.get("config", {}), cfg)
-    if ck.get("kind") != kind or diff:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was written by a different run (kind {ck.get('kind')!r} vs {kind!r}, "
-            f"differing settings: {', '.join(diff) or 'none'}); pass resume=False (--no-resume) to start "
-            "over or choose another output path"
-        )
-    saved_data = ck.get("data", {})
-    if saved_data.get("name") != data.name or saved_data.get("n_train") != len(data.train):
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained on {saved_data.get('name')!r} ({saved_data.get('n_train')} "
-            f"training images), not on {data.name!r} ({len(data.train)}); pass resume=False to start over"
-        )
-    model.load_state_dict(ck["state_dict"])
-    opt.load_state_dict(ck["optimizer"])
-    _set_rng_state(ck["rng"], gens)
-    start_epoch, step = int(ck["epoch"]), int(ck["scheduler"]["step"])
-    if dist.enabled:
-        _set_rank_aug_state(ck["rng"], gens["aug"], dist, cfg.seed, start_epoch)
-    log.info("resuming %s from %s after epoch %d/%d", kind, ckpt_path, start_epoch, cfg.epochs)
-    return start_epoch, step, list(ck.get("history", [])), dict(ck.get("metrics", {}))
 
 
 def fit(
@@ -347,7 +207,7 @@ def fit(
     opt = build_optimizer(model, cfg)
     start_epoch, step, history, metrics = 0, 0, [], {}
     if ckpt_path is not None and ckpt_path.is_file() and resume:
-        start_epoch, step, history, metrics = _resume_from(
+        start_epoch, step, history, metrics = resume_from(
             ckpt_path, cfg, kind, data, model, opt, gens, dist, device
         )
 
@@ -368,7 +228,7 @@ def fit(
     has_val = len(data.val) > 0
 
     def save(epoch: int) -> dict[str, Any]:
-        rng = _rng_state(gens)
+        rng = rng_state(gens)
         if dist.enabled:  # every rank's augmentation stream (rank 0's alone is "gen_aug"), in rank order
             rng["gen_aug_by_rank"] = D.all_gather_objects(gens["aug"].get_state(), dist)
         ck = {
@@ -406,32 +266,23 @@ def fit(
         # partial batch is dropped (BatchNorm dislikes tiny batches).
         # One (pinned, asynchronous on CUDA) copy of the epoch's permutation; the batches are views of it.
         batches = D.global_batches(to_device(perm, device), bs, dist, drop_last=True)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
         bar = _tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
-        heartbeat = Heartbeat(log)
-        for i in bar:
-            idx = batches[i]
-            x = augment(x_all[idx], gens["aug"], cfg.crop_padding)
-            y = y_all[idx]
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(cfg, step, total_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with autocast_context(device, cfg.bf16):
-                loss, logits = batch_loss(net, x, y, gens["aug"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss.detach().float() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
-            _show_step(
-                bar, heartbeat, loss, lr, seen, i, steps_per_epoch, f"{kind} epoch {epoch + 1}/{cfg.epochs}"
-            )
+        what = f"{kind} epoch {epoch + 1}/{cfg.epochs}"
+        loss_sum, correct, seen, lr, step = _train_steps(
+            net,
+            opt,
+            batch_loss,
+            cfg,
+            batches,
+            x_all,
+            y_all,
+            gens["aug"],
+            augment,
+            step,
+            total_steps,
+            bar,
+            what,
+        )
         rec = _epoch_record(epoch, loss_sum, correct, seen, lr, time.perf_counter() - t0, dist, device)
         if has_val:
             rec["val_acc"] = evaluate_accuracy(model, data.val, cfg.eval_batch_size)
@@ -459,11 +310,60 @@ def fit(
     # group is destroyed can abort the process ("terminate called without an active exception").
     wrapped = net is not model
     del net
-    if wrapped:
-        gc.collect()
+    _collect_if(wrapped)
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return FitResult(model, history, ck)
+
+
+def _collect_if(wrapped: bool) -> None:
+    if wrapped:
+        gc.collect()
+
+
+def _train_steps(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch_loss: BatchLoss,
+    cfg: TrainConfig,
+    batches: Sequence[Tensor],
+    x_all: Tensor,
+    y_all: Tensor,
+    gen: torch.Generator,
+    augment: Callable[..., Tensor],
+    step: int,
+    total_steps: int,
+    bar: Any,
+    what: str,
+) -> tuple[Tensor, Tensor, int, float, int]:
+    """One epoch's optimizer steps over ``batches`` (this rank's index tensors), the learning rate set
+    per global ``step``; (summed loss, correct predictions, images seen, last lr, next step)."""
+    device = x_all.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    lr = cfg.lr
+    heartbeat = Heartbeat(log)
+    for i in bar:
+        idx = batches[i]
+        x = augment(x_all[idx], gen, cfg.crop_padding)
+        y = y_all[idx]
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(cfg, step, total_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast_context(device, cfg.bf16):
+            loss, logits = batch_loss(net, x, y, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_sum += loss.detach().float() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+        _show_step(bar, heartbeat, loss, lr, seen, i, len(batches), what)
+    return loss_sum, correct, seen, lr, step
 
 
 def _show_step(
