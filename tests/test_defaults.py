@@ -116,3 +116,19 @@ def test_evaluate_refuses_an_empty_split_in_one_line():
     empty = pssr.data.Split(data.test.x[:0], data.test.y[:0], "digits")
     with pytest.raises(ValueError, match="empty"):
         pssr.evaluate({"c": clf}, empty, attacks="fgsm")
+
+
+def test_robust_mode_is_named_in_the_api_and_the_configs():
+    from pssr.defaults import MODES
+
+    cfg = pssr_config("fashion-mnist", mode="robust")
+    assert (cfg.adv_mode, cfg.adv_target) == ("online", "pipeline") and cfg.classifier_lr > 0
+    assert pssr_config("fashion-mnist").adv_mode == "cache"
+    with pytest.raises(ValueError, match="modes: paper, robust"):
+        pssr_config("digits", mode="robus")
+    robust = sorted((ROOT / "configs").glob("pssr-*-robust.toml"))
+    assert {p.name for p in robust} >= {"pssr-fashion-mnist-robust.toml", "pssr-cifar10-jpeg-robust.toml"}
+    for path in robust:
+        cfg = build(PSSRConfig, load_toml(path)["pssr"], prefix="pssr.")
+        for key, value in MODES["robust"].items():
+            assert getattr(cfg, key) == value, (path.name, key)

@@ -32,6 +32,16 @@ _PSSR_FAMILY: dict[str, dict[str, Any]] = {
 }
 _PSSR_COMMON: dict[str, Any] = {"ratio": 0.1, "restore_scope": "full", "fill": "mean", "scorer": "learned"}
 
+# How PSSR is trained (issue 18). "paper": the paper's protocol, training examples made once against
+# the frozen classifier. "robust": training examples remade every batch against the *whole current
+# defense* (exact gradients through G and the classifier, the removal mask held fixed), the classifier
+# fine-tuned with G (start it from a PGD-AT or TRADES checkpoint), adversarial R-drop as the consistency
+# between f(R(x)) and f(R(x_adv)). The configs/pssr-*-robust.toml files spell the same settings out.
+MODES: dict[str, dict[str, Any]] = {
+    "paper": {"adv_mode": "cache", "adv_target": "classifier", "classifier_lr": 0.0},
+    "robust": {"adv_mode": "online", "adv_target": "pipeline", "classifier_lr": 1e-4},
+}
+
 
 def known_datasets() -> list[str]:
     return sorted(DATASET_FAMILIES)
@@ -77,15 +87,23 @@ def dataset_name(*objs: Any) -> str | None:
     return None
 
 
-def pssr_config(dataset: str | None = None, **overrides: Any) -> Any:
+def pssr_config(dataset: str | None = None, mode: str = "paper", **overrides: Any) -> Any:
     """The :class:`~pssr.defense.pssr.PSSRConfig` that works on ``dataset`` (its family's settings,
-    its L-inf budget as the training eps), with ``overrides`` applied."""
+    its L-inf budget as the training eps), trained in ``mode`` (a key of :data:`MODES`), with
+    ``overrides`` applied. ``mode="robust"`` expects a robust classifier to start from::
+
+        cfg = pssr.defaults.pssr_config("fashion-mnist", mode="robust")
+        defense = pssr.train_pssr(pgd_at_classifier, data, cfg)
+    """
     from pssr.defense.pssr import PSSRConfig
 
+    if mode not in MODES:
+        raise ValueError(f"unknown PSSR training mode {mode!r}; modes: {', '.join(MODES)}")
     fields = dict(_PSSR_COMMON)
     if dataset is not None:
         fields.update(_PSSR_FAMILY.get(dataset_family(dataset), {}))
         fields["eps"] = budget(dataset, "linf")
+    fields.update(MODES[mode])
     fields.update(overrides)
     return PSSRConfig(**fields)
 
