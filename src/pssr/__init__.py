@@ -25,6 +25,7 @@ _SUBMODULES = {
     "attacks",
     "defense",
     "evaluation",
+    "experiments",
     "train",
     "config",
     "registry",

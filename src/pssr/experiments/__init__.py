@@ -14,9 +14,11 @@ TOML file or a command line into those objects, runs them and writes what a run 
 * :mod:`.loading` -- models from command-line specs (``[NAME=]PATH``, ``BASELINE@PATH``, zoo names)
   and ``pssr evaluate`` on them (:func:`evaluate_checkpoints`);
 * :mod:`.full_split` -- clean accuracy over a whole split, beside an attacked subset;
-* :mod:`.reproduce` -- the presets of ``pssr reproduce`` / ``pssr demo``.
+* :mod:`.presets`, :mod:`.reproduce`, :mod:`.preset_report` -- the presets of ``pssr reproduce`` /
+  ``pssr demo``: what each runs, the run itself, and its ``report.md``.
 
-Imports run downwards only: this package uses the library; the library never imports it.
+Imports run downwards only: this package uses the library; the library never imports it
+(``tests/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """Training: classifiers (:mod:`.classifier`), adversarial-training baselines (:mod:`.adversarial`),
-the shared loop with checkpoints and resume (:mod:`.loop`) and batched augmentation (:mod:`.augment`).
+the shared loop with checkpoints and resume (:mod:`.loop`, :mod:`.resume`, :mod:`.schedules`),
+batched augmentation (:mod:`.augment`), PSSR (:mod:`.pssr_train`, :mod:`.adversarial_cache`,
+:mod:`.losses`, :mod:`.pssr_data`), its calibration (:mod:`.calibrate`) and its regenerator as a
+denoiser (:mod:`.denoise`).
 
-Submodules import lazily, so ``import pssr.train`` stays cheap.
+Every trainer takes Python objects (a model, a :class:`pssr.data.Dataset`, a config dataclass);
+runs from config files are :mod:`pssr.experiments`'. Submodules import lazily, so
+``import pssr.train`` stays cheap.
 """
 
 from __future__ import annotations
