@@ -105,9 +105,14 @@ def grouped(outputs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# attacks registered after the golden file was recorded on the old code (they have no old outputs)
+ADDED_SINCE = ("pgd-surgery-aware",)
+
+
 def test_the_registered_attacks_are_all_compared() -> None:
     assert set(REGISTERED) <= set(ATTACKS.list())
-    assert not {n for n in ATTACKS.list() if not n.startswith("t-")} - set(REGISTERED)  # t-*: test attacks
+    new = {n for n in ATTACKS.list() if not n.startswith("t-")} - set(REGISTERED)  # t-*: test attacks
+    assert new <= set(ADDED_SINCE)
 
 
 def test_parse_attacks_outputs_are_unchanged() -> None:

@@ -34,6 +34,7 @@ FAST: dict[str, dict] = {
     "bim": {"steps": 5},
     "pgd": {"steps": 5, "restarts": 2},
     "pgd-full": {"steps": 5},
+    "pgd-surgery-aware": {"steps": 5},
     "pgd-bpda": {"steps": 5},
     "pgd-bpda-eot": {"steps": 3, "eot_samples": 2},
     "mifgsm": {"steps": 5},
@@ -107,7 +108,7 @@ def test_registry_holds_the_required_attacks():
     library = {n for n in list_attacks() if ATTACKS.get(n).__module__.startswith("pssr.attacks")}
     assert required <= library
     assert set(FAST) == library, "add new attacks to FAST so that the invariant tests cover them"
-    assert list_attacks("pgd*") == ["pgd", "pgd-bpda", "pgd-bpda-eot", "pgd-full"]
+    assert list_attacks("pgd*") == ["pgd", "pgd-bpda", "pgd-bpda-eot", "pgd-full", "pgd-surgery-aware"]
     for name in sorted(library):
         cls = ATTACKS.get(name)
         assert issubclass(cls, Attack) and cls.name == name

@@ -18,7 +18,19 @@ from typing import Any
 
 from torch import nn
 
-from pssr.attacks import autoattack, bim, cw, ddn, deepfool, fgsm, mifgsm, pgd, square, transfer  # noqa: F401
+from pssr.attacks import (  # noqa: F401  (registration)
+    autoattack,
+    bim,
+    cw,
+    ddn,
+    deepfool,
+    fgsm,
+    mifgsm,
+    pgd,
+    square,
+    surgery_aware,
+    transfer,
+)
 from pssr.attacks._common import margin_loss
 from pssr.attacks.adaptive import (
     EOT,
