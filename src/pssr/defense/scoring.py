@@ -19,7 +19,6 @@ Scores are only ranked (top-k) or thresholded after a per-image min-max, so thei
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -32,12 +31,6 @@ from pssr.utils import eval_mode
 
 SCORERS: Registry[nn.Module] = Registry("scorer")
 TARGETS: Registry[Callable[..., Tensor]] = Registry("scorer target")
-
-
-# The eval-mode context with frozen parameters (pssr.utils.eval_mode); ``requires_grad=True`` keeps
-# BatchNorm statistics fixed but makes the classifier trainable (``PSSRConfig.classifier_lr``).
-# The name stays for train/ and benchmarks/, which still import it from here.
-FrozenEval = functools.partial(eval_mode, requires_grad=False)
 
 
 def input_gradient(classifier: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:

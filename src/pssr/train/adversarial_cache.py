@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from pssr import distributed as D
 from pssr.attacks.pgd import pgd_linf
 from pssr.defense.pssr import PSSRConfig
-from pssr.defense.scoring import FrozenEval, attack_share_target
+from pssr.defense.scoring import attack_share_target
+from pssr.utils import eval_mode
 
 
 def pgd(
@@ -32,7 +33,7 @@ def pgd(
 ) -> Tensor:
     """:func:`pssr.attacks.pgd.pgd_linf` (the one training PGD) with ``model`` in eval mode and its
     parameters frozen (both restored); ``noise`` / ``generator`` give the random start."""
-    with FrozenEval(model):
+    with eval_mode(model, requires_grad=False):
         return pgd_linf(
             model,
             x,

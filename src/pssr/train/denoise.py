@@ -43,11 +43,11 @@ from torch import Tensor, nn
 
 from pssr.config import asdict
 from pssr.defense.pssr import PSSR, PSSRConfig
-from pssr.defense.scoring import FrozenEval, attack_share_target
+from pssr.defense.scoring import attack_share_target
 from pssr.defense.surgery import MASK_MODES
 from pssr.train import losses
 from pssr.train.loop import Heartbeat
-from pssr.utils import autocast_context, default_device, load_checkpoint, save_checkpoint
+from pssr.utils import autocast_context, default_device, eval_mode, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def train_denoiser(
     n = len(x_tr)
     bs = min(cfg.batch_size, n)
     t_all = time.perf_counter()
-    with FrozenEval(classifier):
+    with eval_mode(classifier, requires_grad=False):
         for epoch in range(start, cfg.epochs):
             t0, sums, steps = time.perf_counter(), {}, 0
             defense.generator.train()

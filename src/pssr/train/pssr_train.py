@@ -55,12 +55,11 @@ from torch import Tensor, nn
 from pssr import distributed as D
 from pssr.config import asdict
 from pssr.defense.pssr import PSSR, PSSRConfig
-from pssr.defense.scoring import FrozenEval
 from pssr.train import loop as _loop
 from pssr.train import losses
 from pssr.train.adversarial_cache import make_adversarial
 from pssr.train.pssr_data import accuracy, classifier_digest, split_examples
-from pssr.utils import default_device, load_checkpoint, save_checkpoint, seed_everything
+from pssr.utils import default_device, eval_mode, load_checkpoint, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def train_pssr(
     seed_everything(cfg.seed)
     finetune = cfg.classifier_lr > 0
     _warn_about(cfg, info)
-    with FrozenEval(classifier):
+    with eval_mode(classifier, requires_grad=False):
         original_clean_acc = accuracy(classifier, x_val, y_val)
     if finetune:  # train a copy: the caller's classifier stays as it was (and stays the gray-box reference)
         classifier = copy.deepcopy(classifier)
@@ -151,7 +150,7 @@ def train_pssr(
     history, start_epoch = run.load_state(resume)
 
     t0 = time.time()
-    with FrozenEval(classifier, requires_grad=finetune):  # eval-mode BN; trainable only when fine-tuned
+    with eval_mode(classifier, requires_grad=finetune):  # eval-mode BN; trainable only when fine-tuned
         cache = run.adversarial_examples(t0)
         tap = (
             losses.FeatureTap(classifier, cfg.feature_layer)
