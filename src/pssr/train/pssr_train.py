@@ -375,7 +375,7 @@ class _Run:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.progress and self.main and loss is not None:
-                bar.set_postfix({"loss" if not info.enabled else "loss_rank0": f"{float(loss):.3f}"})
+                bar.set_postfix({"loss" if not info.enabled else "loss_rank0": f"{float(loss.detach()):.3f}"})
             elif not self.progress and self.main:  # no progress bar (background run)
                 heartbeat(
                     min(i + cfg.batch_size, len(order)),
