@@ -66,10 +66,11 @@ class SurgeryAwareView(nn.Module):
             s = d.scorer(x.float(), d.classifier).float()  # (N, 1, H, W)
         n, _, h, w = s.shape
         k = num_removed(d.config.ratio, h, w)
+        if k == 0 or k == h * w:  # nothing or everything removed: the hard mask has no boundary to move
+            return torch.full_like(s, float(k > 0))
         flat = s.detach().flatten(1)
-        top = flat.topk(min(k + 1, h * w), dim=1).values  # (N, k + 1), descending
-        lo = top[:, min(k, h * w - 1)]
-        thr = (top[:, max(k - 1, 0)] + lo) / 2 if 0 < k < h * w else top[:, 0]
+        top = flat.topk(k + 1, dim=1).values  # (N, k + 1), descending
+        thr = (top[:, k - 1] + top[:, k]) / 2  # between the last removed and the first kept score
         scale = flat.std(1).clamp_min(1e-12) * self.temperature
         return torch.sigmoid((s - thr.view(n, 1, 1, 1)) / scale.view(n, 1, 1, 1))
 
