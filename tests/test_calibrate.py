@@ -80,7 +80,7 @@ def test_calibrate_measures_each_ratio_on_the_validation_split(defense, digits) 
     assert res["chosen"] in (0.0, 0.2, 0.6) and res["trained_ratio"] == 0.2
     assert [r["removed_pixels"] for r in res["rows"]] == [0, round(0.2 * 64), round(0.6 * 64)]
     # each row is what the defense with that ratio gets on the same validation images and examples
-    _, _, xv, yv = _splits(digits, defense.config)
+    _, _, xv, yv = _splits(digits, defense.training_config)
     # the dataset's budget (pssr.defaults), not the 0.3 this defense trained at (issue 21: one budget)
     assert res["eps"] == 0.1
     xa = graybox_examples(defense.classifier, xv, yv, res["eps"], 3)
@@ -89,10 +89,11 @@ def test_calibrate_measures_each_ratio_on_the_validation_split(defense, digits) 
             float((defense.classifier(xv).argmax(1) == yv).float().mean())
         )
         for r in res["rows"]:
-            with_ratio(defense, r["ratio"])
-            assert r["clean_acc"] == pytest.approx(float((defense(xv).argmax(1) == yv).float().mean()))
-            assert r["graybox_acc"] == pytest.approx(float((defense(xa).argmax(1) == yv).float().mean()))
-    defense.config = cfg_before
+            at_r = with_ratio(defense, r["ratio"])  # a new defense around the same modules
+            assert at_r.config.ratio == r["ratio"] and at_r.generator is defense.generator
+            assert r["clean_acc"] == pytest.approx(float((at_r(xv).argmax(1) == yv).float().mean()))
+            assert r["graybox_acc"] == pytest.approx(float((at_r(xa).argmax(1) == yv).float().mean()))
+    assert defense.config == cfg_before  # with_ratio never mutates
     assert (xa - xv).abs().max() <= 0.1 + 1e-6 and 0 <= xa.min() and xa.max() <= 1
     # restore_scope "mask" with ratio 0 removes nothing: the defense is then the bare classifier
     rows = {r["ratio"]: r for r in res["rows"]}

@@ -63,12 +63,12 @@ def test_splits_carry_their_dataset_name():
 def test_train_pssr_without_config_uses_the_dataset_settings():
     clf, data = digits_cnn()
     defense = pssr.train_pssr(clf, data, epochs=1, train_subset=64, val_size=32, progress=False)
-    assert defense.config.eps == budget("digits")  # not PSSRConfig's own 0 nor the old 0.3
+    assert defense.training_config.eps == budget("digits")  # not PSSRConfig's own 0 nor the old 0.3
     assert defense.config.restore_scope == "full" and defense.config.ratio == 0.1
     explicit = pssr.train_pssr(
         clf, data, PSSRConfig(eps=0.05, epochs=1, train_subset=64, val_size=32), progress=False
     )
-    assert explicit.config.eps == 0.05
+    assert explicit.training_config.eps == 0.05
 
 
 def test_evaluate_takes_the_budget_from_a_split():

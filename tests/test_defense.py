@@ -11,7 +11,9 @@ from torch import nn
 
 from pssr.defense import (
     PSSR,
+    DefenseConfig,
     PSSRConfig,
+    PSSRTrainConfig,
     Regenerator,
     apply_fill,
     compose,
@@ -316,6 +318,63 @@ def test_config_round_trip_through_dataclass() -> None:
     cfg = PSSRConfig(ratio=0.1, scorer="gradient", epochs=3)
     assert build(PSSRConfig, asdict(cfg)) == cfg
     assert dataclasses.replace(cfg, ratio=0.2).ratio == 0.2
+
+
+def test_recipe_splits_into_defense_and_training_configs() -> None:
+    # issue 20: what purify needs apart from how the defense was trained
+    recipe = PSSRConfig(ratio=0.2, scorer="gradient", epochs=3, lr=0.01, eps=0.1)
+    assert isinstance(recipe.defense, DefenseConfig) and not isinstance(recipe.defense, PSSRConfig)
+    assert recipe.defense.ratio == 0.2 and not hasattr(recipe.defense, "lr")
+    assert isinstance(recipe.training, PSSRTrainConfig) and recipe.training.epochs == 3
+    assert not hasattr(recipe.training, "ratio")
+    assert PSSRConfig.from_parts(recipe.defense, recipe.training) == recipe
+    fields = {f.name for f in dataclasses.fields(PSSRConfig)}
+    parts = [{f.name for f in dataclasses.fields(c)} for c in (DefenseConfig, PSSRTrainConfig)]
+    assert parts[0] | parts[1] == fields and not parts[0] & parts[1]
+    with pytest.raises(ValueError, match="DefenseConfig.ratio"):
+        DefenseConfig(ratio=2.0)
+    with pytest.raises(ValueError, match="PSSRTrainConfig.lr"):
+        PSSRTrainConfig(lr=0.0)
+
+
+def test_checkpoint_keeps_the_defense_config_and_its_training_apart(tmp_path) -> None:
+    d = _defense(epochs=3, lr=0.01)
+    assert isinstance(d.config, DefenseConfig) and d.training_config.epochs == 3
+    raw = torch.load(d.save(tmp_path / "pssr.pt"), weights_only=True)
+    assert "lr" not in raw["config"] and raw["training"]["lr"] == 0.01 and raw["format_version"] == 2
+    d2 = PSSR.load(tmp_path / "pssr.pt")
+    assert d2.config == d.config and d2.training_config == d.training_config
+    # a format-1 checkpoint (one flat config) still loads, split the same way
+    old = d.state()
+    old["format_version"], old["config"] = 1, {**old["config"], **old.pop("training")}
+    torch.save(old, tmp_path / "v1.pt")
+    d1 = PSSR.load(tmp_path / "v1.pt")
+    assert d1.config == d.config and d1.training_config == d.training_config
+    x = _x(5, seed=2)
+    with torch.no_grad():
+        assert torch.equal(d1(x), d(x))
+    # a defense built from a DefenseConfig alone records no training
+    bare = PSSR(_classifier(), d.config, image_shape=(1, 8, 8), classifier_spec=SPEC)
+    assert bare.training_config is None
+    assert torch.load(bare.save(tmp_path / "b.pt"), weights_only=True)["training"] is None
+    assert PSSR.load(tmp_path / "b.pt").training_config is None
+
+
+def test_with_config_builds_a_new_defense_around_the_same_modules() -> None:
+    d = _defense().eval()
+    before = d.config
+    d2 = d.with_config(ratio=0.5)
+    assert d.config == before and d2.config.ratio == 0.5 and d2 is not d  # never mutated
+    assert d2.generator is d.generator and d2.scorer is d.scorer and d2.classifier is d.classifier
+    assert d2.training_config == d.training_config and not d2.training
+    x = _x(4, seed=1)
+    assert int(d2.mask(x).sum()) == 4 * round(0.5 * 64) and int(d.mask(x).sum()) == 4 * round(0.25 * 64)
+    with pytest.raises(ValueError, match="gen_width"):
+        d.with_config(gen_width=16)
+    with pytest.raises(ValueError, match="unknown"):
+        d.with_config(lr=0.1)
+    with pytest.raises(ValueError, match="ratio"):
+        d.with_config(ratio=1.5)
 
 
 def test_purification_does_not_depend_on_the_batch() -> None:

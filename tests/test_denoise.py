@@ -99,7 +99,7 @@ def test_config_errors_are_named():
         DenoiseConfig(scorer="nope")
     with pytest.raises(ValueError, match="PSSR"):
         DenoisedClassifier(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
-    assert isinstance(DenoiseConfig().pssr_config().restore_scope, str)
+    assert isinstance(DenoiseConfig().defense_config().restore_scope, str)
     assert PSSR  # the wrapper's input type
 
 

@@ -27,7 +27,7 @@ def test_python_api_block_runs_as_written_on_digits(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(code.replace('"fashion-mnist"', '"digits"'), "README.md (Python API)", "exec"), ns)
     assert ns["x_pure"].shape == ns["x"].shape and ns["logits"].shape == (len(ns["x"]), 10)
-    assert ns["defense"].config.eps == 0.1  # the digits budget, from pssr.defaults
+    assert ns["defense"].training_config.eps == 0.1  # the digits budget, from pssr.defaults
     assert (tmp_path / "runs/fmnist/report/report.json").is_file()
     assert set(ns["report"].models) == {"none", "pssr"}
 

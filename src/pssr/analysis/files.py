@@ -69,12 +69,15 @@ def _trained_scorer(
     same = _fingerprint(model.classifier) == _fingerprint(classifier)
     if not same:
         log.warning("the PSSR checkpoint %s protects another classifier than --checkpoint", path)
+    tr = model.training_config  # how the scorer was trained (None: not recorded)
     info = {
-        "source": f"{path} (target {cfg.scorer_target}, trained at eps {cfg.eps:g}, "
-        f"{cfg.epochs} epochs, train_subset {cfg.train_subset or 'all'})",
+        "source": f"{path} (training not recorded)"
+        if tr is None
+        else f"{path} (target {tr.scorer_target}, trained at eps {tr.eps:g}, "
+        f"{tr.epochs} epochs, train_subset {tr.train_subset or 'all'})",
         "checkpoint": str(path),
-        "scorer_target": cfg.scorer_target,
-        "train_eps": cfg.eps,
+        "scorer_target": None if tr is None else tr.scorer_target,
+        "train_eps": None if tr is None else tr.eps,
         "same_classifier": same,
     }
     return name or cfg.scorer, model.scorer, info, ratio

@@ -33,7 +33,7 @@ calibration chose to remove nothing). ``"full"`` (default, and every shipped con
 re-render every pixel from the holed image: the trivial attack is ``G``'s input, and ``G`` learns
 the invariance in front of a frozen classifier.
 
-Ablation switches (``PSSRConfig``): ``scorer`` (learned / gradient / random); ``use_surgery=False``
+Ablation switches (:class:`~pssr.defense.config.DefenseConfig`): ``scorer`` (learned / gradient / random); ``use_surgery=False``
 means *regeneration only*: nothing is removed, ``G`` sees the whole image with an all-zero mask
 channel, and its output replaces **every** pixel (a full-image learned purifier; with an empty mask
 and on-mask replacement it would be the identity, which tests nothing); ``use_regeneration=False``
@@ -44,7 +44,6 @@ from their neighbours).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -53,126 +52,18 @@ from torch import Tensor, nn
 
 from pssr.attacks.adaptive import straight_through
 from pssr.config import asdict, build
-from pssr.defense.regeneration import CONDITIONS, Regenerator, compose
-from pssr.defense.scoring import SCORERS, TARGETS, create_scorer
-from pssr.defense.surgery import FILLS, MASK_MODES, apply_fill
+from pssr.defense.config import DEFENSE_FIELDS, DefenseConfig, PSSRConfig, PSSRTrainConfig, split_flat
+from pssr.defense.regeneration import Regenerator, compose
+from pssr.defense.scoring import create_scorer
+from pssr.defense.surgery import MASK_MODES, apply_fill
 from pssr.utils import eval_mode, load_checkpoint, run_metadata, save_checkpoint
 
 FORMAT = "pssr.defense.PSSR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the defense's config and its training config apart (1: one flat config)
 BPDA_MODES = ("identity", "mask-constant")
 
 
-@dataclasses.dataclass(frozen=True)
-class PSSRConfig:
-    """Everything that defines a PSSR defense and its training. Saved inside every checkpoint."""
-
-    # --- Pixel Surgery ---
-    scorer: str = "learned"  # learned | gradient | random
-    scorer_width: int = 16  # channels of the learned scorer's first U-Net level
-    scorer_depth: int = 2  # 2x down-samplings in the learned scorer
-    scorer_target: str = "delta-grad"  # learned scorer's target: delta | delta-grad
-    gradient_times_input: bool = False  # gradient scorer: |x * grad| instead of |grad|
-    random_seed: int = 0  # random scorer's fixed seed
-    mask_mode: str = "topk"  # topk | threshold
-    ratio: float = 0.1  # topk: fraction of the H*W pixels removed per image
-    threshold: float = 0.5  # threshold: min-max normalized score above which a pixel is removed
-    fill: str = "mean"  # value of removed pixels fed to G: constant | mean | local-mean
-    fill_value: float = 0.5  # pixel value for fill="constant" (and images with nothing kept)
-    use_surgery: bool = True  # False: regeneration only (G rewrites the whole image)
-    use_regeneration: bool = True  # False: surgery only (removed pixels keep the fill)
-    # --- Semantic Regeneration ---
-    gen_width: int = 32  # channels of G's first U-Net level
-    gen_depth: int = 2  # 2x down-samplings in G
-    condition: str = "none"  # none | logits (FiLM on the classifier's logits of the holed image)
-    restore_scope: str = "full"  # full: G re-renders every pixel | mask: G writes the removed ones only
-    # --- training data: adversarial examples against the frozen classifier ---
-    eps: float = 0.0  # Linf budget in [0, 1] pixel units; 0 = the dataset's (pssr.defaults.budget)
-    pgd_steps: int = 10  # PGD iterations for training examples
-    pgd_alpha: float = 0.0  # PGD step size; 0 means 2.5 * eps / pgd_steps
-    fgsm_fraction: float = 0.0  # share of training examples made with FGSM instead of PGD
-    adv_mode: str = "cache"  # cache (made once per run) | online (remade every batch)
-    adv_target: str = (
-        "classifier"  # online examples attack: classifier (gray-box) | pipeline (through PSSR, mask fixed)
-    )
-    # --- invariance learning: fine-tune the classifier on restored images (0 = classifier frozen) ---
-    classifier_lr: float = 0.0  # Adam lr of the classifier; > 0 trains it on R(x_adv) and R(x) (eval-mode BN)
-    # --- optimization ---
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam learning rate of G and the learned scorer
-    weight_decay: float = 0.0
-    train_subset: int = 0  # train on this many training images (0 = all), a seeded subset
-    val_size: int = 500  # validation images for per-epoch metrics (from val, else held out of train)
-    seed: int = 0
-    bf16: bool = False  # bf16 autocast for G and the classifier
-    device: str = "auto"
-    # --- loss weights (pssr.train.losses) ---
-    w_pixel_mask: float = 1.0  # L1(restored, clean) on the removed pixels
-    w_pixel_full: float = 1.0  # L1(restored, clean) on the whole image
-    w_semantic_kl: float = 1.0  # KL(f(clean) || f(restored)) on logits
-    w_semantic_feat: float = 0.0  # MSE of the classifier's features at `feature_layer`
-    feature_layer: str = ""  # name of a classifier submodule whose output is the feature (e.g. "features")
-    w_ce: float = 1.0  # cross-entropy of f(restored adversarial) with the true label
-    w_scorer: float = 1.0  # learned scorer's pixel-wise softmax cross-entropy
-    w_rdrop: float = 1.0  # adversarial R-drop: symmetric KL(f(R(x)), f(R(x_adv))) + CE on R(x)
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"PSSRConfig.{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
-
-        need(self.scorer in SCORERS, "scorer", ", ".join(SCORERS.list()))
-        need(self.scorer_target in TARGETS, "scorer_target", ", ".join(TARGETS.list()))
-        need(self.mask_mode in MASK_MODES, "mask_mode", ", ".join(MASK_MODES))
-        need(self.fill in FILLS, "fill", ", ".join(FILLS.list()))
-        need(self.condition in CONDITIONS, "condition", ", ".join(CONDITIONS))
-        need(self.restore_scope in ("mask", "full"), "restore_scope", "mask, full")
-        need(self.adv_mode in ("cache", "online"), "adv_mode", "cache, online")
-        need(self.adv_target in ("classifier", "pipeline"), "adv_target", "classifier, pipeline")
-        need(
-            self.adv_target == "classifier" or self.adv_mode == "online",
-            "adv_target",
-            "'pipeline' only with adv_mode='online' (the pipeline changes while it trains)",
-        )
-        need(
-            math.isfinite(self.classifier_lr) and self.classifier_lr >= 0.0,
-            "classifier_lr",
-            ">= 0 (0 = frozen)",
-        )
-        need(0.0 <= self.ratio <= 1.0, "ratio", "[0, 1]")
-        need(0.0 <= self.threshold <= 1.0, "threshold", "[0, 1]")
-        need(0.0 <= self.fill_value <= 1.0, "fill_value", "[0, 1]")
-        need(0.0 <= self.fgsm_fraction <= 1.0, "fgsm_fraction", "[0, 1]")
-        need(math.isfinite(self.eps) and 0.0 <= self.eps <= 1.0, "eps", "[0, 1]")
-        need(self.pgd_alpha >= 0.0, "pgd_alpha", ">= 0 (0 = 2.5 * eps / pgd_steps)")
-        for name in ("scorer_width", "gen_width", "pgd_steps", "batch_size"):
-            need(getattr(self, name) >= 1, name, ">= 1")
-        for name in (
-            "scorer_depth",
-            "gen_depth",
-            "epochs",
-            "train_subset",
-            "val_size",
-            "seed",
-            "random_seed",
-        ):
-            need(getattr(self, name) >= 0, name, ">= 0")
-        need(self.lr > 0, "lr", "> 0")
-        for f in dataclasses.fields(self):
-            if f.name.startswith("w_"):
-                need(getattr(self, f.name) >= 0, f.name, ">= 0")
-        if not (self.use_surgery or self.use_regeneration):
-            raise ValueError(
-                "PSSRConfig: use_surgery and use_regeneration cannot both be false (nothing would be purified)"
-            )
-
-    @property
-    def alpha(self) -> float:
-        return self.pgd_alpha if self.pgd_alpha > 0 else 2.5 * self.eps / self.pgd_steps
-
-
-def scorer_kwargs(cfg: PSSRConfig, channels: int) -> dict[str, Any]:
+def scorer_kwargs(cfg: DefenseConfig, channels: int) -> dict[str, Any]:
     per_name = {
         "learned": {"width": cfg.scorer_width, "depth": cfg.scorer_depth},
         "gradient": {"times_input": cfg.gradient_times_input},
@@ -197,12 +88,20 @@ class PSSR(nn.Module):
 
     Args:
         classifier: any ``nn.Module`` mapping images in [0, 1] to logits (kept frozen here).
-        config: the :class:`PSSRConfig`.
+        config: the defense's :class:`~pssr.defense.config.DefenseConfig`, or a
+            :class:`~pssr.defense.config.PSSRConfig` recipe (its ``defense`` part becomes ``config``,
+            its ``training`` part ``training``).
         image_shape: (C, H, W) the defense accepts.
         num_classes: classifier outputs (inferred with one forward pass when None).
         scorer, generator: trained modules (built fresh from ``config`` when None).
         classifier_spec: ``{"name", "kwargs"}`` for ``create_model`` so that :meth:`save` can write a
             self-contained checkpoint (default: ``classifier.pssr_spec`` if present).
+        training: how this defense was trained (:class:`~pssr.defense.config.PSSRTrainConfig`),
+            kept as provenance in ``training_config`` and saved with it; None when unknown (the
+            recipe's, when ``config`` is a recipe).
+
+    ``config`` is fixed for the module's life: :meth:`with_config` builds a defense with another
+    ratio (or any other field) around the same scorer, generator and classifier.
     """
 
     def __init__(
@@ -214,18 +113,25 @@ class PSSR(nn.Module):
         scorer: nn.Module | None = None,
         generator: nn.Module | None = None,
         classifier_spec: dict[str, Any] | None = None,
+        training: PSSRTrainConfig | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
             raise ValueError(
                 f"classifier must be an nn.Module returning logits, got {type(classifier).__name__}"
             )
-        config = config or PSSRConfig()
-        if not isinstance(config, PSSRConfig):
-            raise ValueError(f"config must be a PSSRConfig, got {type(config).__name__}")
+        config = config or DefenseConfig()
+        if isinstance(config, PSSRConfig):  # a recipe: the defense keeps its two parts apart
+            training = training if training is not None else config.training
+            config = config.defense
+        if not isinstance(config, DefenseConfig):
+            raise ValueError(f"config must be a DefenseConfig or a PSSRConfig, got {type(config).__name__}")
+        if training is not None and not isinstance(training, PSSRTrainConfig):
+            raise ValueError(f"training must be a PSSRTrainConfig or None, got {type(training).__name__}")
         if len(image_shape) != 3 or any(int(s) < 1 for s in image_shape):
             raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {image_shape!r}")
         self.config = config
+        self.training_config = training
         self.image_shape = tuple(int(s) for s in image_shape)
         c = self.image_shape[0]
         # PSSR itself never updates the classifier; train_pssr keeps it frozen unless config.classifier_lr > 0
@@ -335,6 +241,36 @@ class PSSR(nn.Module):
         """A view with the same forward and a backward for adaptive attacks (see module docstring)."""
         return BPDAView(self, mode)
 
+    def with_config(self, **changes: Any) -> PSSR:
+        """A new defense whose config has ``changes`` (e.g. ``ratio=0.05``), around the *same* scorer,
+        generator and classifier modules (shared, not copied); this one is left as it is.
+
+        Only what ``purify`` reads at run time may change (``ratio``, ``threshold``, ``mask_mode``,
+        ``fill``, ``fill_value``, ``restore_scope``, ...); fields that define the modules' shapes
+        (scorer kind and sizes, generator sizes, condition, use_regeneration) raise ValueError."""
+        unknown = sorted(set(changes) - set(DEFENSE_FIELDS))
+        if unknown:
+            raise ValueError(f"with_config: unknown DefenseConfig field(s) {', '.join(unknown)}")
+        fixed = sorted(k for k in changes if k in _MODULE_FIELDS and changes[k] != getattr(self.config, k))
+        if fixed:
+            raise ValueError(
+                f"with_config cannot change {', '.join(fixed)}: they define the trained modules; build "
+                "and train another PSSR instead"
+            )
+        other = type(self)(
+            self.classifier,
+            dataclasses.replace(self.config, **changes),
+            image_shape=self.image_shape,
+            num_classes=self.num_classes,
+            scorer=self.scorer,
+            generator=self.generator,
+            classifier_spec=self.classifier_spec,
+            training=self.training_config,
+        )
+        other.metrics = dict(self.metrics)
+        other.train(self.training)  # nn.Module's train/eval flag
+        return other
+
     # ---------------- persistence ----------------
     def state(self) -> dict[str, Any]:
         """The checkpoint dict. The classifier's weights are always in it; its registry name and
@@ -349,6 +285,7 @@ class PSSR(nn.Module):
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": asdict(self.config),
+            "training": None if self.training_config is None else asdict(self.training_config),
             "image_shape": list(self.image_shape),
             "num_classes": self.num_classes,
             "classifier": {
@@ -387,7 +324,7 @@ class PSSR(nn.Module):
             raise ValueError(
                 f"PSSR checkpoint format_version {ck['format_version']} is newer than this pssr ({FORMAT_VERSION})"
             )
-        cfg = build(PSSRConfig, ck["config"])
+        cfg, training = _configs_from_state(ck)
         clf, spec = _classifier_from_state(ck["classifier"], classifier)
         if getattr(clf, "image_shape", None) is None:  # the shape it serves, for check_input_shape
             clf.image_shape = tuple(int(s) for s in ck["image_shape"])
@@ -406,6 +343,7 @@ class PSSR(nn.Module):
             scorer=scorer,
             generator=gen,
             classifier_spec=spec,
+            training=training,
         )
         model.metrics = dict(ck.get("metrics", {}))
         model.eval()
@@ -426,6 +364,30 @@ class PSSR(nn.Module):
             if str(path) in str(e):
                 raise
             raise ValueError(f"{path}: {e}") from e
+
+
+# fields that shape the scorer and generator modules: with_config may not change them
+_MODULE_FIELDS = (
+    "scorer",
+    "scorer_width",
+    "scorer_depth",
+    "gradient_times_input",
+    "random_seed",
+    "gen_width",
+    "gen_depth",
+    "condition",
+    "use_regeneration",
+)
+
+
+def _configs_from_state(ck: dict[str, Any]) -> tuple[DefenseConfig, PSSRTrainConfig | None]:
+    """(defense config, training config or None) of a checkpoint dict; a format-1 checkpoint held
+    both in one flat ``config``."""
+    if int(ck.get("format_version", 1)) < 2:
+        defense, training = split_flat(dict(ck["config"]))
+        return build(DefenseConfig, defense), build(PSSRTrainConfig, training)
+    training = ck.get("training")
+    return build(DefenseConfig, ck["config"]), None if training is None else build(PSSRTrainConfig, training)
 
 
 def _classifier_from_state(

@@ -65,7 +65,7 @@ def calibrate_checkpoint(
         "data": dataclasses.asdict(data_cfg),
         "calibration": cal,
     }
-    with_ratio(defense, cal["chosen"])
+    defense = with_ratio(defense, cal["chosen"])
     if test_n:
         test = ds.test if test_n == -1 else ds.test.subset(test_n, seed=seed)
         ev = quick_eval(

@@ -173,7 +173,7 @@ def _finished_run(out: Path, cfg: PSSRConfig, data_cfg: Any, classifier: nn.Modu
     except (OSError, ValueError, RuntimeError, EOFError):
         return None
     plain = json.loads(json.dumps(asdict(cfg)))
-    saved = json.loads(json.dumps(ck.get("config", {})))
+    saved = json.loads(json.dumps({**ck.get("config", {}), **(ck.get("training") or {})}))  # the recipe
     runtime = {"device"}
     same = (
         {k: v for k, v in plain.items() if k not in runtime}

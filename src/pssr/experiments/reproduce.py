@@ -356,7 +356,7 @@ def _calibrated(
         done = {"key": key, "calibration": calibrate_ratio(defense, data, ratios)}
         atomic_write_json(path, done)
     cal = done["calibration"]
-    with_ratio(defense, cal["chosen"])
+    defense = with_ratio(defense, cal["chosen"])
     defense.metrics["calibration"] = cal
     clean = next(r["clean_acc"] for r in cal["rows"] if r["ratio"] == cal["chosen"])
     summary = {

@@ -24,7 +24,6 @@ so the clean-drop bound is optimistic there; the test-split evaluation says what
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -126,16 +125,21 @@ def calibrate_ratio(
     """Measure clean and gray-box accuracy of ``defense`` on its validation split for each ratio.
 
     ``data``: the dataset PSSR was trained on (``pssr.data.load(...)``), from which the validation
-    split is rebuilt with ``defense.config.seed`` and ``val_size``. ``max_clean_drop``: a fraction
-    (0.03 = 3 points). ``eps`` defaults to the dataset's budget (:func:`pssr.defaults.budget`; the
-    training budget ``defense.config.eps`` when the dataset is unknown). A choice that leaves the
-    defense inert (nothing removed and nothing rewritten, or gray-box accuracy no better than the bare
-    classifier's) is logged as a warning and marked ``"defends": false``. Returns a
-    JSON-ready dict with one row per ratio, the classifier's accuracies and the ``chosen`` ratio;
-    ``defense`` is left with its original configuration (see :func:`with_ratio`).
+    split is rebuilt with the seed and ``val_size`` of ``defense.training_config`` (how it was
+    trained). ``max_clean_drop``: a fraction (0.03 = 3 points). ``eps`` defaults to the dataset's
+    budget (:func:`pssr.defaults.budget`; the training budget when the dataset is unknown). A choice
+    that leaves the defense inert (nothing removed and nothing rewritten, or gray-box accuracy no
+    better than the bare classifier's) is logged as a warning and marked ``"defends": false``.
+    Returns a JSON-ready dict with one row per ratio, the classifier's accuracies and the ``chosen``
+    ratio. Each ratio is measured on its own defense (:func:`with_ratio`); ``defense`` is not changed.
     """
     _check_has_ratio(defense)
-    cfg = defense.config
+    cfg, trained = defense.config, defense.training_config
+    if trained is None:
+        raise ValueError(
+            "this PSSR records no training config (seed, val_size), so the images it held out of "
+            "training are unknown; calibrate a checkpoint written by pssr train-pssr / train_pssr"
+        )
     ratios = _check_ratios(ratios)
     if not (isinstance(max_clean_drop, (int, float)) and 0.0 <= max_clean_drop <= 1.0):
         raise ValueError(
@@ -145,12 +149,12 @@ def calibrate_ratio(
         from pssr.defaults import dataset_name, resolve_eps
 
         name = dataset_name(data, getattr(data, "train", None), defense)
-        eps = resolve_eps(None, name) if name else cfg.eps
+        eps = resolve_eps(None, name) if name else trained.eps
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be > 0, got {eps!r}")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    _, _, xv, yv = split_examples(data, cfg)
+    _, _, xv, yv = split_examples(data, trained)
     if len(xv) == 0:
         raise ValueError("the validation split is empty (pssr.val_size = 0?): nothing to calibrate on")
     clf = defense.classifier
@@ -161,25 +165,18 @@ def calibrate_ratio(
         clf_clean = accuracy(clf, xv, yv, batch_size)
         clf_adv = accuracy(clf, xa, yv, batch_size)
         rows = []
-        try:
-            for r in ratios:
-                defense.config = dataclasses.replace(cfg, ratio=r)
-                row = {
-                    "ratio": r,
-                    "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
-                    "clean_acc": accuracy(defense, xv, yv, batch_size),
-                    "graybox_acc": accuracy(defense, xa, yv, batch_size),
-                }
-                rows.append(row)
-                log.info(
-                    "ratio %.4g: clean %.4f, gray-box PGD-%d %.4f",
-                    r,
-                    row["clean_acc"],
-                    steps,
-                    row["graybox_acc"],
-                )
-        finally:
-            defense.config = cfg
+        for r in ratios:
+            at_r = with_ratio(defense, r)
+            row = {
+                "ratio": r,
+                "removed_pixels": round(r * defense.image_shape[1] * defense.image_shape[2]),
+                "clean_acc": accuracy(at_r, xv, yv, batch_size),
+                "graybox_acc": accuracy(at_r, xa, yv, batch_size),
+            }
+            rows.append(row)
+            log.info(
+                "ratio %.4g: clean %.4f, gray-box PGD-%d %.4f", r, row["clean_acc"], steps, row["graybox_acc"]
+            )
     best, met = choose(rows, clf_clean, max_clean_drop)
     inert = best["ratio"] == 0 and cfg.use_surgery and cfg.restore_scope == "mask"
     if inert or best["graybox_acc"] <= clf_adv:
@@ -211,8 +208,8 @@ def calibrate_ratio(
 
 
 def with_ratio(defense: PSSR, ratio: float) -> PSSR:
-    """``defense`` itself, its config's ``ratio`` set to ``ratio`` (in place; returned for chaining)."""
+    """A new defense removing ``ratio`` of the pixels, around ``defense``'s trained modules (shared);
+    ``defense`` itself is not changed (:meth:`pssr.PSSR.with_config`)."""
     _check_has_ratio(defense)
     (r,) = _check_ratios([ratio])
-    defense.config = dataclasses.replace(defense.config, ratio=r)
-    return defense
+    return defense.with_config(ratio=r)

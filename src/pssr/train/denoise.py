@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pssr.config import asdict
-from pssr.defense.pssr import PSSR, PSSRConfig
+from pssr.defense.config import DefenseConfig
+from pssr.defense.pssr import PSSR
 from pssr.defense.scoring import attack_share_target
 from pssr.defense.surgery import MASK_MODES
 from pssr.train import losses
@@ -114,11 +115,12 @@ class DenoiseConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"denoise.{name} must be {allowed}, got {getattr(self, name)!r}")
-        self.pssr_config()  # validates scorer, fill, widths
+        self.defense_config()  # validates scorer, fill, widths
 
-    def pssr_config(self) -> PSSRConfig:
-        """The PSSR architecture of this denoiser (G re-renders every pixel: ``restore_scope="full"``)."""
-        return PSSRConfig(
+    def defense_config(self) -> DefenseConfig:
+        """The PSSR architecture of this denoiser (G re-renders every pixel: ``restore_scope="full"``).
+        Its training (this config) is recorded in the checkpoint's ``metrics["denoiser"]``."""
+        return DefenseConfig(
             scorer=self.scorer,
             scorer_width=self.scorer_width,
             ratio=self.ratio,
@@ -127,10 +129,6 @@ class DenoiseConfig:
             gen_width=self.gen_width,
             gen_depth=self.gen_depth,
             restore_scope="full",
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=self.seed,
         )
 
 
@@ -276,7 +274,9 @@ def train_denoiser(
 
     device = default_device(cfg.device)
     torch.manual_seed(cfg.seed)  # the weight init of G and the scorer
-    defense = PSSR(classifier.to(device).eval(), cfg.pssr_config(), tuple(data.image_shape), data.num_classes)
+    defense = PSSR(
+        classifier.to(device).eval(), cfg.defense_config(), tuple(data.image_shape), data.num_classes
+    )
     if cfg.init:
         _init_from(defense, cfg.init)
     defense.to(device)
