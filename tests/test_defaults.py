@@ -38,7 +38,7 @@ def test_shipped_configs_name_no_budget_and_agree_with_the_defaults(path):
     cfg = resolved(build(PSSRConfig, mapping["pssr"], prefix="pssr."), name)
     assert cfg.eps == budget(name)
     default = pssr_config(name)
-    if "finetune" not in path.name:  # the fine-tuning variant removes more on purpose
+    if "finetune" not in path.name and "faithful" not in path.name:  # these remove more, on the mask only
         for key in ("ratio", "restore_scope", "fill", "gen_width", "scorer_width"):
             assert getattr(cfg, key) == getattr(default, key), (path.name, key)
 
@@ -124,7 +124,7 @@ def test_robust_mode_is_named_in_the_api_and_the_configs():
     cfg = pssr_config("fashion-mnist", mode="robust")
     assert (cfg.adv_mode, cfg.adv_target) == ("online", "pipeline") and cfg.classifier_lr > 0
     assert pssr_config("fashion-mnist").adv_mode == "cache"
-    with pytest.raises(ValueError, match="modes: paper, robust"):
+    with pytest.raises(ValueError, match="modes: paper, robust, faithful"):
         pssr_config("digits", mode="robus")
     robust = sorted((ROOT / "configs").glob("pssr-*-robust.toml"))
     assert {p.name for p in robust} >= {"pssr-fashion-mnist-robust.toml", "pssr-cifar10-jpeg-robust.toml"}
@@ -132,3 +132,16 @@ def test_robust_mode_is_named_in_the_api_and_the_configs():
         cfg = build(PSSRConfig, load_toml(path)["pssr"], prefix="pssr.")
         for key, value in MODES["robust"].items():
             assert getattr(cfg, key) == value, (path.name, key)
+
+
+def test_faithful_mode_is_named_in_the_api_and_its_config():
+    from pssr.defaults import MODES
+
+    cfg = pssr_config("fashion-mnist", mode="faithful")
+    assert cfg.restore_scope == "mask" and cfg.classifier_lr > 0 and cfg.rdrop_drop > 0
+    assert cfg.eps == budget("fashion-mnist")  # one budget for training and evaluation
+    for path in sorted((ROOT / "configs").glob("pssr-*-faithful.toml")):
+        file_cfg = build(PSSRConfig, load_toml(path)["pssr"], prefix="pssr.")
+        for key, value in MODES["faithful"].items():
+            if key != "classifier_lr":  # the file may choose its own fine-tuning lr
+                assert getattr(file_cfg, key) == value, (path.name, key)

@@ -418,13 +418,15 @@ _PSSR_CASES = {
     "cache": {},
     # 193 = 4 x 48 + 1: the last global batch gives rank 0 one example and rank 1 none (its step is
     # only the collectives); threshold masks (a varying number of removed pixels per image, so the
-    # masked L1 needs the global count); the classifier fine-tuned too (its gradients all-reduced)
+    # masked L1 needs the global count); the classifier fine-tuned too (its gradients all-reduced);
+    # two-pass R-Drop (its random drops drawn for the global batch, each rank taking its rows)
     "uneven-threshold-finetune": {
         "train_subset": 193,
         "batch_size": 48,
         "mask_mode": "threshold",
         "threshold": 0.6,
         "classifier_lr": 1e-3,
+        "rdrop_drop": 0.1,
     },
     # examples remade every batch, each rank its share with the random starts of the whole global
     # batch (equal to one process here because the CPU kernels give per-example results that do not

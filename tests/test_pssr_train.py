@@ -87,6 +87,43 @@ def test_private_pgd_stays_in_ball_and_fools(classifier, digits) -> None:
     assert all(p.grad is None for p in clf.parameters()) and not clf.training
 
 
+def test_rdrop_drops_are_exact_seeded_and_shard_independent() -> None:
+    d = losses.random_drops(6, (8, 8), 0.25, seed=3)
+    assert d.shape == (2, 6, 1, 8, 8) and set(d.unique().tolist()) <= {0.0, 1.0}
+    assert (d.flatten(2).sum(2) == 16).all()  # exactly round(0.25 * 64) per image and pass
+    assert not torch.equal(d[0], d[1])  # the two passes drop different pixels
+    assert torch.equal(d, losses.random_drops(6, (8, 8), 0.25, seed=3))
+    cfg = PSSRConfig(**{**TINY, "rdrop_drop": 0.25})
+    whole = losses.rdrop_drops(cfg, 6, (8, 8), epoch=1, batch=2, rows=range(0, 6))
+    halves = [
+        losses.rdrop_drops(cfg, 6, (8, 8), epoch=1, batch=2, rows=r) for r in (range(0, 3), range(3, 6))
+    ]
+    assert torch.equal(whole, torch.cat(halves, 1))  # each example's drops do not depend on the shard
+    assert losses.rdrop_drops(PSSRConfig(**TINY), 6, (8, 8), 1, 2, range(0, 6)) is None
+    with pytest.raises(ValueError, match="rdrop_drop"):
+        PSSRConfig(rdrop_drop=1.0)
+    with pytest.raises(ValueError, match="rdrop_drop"):
+        PSSRConfig(rdrop_drop=0.1, use_surgery=False)
+
+
+def test_two_pass_rdrop_trains_and_changes_the_result(classifier, digits) -> None:
+    # R-Drop proper: two random-drop passes of the adversarial input; inference stays deterministic
+    clf, _ = classifier
+    cfg = {**TINY, "epochs": 1, "train_subset": 64}
+    plain = train_pssr(clf, digits, PSSRConfig(**cfg), progress=False, classifier_spec=SPEC)
+    two = train_pssr(clf, digits, PSSRConfig(**cfg, rdrop_drop=0.1), progress=False, classifier_spec=SPEC)
+    again = train_pssr(clf, digits, PSSRConfig(**cfg, rdrop_drop=0.1), progress=False, classifier_spec=SPEC)
+    h = two.metrics["history"][0]
+    assert h["loss_rdrop_passes"] > 0 and "loss_rdrop_passes" not in plain.metrics["history"][0]
+    assert all(torch.equal(p, q) for p, q in zip(_weights(two), _weights(again)))  # seeded
+    assert not all(torch.equal(p, q) for p, q in zip(_weights(two), _weights(plain)))
+    x = digits.test.x[:8]
+    with torch.no_grad():
+        assert torch.equal(two(x), two(x)) and torch.equal(two.mask(x), two.mask(x))
+        assert int(two.mask(x).sum()) == 8 * round(0.25 * 64)  # the random drops are training-only
+    assert two.training_config.rdrop_drop == 0.1
+
+
 # ------------------------------------------------------------------ determinism and resume
 def test_same_seed_same_result(classifier, digits) -> None:
     clf, _ = classifier

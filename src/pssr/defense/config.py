@@ -95,6 +95,11 @@ class PSSRTrainConfig:
     w_ce: float = 1.0  # cross-entropy of f(restored adversarial) with the true label
     w_scorer: float = 1.0  # learned scorer's pixel-wise softmax cross-entropy
     w_rdrop: float = 1.0  # adversarial R-drop: symmetric KL(f(R(x)), f(R(x_adv))) + CE on R(x)
+    # R-Drop proper (Liang et al. 2021): two stochastic passes of the same adversarial input, each
+    # removing this share of the H*W pixels at random on top of the scorer's mask (fresh seeded draws
+    # every batch, training only); symmetric KL between the two passes' predictions (weight w_rdrop)
+    # and CE on both. 0 = no two-pass term (only the clean-adversarial one above).
+    rdrop_drop: float = 0.0
 
     def __post_init__(self) -> None:
         _check_training(self)
@@ -114,6 +119,11 @@ class PSSRConfig(PSSRTrainConfig, DefenseConfig):
     def __post_init__(self) -> None:
         _check_defense(self)
         _check_training(self)
+        if self.rdrop_drop > 0 and not (self.use_surgery and self.use_regeneration):
+            raise ValueError(
+                "PSSRConfig.rdrop_drop > 0 needs use_surgery and use_regeneration (its random drops are "
+                "removed pixels the regenerator restores); set rdrop_drop = 0 for this ablation"
+            )
 
     @property
     def defense(self) -> DefenseConfig:
@@ -193,6 +203,7 @@ def _check_training(cfg: Any) -> None:
     )
     need(math.isfinite(cfg.classifier_lr) and cfg.classifier_lr >= 0.0, "classifier_lr", ">= 0 (0 = frozen)")
     need(0.0 <= cfg.fgsm_fraction <= 1.0, "fgsm_fraction", "[0, 1]")
+    need(0.0 <= cfg.rdrop_drop < 1.0, "rdrop_drop", "[0, 1)")
     need(math.isfinite(cfg.eps) and 0.0 <= cfg.eps <= 1.0, "eps", "[0, 1]")
     need(cfg.pgd_alpha >= 0.0, "pgd_alpha", ">= 0 (0 = 2.5 * eps / pgd_steps)")
     for name in ("pgd_steps", "batch_size"):

@@ -10,7 +10,11 @@
   of the attack (``scorer_ce``), a listwise ranking loss suited to a top-k mask;
 * adversarial R-drop (after R-Drop, Liang et al., NeurIPS 2021): the clean image and its
   adversarial version both go through surgery + regeneration and the symmetric KL between the
-  classifier's predictions on the two restorations is minimized (``symmetric_kl``), with CE on both.
+  classifier's predictions on the two restorations is minimized (``symmetric_kl``), with CE on both;
+* R-Drop proper (``rdrop_drop > 0``): the adversarial image goes through surgery + regeneration
+  twice, each pass with its own random extra pixel drop on top of the scorer's mask (the stochastic
+  sub-model R-Drop regularizes), symmetric KL between the two passes and CE on both
+  (:func:`random_drops` draws the drops).
 
 Shapes: images (N, C, H, W); masks (N, 1, H, W); logits (N, K). Every loss returns a scalar mean.
 
@@ -71,6 +75,27 @@ def entropy(target_share: Tensor) -> Tensor:
     return -(t * t.clamp_min(1e-30).log()).sum(1).mean()
 
 
+def random_drops(n: int, shape: tuple[int, int], share: float, seed: int) -> Tensor:
+    """(2, n, 1, H, W) masks in {0, 1}, each removing exactly ``round(share * H * W)`` pixels per image
+    at random: the two R-Drop passes' extra drops, seeded (drawn for a whole global batch so that
+    every example's drops do not depend on how the batch is sharded)."""
+    h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(2 * n, 1, h, w, generator=g)
+    return MASK_MODES["topk"](scores, share).view(2, n, 1, h, w)
+
+
+def rdrop_drops(
+    cfg: PSSRConfig, n: int, shape: tuple[int, ...], epoch: int, batch: int, rows: range
+) -> Tensor | None:
+    """This rank's ``rows`` of the global batch's R-Drop drops (:func:`random_drops`, seeded by the
+    run's seed, the epoch and the batch index); None when ``cfg.rdrop_drop`` is 0."""
+    if cfg.rdrop_drop <= 0:
+        return None
+    seed = cfg.seed * 104_729 + epoch * 100_003 + batch
+    return random_drops(n, (int(shape[0]), int(shape[1])), cfg.rdrop_drop, seed)[:, rows.start : rows.stop]
+
+
 class FeatureTap:
     """Records the output of ``model.<layer>`` on every forward (for the feature-MSE loss).
 
@@ -127,6 +152,34 @@ class Share:
         return D.all_reduce_sum(local, self.info)
 
 
+def _masks(
+    defense: PSSR, cfg: PSSRConfig, x: Tensor, x_adv: Tensor, target: Tensor | None
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(mask of x_adv, mask of x, the learned scorer's loss and its floor, {} for another scorer)."""
+    clf = defense.classifier
+
+    def mask_of(scores: Tensor) -> Tensor:
+        arg = cfg.ratio if cfg.mask_mode == "topk" else cfg.threshold
+        return MASK_MODES[cfg.mask_mode](scores.detach(), arg)
+
+    if not cfg.use_surgery:
+        zeros = torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)
+        return zeros, zeros, {}
+    if not getattr(defense.scorer, "needs_training", False):
+        with torch.no_grad():
+            return mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf)), {}
+    s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
+    with torch.no_grad():
+        m_clean = mask_of(defense.scorer(x, clf))
+    # the floor is logged, not optimized: the lowest value the scorer loss can reach (the target's
+    # entropy); loss_scorer - loss_scorer_floor is the KL the scorer has left to learn
+    losses = {
+        "scorer": cfg.w_scorer * scorer_ce(s_adv, target),
+        "scorer_floor": cfg.w_scorer * entropy(target),
+    }
+    return mask_of(s_adv), m_clean, losses
+
+
 def pssr_loss(
     defense: PSSR,
     cfg: PSSRConfig,
@@ -136,9 +189,11 @@ def pssr_loss(
     target: Tensor | None,
     tap: FeatureTap | None,
     share: Share | None = None,
+    drops: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The training loss on one batch and its parts (for the log). ``share``: under torch.distributed,
-    this rank's contribution to the global batch's loss (see :class:`Share`)."""
+    this rank's contribution to the global batch's loss (see :class:`Share`). ``drops``: (2, N, 1, H,
+    W) random extra removals of the two R-Drop passes (:func:`random_drops`), when ``rdrop_drop > 0``."""
     clf = defense.classifier
     parts: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -154,27 +209,15 @@ def pssr_loss(
         err = (r.float() - x.float()).abs()  # (n, C, H, W)
         return (err * m.float().expand_as(err)).sum() / totals[which].clamp_min(1.0)
 
-    def mask_of(scores: Tensor) -> Tensor:
-        arg = cfg.ratio if cfg.mask_mode == "topk" else cfg.threshold
-        return MASK_MODES[cfg.mask_mode](scores.detach(), arg)
+    m_adv, m_clean, scorer_parts = _masks(defense, cfg, x, x_adv, target)
+    learned = bool(scorer_parts)
+    if learned:
+        parts["scorer"] = mean(scorer_parts["scorer"])
+        floor = mean(scorer_parts["scorer_floor"])
 
-    learned = getattr(defense.scorer, "needs_training", False) and cfg.use_surgery
-    zeros = torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)
-    if not cfg.use_surgery:
-        m_adv = m_clean = zeros
-    elif learned:
-        s_adv = defense.scorer(x_adv, clf)  # (N, 1, H, W), with grad
-        parts["scorer"] = cfg.w_scorer * mean(scorer_ce(s_adv, target))
-        # Logged, not optimized: the lowest value the scorer loss can reach (the target's entropy);
-        # loss_scorer - loss_scorer_floor is the KL the scorer has left to learn.
-        floor = cfg.w_scorer * mean(entropy(target))
-        m_adv = mask_of(s_adv)
-        with torch.no_grad():
-            m_clean = mask_of(defense.scorer(x, clf))
-    else:
-        with torch.no_grad():
-            m_adv, m_clean = mask_of(defense.scorer(x_adv, clf)), mask_of(defense.scorer(x, clf))
-
+    m_scorer = m_adv
+    if drops is not None:  # R-Drop: pass 1 removes the scorer's mask and its own random drop
+        m_adv = torch.maximum(m_scorer, drops[0].to(m_scorer))
     if share is not None:  # masked values of the whole global batch, (2,): one collective per step
         totals = share.mask_totals(
             torch.stack([m_adv.float().expand_as(x).sum(), m_clean.float().expand_as(x).sum()])
@@ -191,6 +234,14 @@ def pssr_loss(
         parts["ce"] = cfg.w_ce * mean(F.cross_entropy(logits_adv.float(), y))
         if tap is not None:
             parts["feat"] = cfg.w_semantic_feat * mean(feature_mse(feat_clean, feat_adv))
+        if drops is not None:  # pass 2: the same adversarial input, another random drop
+            m2 = torch.maximum(m_scorer, drops[1].to(m_scorer))
+            with autocast_context(x.device, cfg.bf16):
+                logits_adv2 = clf(defense.restore(x_adv, m2))
+                if tap is not None:
+                    tap.pop()
+            parts["ce"] = 0.5 * (parts["ce"] + cfg.w_ce * mean(F.cross_entropy(logits_adv2.float(), y)))
+            parts["rdrop_passes"] = cfg.w_rdrop * mean(symmetric_kl(logits_adv, logits_adv2))
         if cfg.w_rdrop > 0:
             with autocast_context(x.device, cfg.bf16):
                 r_clean = defense.restore(x, m_clean)
@@ -221,12 +272,13 @@ def tapped_loss(
     target: Tensor | None,
     tap: FeatureTap | None,
     share: Share | None = None,
+    drops: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """:func:`pssr_loss` with the feature tap (if any) hooked in for this step only and emptied after."""
     if tap is None:
-        return pssr_loss(defense, cfg, x, y, x_adv, target, None, share)
+        return pssr_loss(defense, cfg, x, y, x_adv, target, None, share, drops)
     with tap:
         try:
-            return pssr_loss(defense, cfg, x, y, x_adv, target, tap, share)
+            return pssr_loss(defense, cfg, x, y, x_adv, target, tap, share, drops)
         finally:
             tap.outputs.clear()

@@ -370,7 +370,8 @@ class _Run:
             )
             if opt is None:
                 break
-            loss, parts = self._step(gidx[part.start : part.stop], xa, tgt, tap, len(gidx))
+            drops = losses.rdrop_drops(cfg, len(gidx), tuple(x_tr.shape[2:]), epoch, bi, part)
+            loss, parts = self._step(gidx[part.start : part.stop], xa, tgt, tap, len(gidx), drops)
             nb += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -411,7 +412,7 @@ class _Run:
         return xa.to(self.device), tgt.to(self.device)
 
     def _step(
-        self, idx: Tensor, xa: Tensor, tgt: Tensor, tap: losses.FeatureTap | None, n_global: int
+        self, idx: Tensor, xa: Tensor, tgt: Tensor, tap: losses.FeatureTap | None, n_global: int, drops: Any
     ) -> tuple[Tensor | None, dict[str, float]]:
         """One optimizer step on this rank's share ``idx`` of a global batch of ``n_global`` examples
         (gradients summed over the ranks); (loss, its logged parts), (None, {}) for an empty share."""
@@ -422,7 +423,8 @@ class _Run:
         parts: dict[str, float] = {}
         if len(idx) > 0:
             xb, yb = self.data[0][idx].to(device), self.data[1][idx].to(device)
-            loss, parts = losses.tapped_loss(self.defense, self.cfg, xb, yb, xa, tgt, tap, share)
+            drops = drops.to(device) if drops is not None else None  # R-Drop's random drops, (2, n, 1, H, W)
+            loss, parts = losses.tapped_loss(self.defense, self.cfg, xb, yb, xa, tgt, tap, share, drops)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         else:  # a last global batch smaller than the world: nothing to do here but the collectives
