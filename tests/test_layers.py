@@ -15,11 +15,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pssr"
 LIBRARY = ("data", "models", "attacks", "defense", "train", "evaluation", "utils")
 LIBRARY_MODULES = ("defaults.py", "config.py", "registry.py", "distributed.py", "interop.py")
 ABOVE_THE_LIBRARY = ("pssr.experiments", "pssr.cli")
-# (file, module) pairs known to break the rule, each with the reason it is still there
-KNOWN = {
-    # pssr report on a preset folder re-renders its report.md; to move with the results tables
-    ("evaluation/report.py", "pssr.experiments.preset_report"),
-}
 
 
 def _imports(path: Path) -> set[str]:
@@ -48,8 +43,7 @@ def _breaks(files: list[Path], packages: tuple[str, ...]) -> list[tuple[str, str
     for f in files:
         rel = f.relative_to(SRC).as_posix()
         for mod in sorted(_imports(f)):
-            known = any(rel == k_rel and _within(mod, k_mod) for k_rel, k_mod in KNOWN)
-            if any(_within(mod, p) for p in packages) and not known:
+            if any(_within(mod, p) for p in packages):
                 bad.append((rel, mod))
     return bad
 
@@ -61,9 +55,3 @@ def test_the_library_imports_no_run_or_command_code() -> None:
 
 def test_evaluation_does_not_import_the_trainers() -> None:
     assert not _breaks(sorted((SRC / "evaluation").rglob("*.py")), ("pssr.train",))
-
-
-def test_known_exceptions_still_exist() -> None:
-    """An exception fixed in the code is taken off the list (so it cannot come back unnoticed)."""
-    for rel, mod in KNOWN:
-        assert mod in _imports(SRC / rel), (rel, mod)

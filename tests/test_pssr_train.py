@@ -294,9 +294,9 @@ def test_cli_train_pssr_writes_checkpoint_and_results(classifier, tmp_path, caps
     assert s["config"]["pssr"]["ratio"] == 0.1 and s["test"]["n"] == 40 and s["test"]["adaptive_n"] == 20
     assert PSSR.load(tmp_path / "o" / "pssr.pt").config.ratio == 0.1
     # the checkpoint records its dataset, so evaluating it alone needs no --data
-    from pssr.experiments.loading import _checkpoint_data, load_models
+    from pssr.experiments.loading import checkpoint_data, load_models
 
-    assert _checkpoint_data(load_models([str(tmp_path / "o" / "pssr.pt")])[1])["name"] == "digits"
+    assert checkpoint_data(load_models([str(tmp_path / "o" / "pssr.pt")])[1])["name"] == "digits"
     assert main(["train-pssr", "--config", str(cfg), "--set", "run.classifier=''"]) == 2  # clear error
     # no adaptive attack asked for: the summary line says so instead of failing on the missing keys
     args = [

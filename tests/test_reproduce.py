@@ -134,13 +134,13 @@ def test_digits_chain_writes_a_report_and_resumes_identically(tmp_path, one_thre
 
 
 def test_full_suite_is_recognised_in_any_order_and_spelling():
-    from pssr.experiments.presets import FULL_SUITE, _is_full_suite
+    from pssr.experiments.presets import FULL_SUITE, is_full_suite
 
-    assert _is_full_suite(FULL_SUITE)
-    assert _is_full_suite({"L2": " paper", "linf": "adaptive, paper"})
-    assert not _is_full_suite({"linf": "paper,adaptive"})  # no L2
-    assert not _is_full_suite({"linf": "paper", "l2": "paper"})
-    assert not _is_full_suite({"linf": "paper,adaptive,square", "l2": "paper"})
+    assert is_full_suite(FULL_SUITE)
+    assert is_full_suite({"L2": " paper", "linf": "adaptive, paper"})
+    assert not is_full_suite({"linf": "paper,adaptive"})  # no L2
+    assert not is_full_suite({"linf": "paper", "l2": "paper"})
+    assert not is_full_suite({"linf": "paper,adaptive,square", "l2": "paper"})
 
 
 def test_cli_reproduce_rejects_unknown_preset(capsys):

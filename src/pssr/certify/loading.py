@@ -84,7 +84,7 @@ def certify_checkpoints(
     """
     import pssr.data
     from pssr.certify.run import certify_models
-    from pssr.experiments.loading import _checkpoint_data
+    from pssr.experiments.loading import checkpoint_data
     from pssr.utils import default_device
 
     if not specs:
@@ -99,7 +99,7 @@ def certify_checkpoints(
             raise ValueError(f"two models are named {name!r}; name them with NAME=SPEC")
         models[name], infos[name] = model, info
     sigmas = {name: _sigmas_for(name, infos[name], sigma) for name in models}
-    stored = _checkpoint_data(infos)
+    stored = checkpoint_data(infos)
     dname = data or stored.get("name")
     if not dname:
         raise ValueError("no dataset given and none recorded in the checkpoints; pass --data NAME")

@@ -41,9 +41,9 @@ def _dataset_name(
     args: argparse.Namespace, infos: dict[str, dict[str, Any]]
 ) -> tuple[str | None, dict[str, Any]]:
     """The dataset name and load arguments evaluate_checkpoints will use (--data, else the checkpoints')."""
-    from pssr.experiments.loading import _checkpoint_data
+    from pssr.experiments.loading import checkpoint_data
 
-    stored = _checkpoint_data(infos)
+    stored = checkpoint_data(infos)
     name = args.data or stored.get("name")
     kw: dict[str, Any] = {}
     if stored.get("name") == name and stored.get("data_dir") is not None:

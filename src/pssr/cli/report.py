@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def _rerender(args: argparse.Namespace) -> int:
-    from pssr.evaluation.report import rerender
+    from pssr.experiments.preset_report import rerender_report
 
     if not args.dirs:
         raise ValueError(
@@ -28,7 +28,7 @@ def _rerender(args: argparse.Namespace) -> int:
             "--compress DIR"
         )
     for d in args.dirs:
-        print(f"wrote {rerender(d)}")
+        print(f"wrote {rerender_report(d)}")
     return 0
 
 

@@ -141,7 +141,7 @@ def load_models(specs: Sequence[str]) -> tuple[dict[str, nn.Module], dict[str, d
     return models, infos
 
 
-def _checkpoint_data(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def checkpoint_data(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The [data] settings stored in the first checkpoint that has them (a training checkpoint's
     ``data``; a PSSR checkpoint's ``metrics["data"]``, written by ``pssr train-pssr``)."""
     for info in infos.values():
@@ -181,7 +181,7 @@ def evaluate_checkpoints(
     if not specs:
         raise ValueError("give at least one model (--checkpoint)")
     models, infos = load_models(specs)
-    stored = _checkpoint_data(infos)
+    stored = checkpoint_data(infos)
     name = data or stored.get("name")
     if not name:
         raise ValueError("no dataset given and none recorded in the checkpoints; pass --data NAME")
@@ -235,4 +235,11 @@ def _device_of(device: Any) -> Any:
     return torch.device("cpu") if device is None else default_device(device)
 
 
-__all__ = ["evaluate_checkpoints", "load_model_spec", "load_models", "parse_eps", "parse_value"]
+__all__ = [
+    "checkpoint_data",
+    "evaluate_checkpoints",
+    "load_model_spec",
+    "load_models",
+    "parse_eps",
+    "parse_value",
+]

@@ -1,14 +1,21 @@
 """``report.md`` of a preset (``results/NAME/report.md``), rendered from its combined ``report.json``:
 the training summary, each model's clean accuracy over the whole test split, then each norm's
-evaluation tables (:func:`pssr.evaluation.report.render_markdown`)."""
+evaluation tables (:func:`pssr.evaluation.markdown.render_markdown`).
+
+:func:`rerender_report` (``pssr report DIR``) redraws a saved report folder: a preset's (its ``<norm>/``
+evaluations, then its own report.md) or, for any other folder, one evaluation's
+(:func:`pssr.evaluation.rerender`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pssr.experiments.presets import FULL_SUITE
+from pssr.utils import atomic_write_json, atomic_write_text
 
 
 def _full_split_lines(combined: Mapping[str, Any]) -> list[str]:
@@ -39,7 +46,7 @@ def _full_split_lines(combined: Mapping[str, Any]) -> list[str]:
 
 def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     """report.md of a preset: training summary, then each evaluation's tables (from the JSON)."""
-    from pssr.evaluation.report import render_markdown
+    from pssr.evaluation.markdown import render_markdown
 
     lines = [
         f"# pssr reproduction: preset `{combined['preset']}`"
@@ -124,4 +131,43 @@ def render_preset_markdown(combined: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["render_preset_markdown"]
+def is_preset_report(out: str | Path) -> bool:
+    """Whether ``out`` holds a preset's combined report.json (one evaluation per norm under ``evaluations``)."""
+    try:
+        d = json.loads((Path(out) / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(d, dict) and "preset" in d and isinstance(d.get("evaluations"), dict)
+
+
+def rerender_preset(out_dir: str | Path) -> Path:
+    """A preset report folder: each ``<norm>/`` evaluation redrawn, then the preset's report.md."""
+    from pssr.evaluation.report import read_report_json, rerender
+
+    out = Path(out_dir)
+    combined = json.loads((out / "report.json").read_text())
+    for norm in combined["evaluations"]:
+        sub = out / norm
+        if not (sub / "report.json").is_file():
+            raise ValueError(
+                f"{out} is the report of preset {combined['preset']!r} but its {norm} evaluation {sub}/report.json "
+                "is missing; rerun the preset (pssr reproduce / pssr demo) to write it"
+            )
+        rerender(sub)
+        combined["evaluations"][norm] = read_report_json(sub)
+    atomic_write_json(out / "report.json", combined)
+    return atomic_write_text(out / "report.md", render_preset_markdown(combined))
+
+
+def rerender_report(out_dir: str | Path) -> Path:
+    """Redraw the report folder ``out_dir`` from its report.json: a preset's (:func:`rerender_preset`)
+    or one evaluation's (:func:`pssr.evaluation.rerender`). Returns the report.md written."""
+    from pssr.evaluation.report import rerender
+
+    out = Path(out_dir)
+    if out.is_dir() and is_preset_report(out):
+        return rerender_preset(out)
+    return rerender(out)
+
+
+__all__ = ["is_preset_report", "render_preset_markdown", "rerender_preset", "rerender_report"]

@@ -85,7 +85,7 @@ def list_presets() -> list[str]:
     return PRESETS.list()
 
 
-def _is_full_suite(lists: Mapping[str, str]) -> bool:
+def is_full_suite(lists: Mapping[str, str]) -> bool:
     """Whether ``lists`` (norm -> comma-separated attacks) are the preset's full suite, in any order."""
 
     def norm(m: Mapping[str, str]) -> dict[str, frozenset[str]]:
@@ -96,4 +96,12 @@ def _is_full_suite(lists: Mapping[str, str]) -> bool:
     return norm(lists) == norm(FULL_SUITE)
 
 
-__all__ = ["ABLATIONS", "FULL_SUITE", "INPUT_TRANSFORMS", "PRESETS", "Preset", "list_presets"]
+__all__ = [
+    "ABLATIONS",
+    "FULL_SUITE",
+    "INPUT_TRANSFORMS",
+    "PRESETS",
+    "Preset",
+    "is_full_suite",
+    "list_presets",
+]

@@ -42,7 +42,7 @@ from pssr.experiments.presets import (
     INPUT_TRANSFORMS,
     PRESETS,
     Preset,
-    _is_full_suite,
+    is_full_suite,
 )
 from pssr.utils import atomic_write_json, atomic_write_text, run_metadata
 
@@ -293,7 +293,7 @@ def reproduce(
         "report_only": report_only,
         "only": list(only),
         "attacks": attack_lists,
-        "full_suite": _is_full_suite(attack_lists),
+        "full_suite": is_full_suite(attack_lists),
         # relative to ``attacks``: a run of other lists than the full suite says so in "full_suite"
         "complete": set(evaluations) == set(attack_lists)
         and all(e["config"].get("complete", True) for e in evaluations.values()),

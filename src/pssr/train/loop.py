@@ -18,7 +18,6 @@ for :mod:`pssr.train.classifier`, PGD-AT / TRADES for :mod:`pssr.train.adversari
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -460,7 +459,3 @@ class _NoBar:
 
     def set_postfix(self, **_: Any) -> None:
         pass
-
-
-def config_fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
