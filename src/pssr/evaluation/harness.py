@@ -392,13 +392,18 @@ def _examples(
     index = idx.tolist()
     coverage = class_coverage(split.y, y_all)
     if coverage["missing"] and is_main:
+        advice = (
+            "a split stored class by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset"
+            if subset_seed is None
+            else "a random subset this small can miss classes; raise n for per-class figures"
+        )
         log.warning(
-            "the %d evaluated examples hold %d of the split's %d classes (missing: %s): a split stored class "
-            "by class gives a biased first n; pass subset_seed (--subset-seed) for a random subset",
+            "the %d evaluated examples hold %d of the split's %d classes (missing: %s): %s",
             n_eval,
             coverage["in_subset"],
             coverage["in_split"],
             coverage["missing"],
+            advice,
         )
 
     return x_all, y_all, index, coverage
