@@ -248,3 +248,14 @@ def test_os_errors_print_as_one_line() -> None:
 
     assert _message(FileExistsError(17, "File exists", "/x/y")) == "File exists: /x/y"
     assert _message(ValueError("two\n  lines")) == "two lines"
+
+
+def test_rerender_of_a_preset_folder_names_pssr_report(tmp_path) -> None:
+    """evaluation.rerender draws one evaluation; a preset's combined report gets a one-line error naming
+    the command that redraws it, not a schema complaint or a KeyError."""
+    from pssr.evaluation.report import rerender
+
+    (tmp_path / "report.json").write_text(json.dumps({"preset": "digits", "evaluations": {"linf": {}}}))
+    with pytest.raises(ValueError, match=r"report of preset 'digits'.*pssr report") as e:
+        rerender(tmp_path)
+    assert "\n" not in str(e.value)
