@@ -18,6 +18,16 @@ BatchNorm statistics), and the update runs in train mode. The loop, checkpoints 
 training and calibration) makes the training examples and the robust accuracy recorded at the end (PGD-``eval_steps``, worst case over ``eval_restarts`` random
 starts); the full evaluation lives in :mod:`pssr.evaluation` with :mod:`pssr.attacks`.
 
+Checkpoint selection (``val_size > 0``, :mod:`pssr.train.selection`): that many training images,
+drawn at random with ``seed``, are held out of training; after every epoch their clean and
+PGD-``val_steps`` robust accuracy (step ``2.5 * eps / val_steps``, one random start, eval mode, fp32)
+go into the history, and the epoch with the highest validation robust accuracy is selected (ties:
+the earliest). The returned model and ``<method>.pt`` hold that epoch's weights and its test metrics;
+``<method>-best.pt`` the best epoch so far; ``<method>-last.pt`` the last epoch (resume reads it).
+Their metrics record ``selected_epoch``, ``val_size``, ``val_steps``, ``train_seconds`` and
+``passes_per_example``. ``val_size = 0`` (the default) trains on the whole split and keeps the last
+epoch, as before.
+
 Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64, logits (N, classes).
 """
 
@@ -61,6 +71,8 @@ class AdvTrainConfig(TrainConfig):
     eval_alpha: float | None = None  # its step size; None = 2.5 * eps / eval_steps
     eval_restarts: int = 1  # random starts; an example is robust only if it survives all of them
     eval_n: int | None = None  # test images for the robust accuracy; None = the whole test split
+    val_size: int = 0  # training images held out to select the epoch (robust val acc); 0 = keep the last
+    val_steps: int = 10  # PGD steps of that validation robust accuracy (step 2.5 * eps / val_steps)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +85,8 @@ class AdvTrainConfig(TrainConfig):
             ("beta", self.beta >= 0.0, ">= 0"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"),
             ("eval_restarts", self.eval_restarts >= 1, ">= 1"),
+            ("val_size", self.val_size >= 0, ">= 0 (0 = no validation split)"),
+            ("val_steps", self.val_steps >= 1, ">= 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -260,6 +274,8 @@ def adversarial_train_run(
         )
         return {f"pgd{cfg.eval_steps}_{k}": v for k, v in r.items()}
 
+    if cfg.val_size > 0:
+        return _fit_selected(module, data, cfg, final, name, kw, checkpoint, resume, progress, callbacks)
     return fit(
         module,
         data,
@@ -273,6 +289,59 @@ def adversarial_train_run(
         progress=progress,
         callbacks=callbacks,
         final_metrics=final,
+    )
+
+
+def passes_per_example(cfg: AdvTrainConfig) -> dict[str, int]:
+    """Network passes per training example per epoch. ``passes_per_example`` counts the passes with a
+    backward: PGD-AT ``steps`` attack steps + 1 training pass; TRADES ``steps`` attack steps + the
+    clean and the adversarial training forwards (one backward through both) = ``steps + 2``.
+    ``forward_passes_per_example`` adds TRADES' gradient-free clean forward (the KL target)."""
+    with_backward = cfg.steps + (1 if cfg.method == "pgd-at" else 2)
+    return {
+        "passes_per_example": with_backward,
+        "forward_passes_per_example": with_backward + int(cfg.method == "trades"),
+    }
+
+
+def _fit_selected(
+    module: nn.Module,
+    data: Dataset,
+    cfg: AdvTrainConfig,
+    final: Callable[[nn.Module], dict[str, float]],
+    name: str | None,
+    kw: dict[str, Any],
+    checkpoint: str | Path | None,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[EpochCallback],
+) -> FitResult:
+    """:func:`pssr.train.selection.fit_with_selection` with the validation robust accuracy of ``cfg``."""
+    from pssr.train.selection import fit_with_selection
+
+    def evaluate_val(m: nn.Module, val: Split) -> dict[str, float]:
+        r = pgd_accuracy(
+            m, val, eps=cfg.eps, steps=cfg.val_steps, batch_size=cfg.eval_batch_size, seed=cfg.seed
+        )
+        return {"val_clean_acc": r["clean_acc"], "val_robust_acc": r["robust_acc"]}
+
+    meta = {"val_size": cfg.val_size, "val_steps": cfg.val_steps, **passes_per_example(cfg)}
+    return fit_with_selection(
+        module,
+        data,
+        cfg,
+        ADV_METHODS.create(cfg.method, cfg=cfg),
+        val_size=cfg.val_size,
+        evaluate_val=evaluate_val,
+        final_metrics=final,
+        meta=meta,
+        model_name=name,
+        model_kwargs=kw,
+        kind=cfg.method,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
     )
 
 
@@ -318,6 +387,7 @@ __all__ = [
     "AdvTrainConfig",
     "adversarial_train",
     "adversarial_train_run",
+    "passes_per_example",
     "pgd_accuracy",
     "pgd_linf",
     "trades_start",
