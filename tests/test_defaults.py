@@ -143,5 +143,10 @@ def test_faithful_mode_is_named_in_the_api_and_its_config():
     for path in sorted((ROOT / "configs").glob("pssr-*-faithful.toml")):
         file_cfg = build(PSSRConfig, load_toml(path)["pssr"], prefix="pssr.")
         for key, value in MODES["faithful"].items():
-            if key != "classifier_lr":  # the file may choose its own fine-tuning lr
+            if key != "classifier_lr":  # the fine-tuning lr is the family's (pssr.defaults._MODE_FAMILY)
                 assert getattr(file_cfg, key) == value, (path.name, key)
+        dataset = load_toml(path)["data"]["name"]
+        assert file_cfg.classifier_lr == pssr_config(dataset, mode="faithful").classifier_lr, path.name
+    assert (
+        pssr_config("cifar10-jpeg", mode="faithful").classifier_lr < cfg.classifier_lr
+    )  # ResNet-20: smaller step
