@@ -1,0 +1,61 @@
+"""Issue 22, item 3 on CIFAR-10-JPEG: PSSR as the paper describes it (configs/pssr-cifar10-jpeg-faithful.toml,
+trained at CPU scale: see docs/faithful.md) beside its fine-tuned classifier alone and the undefended
+classifier, under the paper protocol and the adaptive set of results/fashion-mnist/faithful/evaluate.py
+(imported from there: one list for both datasets); worst case per example, on N test images drawn at random
+(seed 0) from the whole split, L-inf 8/255. Shards the examples under torchrun:
+
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 results/cifar10-jpeg/faithful/evaluate.py \\
+        FAITHFUL_CKPT [OUT [N]]
+
+The undefended classifier comes from the zoo (cifar10-jpeg/classifier), the faithful checkpoint from
+`pssr train-pssr --config configs/pssr-cifar10-jpeg-faithful.toml` (the command in docs/faithful.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pssr
+import pssr.zoo
+from pssr import distributed as D
+from pssr.defense.pssr import PSSR
+
+
+def adaptive_set() -> list:
+    """The adaptive attacks of the Fashion-MNIST faithful evaluation (the same list, not a copy)."""
+    path = Path(__file__).resolve().parents[2] / "fashion-mnist" / "faithful" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("fmnist_faithful_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ADAPTIVE
+
+
+def main(faithful: str, out: str = "results/cifar10-jpeg/faithful", n: str = "100") -> None:
+    data = pssr.data.load("cifar10-jpeg")
+    models = {
+        "undefended": pssr.zoo.load("cifar10-jpeg/classifier"),
+        "pssr-faithful": PSSR.load(faithful),
+    }
+    # the faithful variant fine-tunes its classifier: alone, it shows what the purifier adds
+    models["faithful-classifier"] = models["pssr-faithful"].classifier
+
+    def run() -> pssr.evaluation.Report:
+        return pssr.evaluate(
+            models,
+            data.test,
+            attacks=["paper", *adaptive_set()],
+            n=int(n),
+            subset_seed=0,
+            state_dir=f"{out}/state",
+            progress=False,
+        )
+
+    report, is_main = D.run_and_leave(run)
+    if is_main:
+        report.save(out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
