@@ -274,22 +274,20 @@ def adversarial_train_run(
         )
         return {f"pgd{cfg.eval_steps}_{k}": v for k, v in r.items()}
 
+    batch_loss = ADV_METHODS.create(cfg.method, cfg=cfg)
+    common: dict[str, Any] = {
+        "model_name": name,
+        "model_kwargs": kw,
+        "kind": cfg.method,
+        "checkpoint": checkpoint,
+        "resume": resume,
+        "progress": progress,
+        "callbacks": callbacks,
+        "final_metrics": final,
+    }
     if cfg.val_size > 0:
-        return _fit_selected(module, data, cfg, final, name, kw, checkpoint, resume, progress, callbacks)
-    return fit(
-        module,
-        data,
-        cfg,
-        ADV_METHODS.create(cfg.method, cfg=cfg),
-        model_name=name,
-        model_kwargs=kw,
-        kind=cfg.method,
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        callbacks=callbacks,
-        final_metrics=final,
-    )
+        return _fit_selected(module, data, cfg, batch_loss, common)
+    return fit(module, data, cfg, batch_loss, **common)
 
 
 def passes_per_example(cfg: AdvTrainConfig) -> dict[str, int]:
@@ -305,18 +303,10 @@ def passes_per_example(cfg: AdvTrainConfig) -> dict[str, int]:
 
 
 def _fit_selected(
-    module: nn.Module,
-    data: Dataset,
-    cfg: AdvTrainConfig,
-    final: Callable[[nn.Module], dict[str, float]],
-    name: str | None,
-    kw: dict[str, Any],
-    checkpoint: str | Path | None,
-    resume: bool,
-    progress: bool,
-    callbacks: Sequence[EpochCallback],
+    module: nn.Module, data: Dataset, cfg: AdvTrainConfig, batch_loss: BatchLoss, common: dict[str, Any]
 ) -> FitResult:
-    """:func:`pssr.train.selection.fit_with_selection` with the validation robust accuracy of ``cfg``."""
+    """:func:`pssr.train.selection.fit_with_selection` with the validation robust accuracy of ``cfg``;
+    ``common``: the keyword arguments it shares with :func:`pssr.train.loop.fit`."""
     from pssr.train.selection import fit_with_selection
 
     def evaluate_val(m: nn.Module, val: Split) -> dict[str, float]:
@@ -327,21 +317,7 @@ def _fit_selected(
 
     meta = {"val_size": cfg.val_size, "val_steps": cfg.val_steps, **passes_per_example(cfg)}
     return fit_with_selection(
-        module,
-        data,
-        cfg,
-        ADV_METHODS.create(cfg.method, cfg=cfg),
-        val_size=cfg.val_size,
-        evaluate_val=evaluate_val,
-        final_metrics=final,
-        meta=meta,
-        model_name=name,
-        model_kwargs=kw,
-        kind=cfg.method,
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        callbacks=callbacks,
+        module, data, cfg, batch_loss, val_size=cfg.val_size, evaluate_val=evaluate_val, meta=meta, **common
     )
 
 
