@@ -19,17 +19,16 @@ from pathlib import Path
 
 import pssr
 import pssr.zoo
-from pssr import distributed as D
 from pssr.defense.pssr import PSSR
 
 
-def adaptive_set() -> list:
-    """The adaptive attacks of the Fashion-MNIST faithful evaluation (the same list, not a copy)."""
+def fmnist_script():
+    """results/fashion-mnist/faithful/evaluate.py as a module: its adaptive set and evaluation, not a copy."""
     path = Path(__file__).resolve().parents[2] / "fashion-mnist" / "faithful" / "evaluate.py"
     spec = importlib.util.spec_from_file_location("fmnist_faithful_evaluate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ADAPTIVE
+    return module
 
 
 def main(faithful: str, out: str = "results/cifar10-jpeg/faithful", n: str = "100") -> None:
@@ -38,23 +37,7 @@ def main(faithful: str, out: str = "results/cifar10-jpeg/faithful", n: str = "10
         "undefended": pssr.zoo.load("cifar10-jpeg/classifier"),
         "pssr-faithful": PSSR.load(faithful),
     }
-    # the faithful variant fine-tunes its classifier: alone, it shows what the purifier adds
-    models["faithful-classifier"] = models["pssr-faithful"].classifier
-
-    def run() -> pssr.evaluation.Report:
-        return pssr.evaluate(
-            models,
-            data.test,
-            attacks=["paper", *adaptive_set()],
-            n=int(n),
-            subset_seed=0,
-            state_dir=f"{out}/state",
-            progress=False,
-        )
-
-    report, is_main = D.run_and_leave(run)
-    if is_main:
-        report.save(out)
+    fmnist_script().evaluate_faithful(models, data.test, out, n)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,18 @@ def main(faithful: str, no_twopass: str, out: str = "results/fashion-mnist/faith
         "pssr-faithful": PSSR.load(faithful),
         "pssr-faithful-no-twopass": PSSR.load(no_twopass),
     }
-    # the faithful variant fine-tunes its classifier: alone, it shows what the purifier adds
+    evaluate_faithful(models, data.test, out, n)
+
+
+def evaluate_faithful(models: dict, split, out: str, n: str) -> None:
+    """Add the faithful model's fine-tuned classifier alone (it shows what the purifier adds), evaluate
+    all under the paper set and ADAPTIVE on n seeded random images (sharded under torchrun), save to out."""
     models["faithful-classifier"] = models["pssr-faithful"].classifier
 
     def run() -> pssr.evaluation.Report:
         return pssr.evaluate(
             models,
-            data.test,
+            split,
             attacks=["paper", *ADAPTIVE],
             n=int(n),
             subset_seed=0,
