@@ -243,6 +243,45 @@ def test_image_folder_archive_and_corrupt_archive(tmp_path, monkeypatch):
         pdata.load("image-folder", root=junk)
 
 
+def test_archive_extracted_by_several_loaders_at_once(tmp_path, monkeypatch):
+    """Ranks of one torchrun load the same archive together: each must get the complete folder, and no
+    temporary folder may be left behind (a fixed temporary name once made the second rank crash)."""
+    import tarfile
+    import threading
+
+    from pssr.data.sources import _extract_archive
+
+    monkeypatch.setenv("PSSR_CACHE", str(tmp_path / "cache"))
+    _make_png_folder(tmp_path / "imgs")
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "imgs", arcname="imgs")
+    start, roots, errors = threading.Barrier(4), [], []
+
+    def load() -> None:
+        start.wait()
+        try:
+            roots.append(_extract_archive(archive))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(roots)) == 1
+    assert sorted(p.name for p in (roots[0] / "train").iterdir()) == ["cat", "dog"]
+    extracted = tmp_path / "cache" / "extracted"
+    assert [p.name for p in extracted.iterdir() if p.name.endswith(".tmp")] == []
+    # a folder an older version left without its .complete marker is replaced, not trusted
+    (dest,) = list(extracted.iterdir())
+    (dest / ".complete").unlink()
+    (roots[0] / "train" / "cat" / "0.png").unlink()
+    root = _extract_archive(archive)
+    assert (root / "train" / "cat" / "0.png").is_file() and (dest / ".complete").is_file()
+
+
 def test_image_folder_undecodable_image_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PSSR_CACHE", str(tmp_path / "cache"))
     _make_png_folder(tmp_path / "imgs")

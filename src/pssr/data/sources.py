@@ -304,26 +304,33 @@ def _extract_archive(archive: Path) -> Path:
     st = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = cache_dir() / "extracted" / f"{archive.name.split('.')[0]}-{key}"
-    done = dest / ".complete"
-    if not done.is_file():
-        tmp = dest.with_name(dest.name + ".tmp")
-        if tmp.exists():
-            import shutil
+    if not (dest / ".complete").is_file():
+        import shutil
+        import tempfile
 
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        # Each process extracts into its own folder and moves it into place complete: several ranks of
+        # one torchrun (or two runs) may load the same archive at once; the first to finish wins.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", suffix=".tmp", dir=dest.parent))
         log.info("extracting %s into %s (once)", archive, dest)
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
+            (tmp / ".complete").write_text("ok\n")
         except (tarfile.TarError, EOFError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"{archive} is truncated or not a tar archive ({e}); fetch it again") from e
-        if dest.exists():
-            import shutil
-
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-        done.write_text("ok\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if dest.exists() and not (dest / ".complete").is_file():
+            shutil.rmtree(dest, ignore_errors=True)  # left half-written by an older version
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / ".complete").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
     # An archive usually wraps everything in one top folder: descend until train/ and test/ appear.
     root = dest
     for _ in range(3):
