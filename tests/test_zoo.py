@@ -21,8 +21,9 @@ from pssr.zoo import build, store
 SPEC = {"name": "tiny-cnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
 
 
-def _classifier_checkpoint(path: Path) -> Path:
-    """A training checkpoint as pssr's trainer writes it (random weights: the tests check mechanics)."""
+def _classifier_checkpoint(path: Path, kind: str = "classifier") -> Path:
+    """A training checkpoint as pssr's trainer writes it (random weights: the tests check mechanics);
+    pssr train-adversarial writes its method ("pgd-at", "trades") as the kind."""
     torch.manual_seed(0)
     model = create_model(SPEC["name"], **SPEC["kwargs"])
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -30,7 +31,7 @@ def _classifier_checkpoint(path: Path) -> Path:
     opt.step()  # the optimizer holds momentum buffers, which the zoo must drop
     ck = {
         "format": CHECKPOINT_FORMAT,
-        "kind": "classifier",
+        "kind": kind,
         "model": {**SPEC, "class": type(model).__name__},
         "state_dict": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -143,6 +144,14 @@ def test_export_strips_training_state_and_round_trips(tmp_zoo: Path) -> None:
     scale = want.abs().max().item()
     assert 0 < diff <= 1e-2 * scale  # half precision: close, not equal
     assert 0 < c["fp16_max_logit_change"] <= 1e-2 * scale
+
+
+@pytest.mark.parametrize("kind", ["pgd-at", "trades"])
+def test_adversarially_trained_checkpoints_export_under_their_method(tmp_zoo: Path, kind: str) -> None:
+    c = _export(_classifier_checkpoint(tmp_zoo / f"{kind}.pt", kind=kind))
+    assert (c["name"], c["kind"]) == (f"digits/{kind}", kind)
+    model = zoo.load(f"digits/{kind}")
+    assert not isinstance(model, PSSR) and model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_pssr_export_and_resolve_give_an_fp32_checkpoint(tmp_zoo: Path) -> None:

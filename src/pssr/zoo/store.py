@@ -54,8 +54,10 @@ def _classifier(ck: dict[str, Any]) -> nn.Module:
     return rebuild_model(ck)
 
 
-# An adversarially trained model is a classifier checkpoint of the same format (kind "pgd-at").
+# An adversarially trained model is a classifier checkpoint of the same format (kind "pgd-at" or
+# "trades": pssr train-adversarial writes its method as the checkpoint's kind).
 KINDS.register("pgd-at")(_classifier)
+KINDS.register("trades")(_classifier)
 
 
 @KINDS.register("pssr")
