@@ -793,10 +793,18 @@ def test_real_attack_sets_expand_and_run_with_dataset_defaults(clf, digits):
         assert rep.accuracy(m, "worst-case", "all", 0.1) <= rep.accuracy(m, "pgd", "paper", 0.1)
 
 
-def test_autoattack_bpda_on_a_plain_model_reuses_the_paper_autoattack(clf, digits, tmp_path):
-    """On a model without a BPDA view AutoAttack-BPDA is the paper column's AutoAttack: copied, not rerun."""
+def test_adaptive_attacks_on_a_plain_model_reuse_their_paper_twins(clf, digits, tmp_path):
+    """On a model without a BPDA view that is its own source, AutoAttack-BPDA, AutoAttack with exact
+    gradients and full-gradient PGD are the paper column's attacks with the same settings: copied, not rerun."""
     aa = {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 5}
-    attacks = [{"name": "autoattack", **aa}, {"name": "autoattack-bpda", "threat_model": "adaptive", **aa}]
+    attacks = [
+        {"name": "autoattack", **aa},
+        {"name": "autoattack-bpda", "threat_model": "adaptive", **aa},
+        {"name": "autoattack", "threat_model": "adaptive", "label": "autoattack-full", **aa},
+        {"name": "pgd", "steps": 3},
+        {"name": "pgd-full", "steps": 3, "threat_model": "adaptive"},
+        {"name": "pgd-full", "steps": 4, "threat_model": "adaptive", "label": "pgd-full-4"},
+    ]
     rep = evaluate(
         {"none": clf, "quant": Quantize(clf)},
         digits.test,
@@ -812,19 +820,30 @@ def test_autoattack_bpda_on_a_plain_model_reuses_the_paper_autoattack(clf, digit
     reused = rows[("none", "adaptive", "autoattack-bpda")]
     assert reused["reused_from"] == "paper/autoattack" and reused["seconds"] == 0.0
     assert reused["accuracy"] == rows[("none", "paper", "autoattack")]["accuracy"]
+    # AutoAttack with exact gradients and PGD with pgd's settings are the paper attacks on such a model
+    full = rows[("none", "adaptive", "autoattack-full")]
+    assert full["reused_from"] == "paper/autoattack" and full["seconds"] == 0.0
+    assert rows[("none", "adaptive", "pgd-full")]["reused_from"] == "paper/pgd"
+    assert "reused_from" not in rows[("none", "adaptive", "pgd-full-4")]  # other settings: run
+    # through a defense whose gray-box source is the classifier, the adaptive attacks are their own runs
+    assert not any("reused_from" in rows[("quant", "adaptive", a)] for a in ("autoattack-full", "pgd-full"))
     assert (
         "reused_from" not in rows[("quant", "adaptive", "autoattack-bpda")]
     )  # a BPDA view: a run of its own
     assert rows[("quant", "adaptive", "autoattack-bpda")]["seconds"] > 0
 
-    def of(model, threat):
+    def of(model, threat, attack):
         return [
             {k: v for k, v in r.items() if k not in ("threat_model", "attack")}
             for r in rep.records
-            if r["model"] == model and r["threat_model"] == threat
+            if r["model"] == model and r["threat_model"] == threat and r["attack"] == attack
         ]
 
-    assert of("none", "adaptive") == of("none", "paper")
+    paper = of("none", "paper", "autoattack")
+    assert paper and of("none", "adaptive", "autoattack-bpda") == paper == of(
+        "none", "adaptive", "autoattack-full"
+    )
+    assert of("none", "adaptive", "pgd-full") == of("none", "paper", "pgd")
     assert "records of paper/autoattack" in render_markdown(rep.to_dict())
     again = evaluate(
         {"none": clf, "quant": Quantize(clf)},

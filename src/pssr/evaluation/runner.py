@@ -39,7 +39,13 @@ def _create_attack(name: str, model: nn.Module, **kw: Any) -> Any:
 
 # Adaptive attacks that are the same attack as a paper-protocol one on a model with no BPDA view
 # that is its own gray-box source (see _Run._reuse_twin).
-_SAME_ON_A_PLAIN_MODEL: Mapping[str, str] = {"autoattack-bpda": "autoattack"}
+# adaptive attack -> the paper-protocol attack it equals on a model that is its own gray-box source
+# and has no BPDA view (with the same settings: Run._reuse_twin)
+_SAME_ON_A_PLAIN_MODEL: Mapping[str, str] = {
+    "autoattack-bpda": "autoattack",
+    "autoattack": "autoattack",  # exact gradients through the whole model = white-box on the model
+    "pgd-full": "pgd",
+}
 
 
 class Run:
@@ -379,7 +385,8 @@ class Run:
 
         On a model without a ``bpda()`` view that is its own gray-box source (an undefended or
         adversarially trained classifier), ``autoattack-bpda`` is AutoAttack on the model, exactly
-        what the paper column's ``autoattack`` with the same settings already ran: rerunning it
+        what the paper column's ``autoattack`` with the same settings already ran (so is adaptive
+        ``autoattack`` with exact gradients, and ``pgd-full`` with ``pgd``'s settings): rerunning it
         costs the most expensive attack of the suite again (tens of minutes on a robust model on a
         CPU) for a second sample of the same thing. The records are copied, relabelled, and the
         unit says so (``reused_from``). Only when the twin is complete; otherwise it runs.
