@@ -55,7 +55,12 @@ MODES: dict[str, dict[str, Any]] = {
 # (mode, family) -> fields that differ from MODES[mode] on that family. The faithful mode's Adam step
 # for the fine-tuned classifier: 5e-4 suits the small CNNs, and drove CIFAR's BatchNorm ResNet-20 to
 # 14.5% clean accuracy in one epoch (configs/pssr-cifar10-jpeg-faithful.toml records the measurement).
-_MODE_FAMILY: dict[tuple[str, str], dict[str, Any]] = {("faithful", "cifar"): {"classifier_lr": 2e-5}}
+_MODE_FAMILY: dict[tuple[str, str], dict[str, Any]] = {
+    ("faithful", "cifar"): {"classifier_lr": 2e-5},
+    # robust Fashion-MNIST: at G's paper-mode lr 3e-3 the regenerator collapsed to an all-zero image
+    # in the first epoch (clean 11.6%); 1e-3 trained (docs/robust.md)
+    ("robust", "fashion-mnist"): {"lr": 1e-3},
+}
 
 
 def known_datasets() -> list[str]:
