@@ -54,12 +54,18 @@ def evaluate_faithful(models: dict, split, out: str, n: str) -> None:
     """Add the faithful model's fine-tuned classifier alone (it shows what the purifier adds), evaluate
     all under the paper set and ADAPTIVE on n seeded random images (sharded under torchrun), save to out."""
     models["faithful-classifier"] = models["pssr-faithful"].classifier
+    evaluate_and_save(models, split, ["paper", *ADAPTIVE], out, n)
+
+
+def evaluate_and_save(models: dict, split, attacks: list, out: str, n: str) -> None:
+    """``pssr.evaluate`` on n seeded random images (resumable state in out/state, examples sharded under
+    torchrun); rank 0 saves the report to out."""
 
     def run() -> pssr.evaluation.Report:
         return pssr.evaluate(
             models,
             split,
-            attacks=["paper", *ADAPTIVE],
+            attacks=attacks,
             n=int(n),
             subset_seed=0,
             state_dir=f"{out}/state",

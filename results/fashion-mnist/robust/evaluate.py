@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 
 import pssr
-from pssr import distributed as D
 from pssr.experiments.loading import load_model_spec
 
 
-def digits_script():
-    """results/digits/robust/evaluate.py as a module: its attack list, not a copy."""
-    path = Path(__file__).resolve().parents[2] / "digits" / "robust" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("digits_robust_evaluate", path)
+def sibling_script(*parts: str):
+    """results/<parts>/evaluate.py as a module (its attack list or evaluation, not a copy)."""
+    path = Path(__file__).resolve().parents[2].joinpath(*parts, "evaluate.py")
+    spec = importlib.util.spec_from_file_location("_".join(parts).replace("-", "_"), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,23 +35,9 @@ def main(out: str, n: str, *specs: str) -> None:
     models = dict(load_model_spec(s)[:2] for s in specs)
     if "pgd-at" not in models:
         raise SystemExit("name one model pgd-at (pgd-at=PATH): it is the transfer attack's source")
-    attacks = ["paper", "adaptive", *digits_script().strong_attacks(models["pgd-at"])]
+    attacks = ["paper", "adaptive", *sibling_script("digits", "robust").strong_attacks(models["pgd-at"])]
     data = pssr.data.load("fashion-mnist")
-
-    def run() -> pssr.evaluation.Report:
-        return pssr.evaluate(
-            models,
-            data.test,
-            attacks=attacks,
-            n=int(n),
-            subset_seed=0,
-            state_dir=f"{out}/state",
-            progress=False,
-        )
-
-    report, is_main = D.run_and_leave(run)
-    if is_main:
-        report.save(out)
+    sibling_script("fashion-mnist", "faithful").evaluate_and_save(models, data.test, attacks, out, n)
 
 
 if __name__ == "__main__":
