@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,18 @@ def test_python_api_story_saves_a_self_describing_defense(tmp_path, one_thread):
     x = data.test.x[:8]
     torch.testing.assert_close(back.purify(x), defense.purify(x))
     torch.testing.assert_close(back(x), defense(x))
+
+
+def test_results_scripts_import_their_siblings_by_path(tmp_path):
+    from pssr.experiments.loading import script_module
+
+    ROOT = Path(__file__).resolve().parents[1]
+    # the two evaluation scripts that reuse another script's attack list and evaluation
+    robust = script_module(ROOT / "results/fashion-mnist/robust/evaluate.py")
+    assert callable(robust.sibling_script("digits", "robust").strong_attacks)
+    cifar = script_module(ROOT / "results/cifar10-jpeg/faithful/evaluate.py")
+    assert callable(cifar.fmnist_script().evaluate_and_save)
+    (tmp_path / "s.py").write_text("VALUE = 3\n")
+    assert script_module(tmp_path / "s.py").VALUE == 3
+    with pytest.raises(FileNotFoundError, match="script not found"):
+        script_module(tmp_path / "missing.py")

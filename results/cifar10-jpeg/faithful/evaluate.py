@@ -13,22 +13,18 @@ The undefended classifier comes from the zoo (cifar10-jpeg/classifier), the fait
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pssr
 import pssr.zoo
 from pssr.defense.pssr import PSSR
+from pssr.experiments.loading import script_module
 
 
 def fmnist_script():
     """results/fashion-mnist/faithful/evaluate.py as a module: its adaptive set and evaluation, not a copy."""
-    path = Path(__file__).resolve().parents[2] / "fashion-mnist" / "faithful" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("fmnist_faithful_evaluate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(Path(__file__).resolve().parents[2] / "fashion-mnist" / "faithful" / "evaluate.py")
 
 
 def main(faithful: str, out: str = "results/cifar10-jpeg/faithful", n: str = "100") -> None:

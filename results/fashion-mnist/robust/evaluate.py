@@ -14,21 +14,16 @@ must be named pgd-at (the transfer source). The state under OUT/state makes a re
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pssr
-from pssr.experiments.loading import load_model_spec
+from pssr.experiments.loading import load_model_spec, script_module
 
 
 def sibling_script(*parts: str):
     """results/<parts>/evaluate.py as a module (its attack list or evaluation, not a copy)."""
-    path = Path(__file__).resolve().parents[2].joinpath(*parts, "evaluate.py")
-    spec = importlib.util.spec_from_file_location("_".join(parts).replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(Path(__file__).resolve().parents[2].joinpath(*parts, "evaluate.py"))
 
 
 def main(out: str, n: str, *specs: str) -> None:

@@ -243,3 +243,18 @@ __all__ = [
     "parse_eps",
     "parse_value",
 ]
+
+
+def script_module(path: str | Path) -> Any:
+    """The Python file at ``path`` imported as a module (how one ``results/`` script uses another's
+    attack list or evaluation instead of a copy of it)."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"script not found: {path}")
+    name = "_".join(path.with_suffix("").parts[-3:]).replace("-", "_").replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
