@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,13 @@ def test_archive_extracted_by_several_loaders_at_once(tmp_path, monkeypatch):
     (roots[0] / "train" / "cat" / "0.png").unlink()
     root = _extract_archive(archive)
     assert (root / "train" / "cat" / "0.png").is_file() and (dest / ".complete").is_file()
+    # folders of killed extractions are swept once untouched for an hour; a recent one (maybe live) stays
+    stale, recent = (extracted / f"{dest.name}.{tag}.tmp" for tag in ("old", "new"))
+    for p in (stale, recent):
+        (p / "imgs").mkdir(parents=True)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert _extract_archive(archive) == root
+    assert not stale.exists() and recent.is_dir()
 
 
 def test_image_folder_undecodable_image_names_the_file(tmp_path, monkeypatch):

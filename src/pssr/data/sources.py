@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -299,6 +300,23 @@ def cifar100(
 
 
 # ---------------------------------------------------------------------------------------------
+STALE_EXTRACTION_SECONDS = 3600.0
+
+
+def _sweep_stale_extractions(dest: Path) -> None:
+    """Remove ``dest``'s per-process extraction folders left by killed processes: those untouched for
+    an hour (a live extraction writes into its folder; a CIFAR archive takes seconds)."""
+    import shutil
+
+    now = time.time()
+    for p in dest.parent.glob(f"{dest.name}.*.tmp"):
+        try:
+            if p.is_dir() and now - p.stat().st_mtime > STALE_EXTRACTION_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass  # removed by another process meanwhile
+
+
 def _extract_archive(archive: Path) -> Path:
     """Extract a .tar.gz/.tgz/.tar image archive once into the cache; return the extracted folder."""
     st = archive.stat()
@@ -331,6 +349,7 @@ def _extract_archive(archive: Path) -> Path:
             if not (dest / ".complete").is_file():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    _sweep_stale_extractions(dest)
     # An archive usually wraps everything in one top folder: descend until train/ and test/ appear.
     root = dest
     for _ in range(3):
