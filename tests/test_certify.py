@@ -277,6 +277,32 @@ def test_changed_model_is_certified_again(tmp_path):
     assert rep["units"]["lin@sigma=0.5"]["n_examples"] == 8
 
 
+def test_from_report_continues_a_saved_report_and_joins_new_models(tmp_path):
+    _run(tmp_path / "a", num_examples=4)  # a saved report, e.g. one committed half done
+    saved = read_records(tmp_path / "a" / "c" / "state" / "lin@sigma=0.5.jsonl")
+    rep = _run(tmp_path / "b", num_examples=8, from_report=tmp_path / "a" / "c")
+    recs = read_records(tmp_path / "b" / "c" / "state" / "lin@sigma=0.5.jsonl")
+    assert recs[:4] == saved and len(recs) == 8  # copied (seconds included), then the 4 missing computed
+    _run(tmp_path / "full")
+    strip = lambda rs: sorted((r["index"], r["prediction"], r["radius"]) for r in rs)  # noqa: E731
+    assert strip(recs) == strip(read_records(tmp_path / "full" / "c" / "state" / "lin@sigma=0.5.jsonl"))
+    assert rep["units"]["lin@sigma=0.5"]["complete"]
+    # a new model joins the saved report's units without computing them again
+    other = certify_models(
+        {"lin2": Linear2(seed=5)}, _split(), 0.5, n0=20, n=200, alpha=0.01, num_examples=8, batch_size=64,
+        out=tmp_path / "d", progress=False, dataset="toy", from_report=tmp_path / "b" / "c",
+    )  # fmt: skip
+    assert set(other["units"]) == {"lin@sigma=0.25", "lin@sigma=0.5", "lin2@sigma=0.5"}
+    assert (
+        other["units"]["lin@sigma=0.5"]["certified_accuracy"]
+        == rep["units"]["lin@sigma=0.5"]["certified_accuracy"]
+    )
+    with pytest.raises(ValueError, match="n 200 there, 300 here"):
+        _run(tmp_path / "e", n=300, from_report=tmp_path / "a" / "c")
+    with pytest.raises(ValueError, match="no report.json"):
+        _run(tmp_path / "e", from_report=tmp_path / "nowhere")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

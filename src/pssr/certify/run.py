@@ -13,7 +13,9 @@ State (``out/state``): ``settings.json`` (what every unit shares: data, examples
 seed), ``units.json`` (each unit's model fingerprint and description) and one ``<unit>.jsonl`` of
 records per unit, appended as examples finish (one ``write`` of whole lines; a torn last line from
 a killed process is dropped on reading). Rerunning resumes; a unit whose model changed is computed
-again. Several calls with different models or sigmas on the same ``out`` fill one report, and a
+again. ``from_report`` starts from a saved report folder (``report.json`` + ``records.jsonl.gz``, e.g.
+one committed under ``results/``): its units with the same settings are copied into the state, so a
+new model joins that paired comparison and an unfinished report is continued on another machine. Several calls with different models or sigmas on the same ``out`` fill one report, and a
 larger ``num_examples`` (same ``subset_seed``) keeps the examples already done: the first ``k`` of
 the seeded permutation are the subset of size ``k``.
 
@@ -41,7 +43,7 @@ from pssr import distributed as D
 from pssr.certify.core import SmoothedClassifier, check_alpha, check_sigma
 from pssr.data.base import Split
 from pssr.evaluation.common import data_fingerprint, derived_seed, model_fingerprint
-from pssr.utils import atomic_write_json
+from pssr.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +132,45 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _report_units(src: Path, settings: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[dict]]]:
+    """``{unit key: (unit info, records)}`` of the saved report folder ``src``, whose settings must be
+    ``settings``."""
+    import gzip
+
+    report, records = src / "report.json", src / "records.jsonl.gz"
+    if not report.is_file() or not records.is_file():
+        raise ValueError(
+            f"{src} has no report.json and records.jsonl.gz; give the folder of a pssr certify report"
+        )
+    try:
+        rep = json.loads(report.read_text())
+        lines = gzip.decompress(records.read_bytes()).decode().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{src}: unreadable report ({e}); give the folder of a pssr certify report") from e
+    if not isinstance(rep, dict) or rep.get("kind") != "pssr.certify":
+        raise ValueError(f"{report} is not a pssr certify report")
+    saved = rep.get("settings", {})
+    diff = [k for k in settings if saved.get(k) != settings[k]]
+    if diff:
+        what = ", ".join(f"{k} {saved.get(k)!r} there, {settings[k]!r} here" for k in diff)
+        raise ValueError(
+            f"{src} was certified with other settings ({what}); match them or drop --from-report"
+        )
+    fields = ("name", "sigma", "fingerprint", "batch_size", "model")
+    out: dict[str, tuple[dict[str, Any], list[dict]]] = {}
+    for key, u in rep.get("units", {}).items():
+        info = {f: u[f] for f in fields if f in u}
+        out[key] = (info, [{k: v for k, v in r.items() if k != "unit"} for r in rows if r.get("unit") == key])
+    return out
+
+
 class _State:
     """The ``out/state`` folder, touched by rank 0 only."""
 
-    def __init__(self, root: Path, settings: dict[str, Any], fresh: bool) -> None:
+    def __init__(
+        self, root: Path, settings: dict[str, Any], fresh: bool, from_report: Path | None = None
+    ) -> None:
         self.root = root
         saved = _read_json(root / "settings.json")
         if fresh and root.exists():
@@ -148,9 +185,17 @@ class _State:
                 f"{root} holds a certification with other settings ({', '.join(diff)}); use another --out "
                 "or --fresh to discard it"
             )
+        imported = _report_units(from_report, settings) if from_report is not None else {}
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / "settings.json", settings)
         self.units: dict[str, Any] = _read_json(root / "units.json") or {}
+        fresh_units = {k: v for k, v in imported.items() if k not in self.units}
+        for key, (info, records) in fresh_units.items():  # units already in the state are kept
+            atomic_write_text(root / _file_of(key), "".join(json.dumps(r) + "\n" for r in records))
+            self.units[key] = info
+        if fresh_units:
+            atomic_write_json(root / "units.json", self.units)
+            log.info("%s: %d unit(s) imported from %s", root, len(fresh_units), from_report)
 
     def open_unit(self, key: str, info: dict[str, Any]) -> list[dict[str, Any]]:
         path = self.root / _file_of(key)
@@ -200,6 +245,7 @@ def certify_models(
     descriptions: Mapping[str, dict[str, Any]] | None = None,
     compute: bool = True,
     fresh: bool = False,
+    from_report: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Certify every (model, sigma) unit on the selected examples; write and return the report.
@@ -217,6 +263,8 @@ def certify_models(
         descriptions: ``{name: {...}}`` recorded with each unit (e.g. where a model was loaded from).
         compute: False computes nothing: the report of what is saved.
         fresh: discard the saved state first.
+        from_report: a saved report folder with the same settings whose units (and records) are
+            copied into the state first, where the state lacks them.
 
     Returns the report dict (see :func:`pssr.certify.report.build_report`).
     """
@@ -253,7 +301,8 @@ def certify_models(
     held: dict[str, _State] = {}
 
     def open_state() -> None:  # rank 0 alone; an error there is raised on every rank
-        held["state"] = _State(out / "state", settings, fresh)
+        src = Path(from_report) if from_report is not None else None
+        held["state"] = _State(out / "state", settings, fresh, src)
 
     D.on_main(open_state, info)
     state = held.get("state")

@@ -51,6 +51,7 @@ def _certify(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             compute=not args.report_only,
             fresh=args.fresh,
+            from_report=args.from_report,
             progress=args.progress,
         )
 
@@ -106,5 +107,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--report-only", action="store_true", help="compute nothing: the report of what is saved")
     p.add_argument("--fresh", action="store_true", help="discard the saved state first")
+    p.add_argument(
+        "--from-report",
+        default=None,
+        metavar="DIR",
+        help="start from a saved report folder with the same settings (report.json + records.jsonl.gz, "
+        "e.g. under results/): its units join this report and only what is missing is computed",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_certify)
