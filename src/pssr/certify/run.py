@@ -15,9 +15,10 @@ records per unit, appended as examples finish (one ``write`` of whole lines; a t
 a killed process is dropped on reading). Rerunning resumes; a unit whose model changed is computed
 again. ``from_report`` starts from a saved report folder (``report.json`` + ``records.jsonl.gz``, e.g.
 one committed under ``results/``): its units with the same settings are copied into the state, so a
-new model joins that paired comparison and an unfinished report is continued on another machine. Several calls with different models or sigmas on the same ``out`` fill one report, and a
-larger ``num_examples`` (same ``subset_seed``) keeps the examples already done: the first ``k`` of
-the seeded permutation are the subset of size ``k``.
+new model joins that paired comparison and an unfinished report is continued on another machine.
+Several calls with different models or sigmas on the same ``out`` fill one report, and a larger
+``num_examples`` (same ``subset_seed``) keeps the examples already done: the first ``k`` of the
+seeded permutation are the subset of size ``k``.
 
 Under ``torchrun`` the examples still to do are dealt out in rounds, one per rank, like the chunks
 of ``pssr evaluate`` (:mod:`pssr.evaluation.harness`); the records are gathered in order and rank 0
