@@ -33,7 +33,8 @@ def training() -> dict[str, dict[str, Any]]:
     from pssr.zoo.store import card
 
     clf = float(card("fashion-mnist/classifier")["train_wall_seconds"])
-    pgd_at = float(card("fashion-mnist/pgd-at")["train_wall_seconds"])
+    pgd_at_card = card("fashion-mnist/pgd-at")
+    pgd_at = float(pgd_at_card["train_wall_seconds"])
     trades = _json("trades-e4.json")
     robust = _json("pssr-robust-e4-train.json")
     out = {
@@ -46,7 +47,8 @@ def training() -> dict[str, dict[str, Any]]:
             "what": "PGD-AT (Madry; 10 steps, 4 epochs from the classifier, epoch chosen on 5,000 held-out "
             "training images; zoo fashion-mnist/pgd-at)",
             "train_seconds": clf + pgd_at,
-            "chain": "classifier + PGD-AT (11 passes per example per epoch)",
+            "chain": "classifier + PGD-AT "
+            f"({pgd_at_card['trainer_metrics']['passes_per_example']} passes per example per epoch)",
         },
         "trades": {
             "what": "TRADES (beta 6; 10 KL steps, 4 epochs from the classifier, epoch chosen on the same "
